@@ -1,0 +1,52 @@
+# irkit: two commands for a fresh machine (see README.md):
+#   make demo   set up, bring up the lab, contain the simulated breach, verify the audit log
+#   make test   run the whole test suite (installs what it needs; the lab needs root)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+IRKIT   = $(BIN)/irkit
+CASE   ?= DEMO-$(shell date -u +%Y%m%d-%H%M%S)
+export IRKIT_HOME ?= $(CURDIR)/irkit-cases
+export IRKIT_KEY_PASSPHRASE ?= demo-passphrase-change-me
+
+.PHONY: setup system-deps venv demo test test-fast lab-down bench clean
+
+system-deps:
+	@if [ "$$(id -u)" != 0 ]; then echo "make: the lab needs root (network namespaces); run as root" >&2; exit 4; fi
+	@command -v sshd >/dev/null 2>&1 && command -v nft >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     openssh-server openssh-client nftables iproute2 procps util-linux >/dev/null)
+	@ls /usr/sbin/sshd >/dev/null
+
+$(BIN)/irkit: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,redfish]'
+	@touch $(BIN)/irkit
+
+venv: $(BIN)/irkit
+
+setup: system-deps venv
+
+demo: setup
+	$(IRKIT) keys init --if-missing
+	$(IRKIT) lab up --msp acme
+	$(IRKIT) contain --msp acme --case $(CASE) --yes
+	$(IRKIT) audit verify --case $(CASE)
+	@echo "Case $(CASE): audit log and evidence in $(IRKIT_HOME)/cases/$(CASE)/ ; report: $(IRKIT) audit report --case $(CASE)"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not lab and not slow"
+
+lab-down: venv
+	$(IRKIT) lab down --msp acme
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,3 @@
+from ir_toolkit.cli.main import main
+
+main()

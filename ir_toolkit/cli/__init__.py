@@ -1,0 +1,1 @@
+"""The ``irkit`` command line: one module per command group."""

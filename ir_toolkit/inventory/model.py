@@ -1,0 +1,224 @@
+"""The MSP inventory: an MSP has tenants (client organisations), a tenant has hosts.
+
+Secrets never appear in an inventory; secret fields hold references
+(``env:NAME``, ``file:PATH``, ``escrow:TENANT/HOST/ACCOUNT``). See docs/inventory.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from ir_toolkit.secrets.references import is_reference
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
+
+
+def _slug(value: str) -> str:
+    if not _SLUG.match(value):
+        raise ValueError(f"{value!r} is not a valid name (lowercase letters, digits, '-', '_')")
+    return value
+
+
+def _hostname(value: str) -> str:
+    if not _HOSTNAME.match(value):
+        raise ValueError(f"{value!r} is not a valid host name")
+    return value
+
+
+def _username(value: str) -> str:
+    if not _USER.match(value):
+        raise ValueError(f"{value!r} is not a valid account name")
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise ValueError(f"invalid IP address {value!r}") from None
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(str(value), strict=False))
+    except ValueError:
+        raise ValueError(f"invalid address or network {value!r}") from None
+
+
+def _fingerprint(value: str) -> str:
+    if not _FINGERPRINT.match(value):
+        raise ValueError(f"{value!r} is not an OpenSSH SHA256 fingerprint (SHA256:<43 base64 chars>)")
+    return value
+
+
+def _secret_ref(value: str) -> str:
+    if not is_reference(value):
+        raise ValueError(
+            "plaintext secret where a reference belongs: use env:NAME, file:PATH or "
+            "escrow:TENANT/HOST/ACCOUNT"
+        )
+    return value
+
+
+Slug = Annotated[str, AfterValidator(_slug)]
+HostName = Annotated[str, AfterValidator(_hostname)]
+UserName = Annotated[str, AfterValidator(_username)]
+Address = Annotated[str, AfterValidator(_address)]
+Network = Annotated[str, AfterValidator(_network)]
+Fingerprint = Annotated[str, AfterValidator(_fingerprint)]
+SecretRefStr = Annotated[str, AfterValidator(_secret_ref)]
+OsName = Literal["linux", "windows"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Contact(_Model):
+    name: str
+    email: str | None = None
+    phone: str | None = None
+    role: str | None = None
+    approver: bool = False
+    approval_key: str | None = Field(
+        default=None, description="verifier key string that checks this approver's signatures"
+    )
+
+
+class SharedSshKey(_Model):
+    """An SSH public key the MSP shared across clients: named by fingerprint or public key."""
+
+    name: str | None = None
+    fingerprint: Fingerprint | None = None
+    public_key: str | None = None
+    public_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SharedSshKey:
+        given = [f for f in ("fingerprint", "public_key", "public_key_file") if getattr(self, f)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of fingerprint, public_key, public_key_file")
+        if self.public_key and "PRIVATE KEY" in self.public_key:
+            raise ValueError("plaintext secret where a reference belongs: a private key is not a public_key")
+        return self
+
+
+class SharedAccount(_Model):
+    """A local account with the same password on many clients' hosts."""
+
+    user: UserName
+    os: OsName | None = None
+    privileged: bool = True
+    action: Literal["rotate", "lock"] = "rotate"
+
+
+class SharedCredentials(_Model):
+    ssh_keys: list[SharedSshKey] = []
+    accounts: list[SharedAccount] = []
+
+
+class Responder(_Model):
+    """How irkit itself logs in: a key reference, never a key or password inline."""
+
+    user: UserName = "root"
+    key: SecretRefStr
+    controller_address: Address
+    allow_from: list[Network] = []
+
+
+class Policy(_Model):
+    rotation_max_age_days: int = Field(default=90, ge=1, le=3650)
+    password_length: int = Field(default=24, ge=16, le=128)
+
+
+class Bmc(_Model):
+    """Out-of-band management for reimaging."""
+
+    provider: Literal["redfish", "lab", "command"] = "redfish"
+    url: str | None = None
+    username: str | None = None
+    password: SecretRefStr | None = None
+    verify_tls: bool = True
+    system_id: str | None = None
+    command: list[str] | None = None
+
+
+class Host(_Model):
+    name: HostName
+    address: Address
+    port: int | None = Field(default=None, ge=1, le=65535)
+    os: OsName = "linux"
+    transport: Literal["ssh", "winrm"] | None = None
+    user: UserName | None = None
+    host_keys: list[Fingerprint] = []
+    groups: list[Slug] = []
+    tags: dict[str, str] = {}
+    bmc: Bmc | None = None
+
+    _tenant: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Host:
+        if self.transport is None:
+            object.__setattr__(self, "transport", "winrm" if self.os == "windows" else "ssh")
+        if self.port is None:
+            object.__setattr__(self, "port", 5986 if self.transport == "winrm" else 22)
+        return self
+
+    @property
+    def tenant(self) -> str:
+        return self._tenant
+
+
+class Tenant(_Model):
+    name: Slug
+    display_name: str | None = None
+    subnet: Network | None = None
+    approvals_required: int = Field(default=1, ge=1, le=16)
+    contacts: list[Contact] = []
+    hosts: list[Host] = []
+
+    @model_validator(mode="after")
+    def _bind_hosts(self) -> Tenant:
+        for host in self.hosts:
+            host._tenant = self.name
+        return self
+
+
+class Msp(_Model):
+    name: Slug
+    display_name: str | None = None
+    known_hosts: str | None = None
+    shared_credentials: SharedCredentials = SharedCredentials()
+    responder: Responder
+    policy: Policy = Policy()
+    contacts: list[Contact] = []
+
+
+class Inventory(_Model):
+    version: Literal[1] = 1
+    msp: Msp
+    tenants: list[Tenant] = Field(min_length=1)
+
+    def hosts(self) -> list[Host]:
+        """Every host of every tenant, in inventory order."""
+        return [host for tenant in self.tenants for host in tenant.hosts]
+
+    def tenant(self, name: str) -> Tenant:
+        for tenant in self.tenants:
+            if tenant.name == name:
+                return tenant
+        raise KeyError(name)
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts():
+            if host.name == name:
+                return host
+        raise KeyError(name)

@@ -1,0 +1,105 @@
+"""Structured logging, configured once per process.
+
+* People get short human lines on stderr (rich styling when it is a terminal).
+* Machines get JSON lines in a per-run file (``configure(json_path=...)``),
+  typically ``$IRKIT_HOME/cases/<case>/logs/<run>.jsonl``.
+* Every event passes :func:`ir_toolkit.secrets.redaction.redaction_processor`
+  before any renderer sees it, so a secret passed as a field by mistake is
+  replaced by ``[REDACTED]`` in both outputs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from ir_toolkit.secrets.redaction import redaction_processor
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+class _Tee:
+    """Final processor: write a JSON line to the run file, render a console line."""
+
+    def __init__(self, json_file: IO[str] | None, console_level: int, color: bool) -> None:
+        self.json_file = json_file
+        self.console_level = console_level
+        self.color = color
+        self.lock = threading.Lock()
+
+    def __call__(self, _logger: Any, method: str, event: dict[str, Any]) -> str:
+        level = event.get("level", method)
+        if self.json_file is not None:
+            line = json.dumps(event, default=str, sort_keys=True)
+            with self.lock:
+                self.json_file.write(line + "\n")
+                self.json_file.flush()
+        if _LEVELS.get(level, 20) < self.console_level:
+            raise structlog.DropEvent
+        fields = " ".join(
+            f"{k}={v}" for k, v in event.items() if k not in {"event", "level", "timestamp"}
+        )
+        text = f"{event.get('event', '')}" + (f"  {fields}" if fields else "")
+        if self.color:
+            style = {"warning": "\x1b[33m", "error": "\x1b[31m", "critical": "\x1b[31;1m"}.get(level)
+            if style:
+                text = f"{style}{level}\x1b[0m: {text}"
+            return text
+        return f"{level}: {text}" if level != "info" else text
+
+
+def _timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    event["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    return event
+
+
+_json_file: IO[str] | None = None
+
+
+def configure(
+    *,
+    json_path: Path | None = None,
+    verbosity: int = 0,
+    stream: IO[str] | None = None,
+) -> None:
+    """(Re)configure structlog. ``verbosity`` 0 shows warnings, 1 info, 2 debug."""
+    global _json_file
+    if _json_file is not None and _json_file is not sys.stderr:
+        _json_file.close()
+        _json_file = None
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(json_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        _json_file = os.fdopen(fd, "a", encoding="utf-8")
+    out = stream if stream is not None else sys.stderr
+    console_level = {0: 30, 1: 20}.get(verbosity, 10)
+    color = hasattr(out, "isatty") and out.isatty() and not os.environ.get("NO_COLOR")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            _timestamp,
+            redaction_processor,
+            _Tee(_json_file, console_level, color),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str | None = None) -> Any:
+    """A bound structlog logger; ``name`` becomes the ``logger`` field."""
+    return structlog.get_logger().bind(logger=name) if name else structlog.get_logger()
+
+
+def run_log_path(case_dir: Path) -> Path:
+    """A fresh per-run JSON log path in a case directory."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return case_dir / "logs" / f"{stamp}-{os.getpid()}.jsonl"

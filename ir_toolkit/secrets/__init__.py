@@ -1,0 +1,1 @@
+"""Secrets: references (never inline values), redaction, escrow."""
