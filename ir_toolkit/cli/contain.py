@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from ir_toolkit.cli.options import case_option, inventory_options, not_implemented
+from ir_toolkit.cli import runflow
+from ir_toolkit.cli.options import case_option, format_option, inventory_options
+from ir_toolkit.cli.run import forks_option
+from ir_toolkit.errors import EXIT_OK
+
+DEFAULT_PLAYBOOK = "playbooks/msp-breach-containment.yml"
 
 
 @click.command("contain")
 @inventory_options
 @case_option(required=False)
-@click.option("--playbook", metavar="FILE", help="Playbook (default: playbooks/msp-breach-containment.yml).")
+@click.option("--playbook", metavar="FILE", default=DEFAULT_PLAYBOOK, show_default=True, help="Playbook to run.")
 @click.option("--yes", is_flag=True, help="Skip the confirmation prompt (counts as your approval).")
 @click.option("--dry-run", is_flag=True, help="Stop after showing the plan; change nothing.")
-def contain(**_: object) -> None:
+@click.option("--approval-wait", type=float, default=0, show_default=True, metavar="SECONDS",
+              help="Wait this long for other approvers' signatures.")
+@forks_option
+@format_option
+def contain(msp: str | None, inventory_path: str | None, case_id: str | None, playbook: str, yes: bool,
+            dry_run: bool, approval_wait: float, forks: int, fmt: str) -> None:
     """Contain an MSP breach across every tenant: preserve evidence, isolate,
-    revoke the MSP's shared keys, rotate shared accounts, verify."""
-    not_implemented("contain", 6)
+    revoke the MSP's shared keys, rotate shared accounts, verify.
+
+    Makes a plan (shown), asks for confirmation (or --yes), then applies it.
+    A new case id is made when --case is not given.
+    """
+    case_id = case_id or runflow.new_case_id()
+    runflow.start_case_logging(case_id)
+    runflow.console(stderr=True).print(f"case {case_id}")
+    plan, loaded, inventory = runflow.make_plan(msp, inventory_path, playbook, case_id, forks=forks)
+    if fmt == "table" or dry_run:
+        runflow.show_plan(plan, fmt)
+    if dry_run:
+        runflow.console(stderr=True).print("dry run: nothing was changed")
+        sys.exit(EXIT_OK)
+    if not runflow.confirm(plan, yes):
+        sys.exit(EXIT_OK)
+    sys.exit(runflow.execute(plan, loaded, inventory, forks=forks, responder_confirmed=True,
+                             approval_wait=approval_wait, fmt=fmt))

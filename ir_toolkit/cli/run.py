@@ -1,38 +1,74 @@
-"""``irkit plan``, ``approve``, ``apply`` and ``resume``: the engine's commands."""
+"""``irkit plan``, ``approve``, ``apply`` and ``resume``: plan -> approve -> execute, and finishing runs."""
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from ir_toolkit.cli.options import case_option, inventory_options, not_implemented
+from ir_toolkit.cli import runflow
+from ir_toolkit.cli.options import case_option, format_option, inventory_options
+from ir_toolkit.errors import EXIT_OK
+from ir_toolkit.playbook.engine import DEFAULT_FORKS
+from ir_toolkit.playbook.plan import load_plan
+
+
+def forks_option(func):  # type: ignore[no-untyped-def]
+    return click.option("--forks", type=click.IntRange(1, 2000), default=DEFAULT_FORKS, show_default=True,
+                        help="Hosts worked on at once.")(func)
 
 
 @click.command("plan")
 @inventory_options
 @case_option()
 @click.option("--playbook", metavar="FILE", required=True, help="Playbook to plan.")
-def plan(**_: object) -> None:
-    """Write a deterministic, content-hashed plan of what a playbook would change."""
-    not_implemented("plan", 5)
+@forks_option
+@format_option
+def plan(msp: str | None, inventory_path: str | None, case_id: str, playbook: str, forks: int, fmt: str) -> None:
+    """Inspect every targeted host and write a deterministic, content-hashed plan (changes nothing)."""
+    runflow.start_case_logging(case_id)
+    the_plan, _, _ = runflow.make_plan(msp, inventory_path, playbook, case_id, forks=forks)
+    runflow.show_plan(the_plan, fmt)
 
 
 @click.command("approve")
-@click.argument("plan_file", metavar="PLAN")
-@click.option("--as", "approver", metavar="NAME", required=True, help="Approver name.")
-def approve(**_: object) -> None:
-    """Sign an approval bound to a plan's hash."""
-    not_implemented("approve", 5)
+@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--as", "approver", metavar="NAME", required=True, help="Your name as in the inventory's contacts.")
+def approve(plan_file: str, approver: str) -> None:
+    """Sign an approval of PLAN (bound to its hash) with your signing key (irkit keys init)."""
+    from ir_toolkit.playbook.approvals import write_approval
+    from ir_toolkit.secrets.keystore import get_passphrase, load_signing_key
+
+    the_plan = load_plan(plan_file)
+    signer = load_signing_key(get_passphrase())
+    path = write_approval(the_plan, approver, signer)
+    runflow.console().print(f"approved plan {the_plan.hash[:16]} as {approver}: {path}")
 
 
 @click.command("apply")
-@click.argument("plan_file", metavar="PLAN")
-def apply(**_: object) -> None:
-    """Execute exactly the steps of a plan."""
-    not_implemented("apply", 5)
+@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--yes", is_flag=True, help="Skip the confirmation prompt (counts as your approval).")
+@click.option("--approval-wait", type=float, default=0, show_default=True, metavar="SECONDS",
+              help="Wait this long for other approvers' signatures.")
+@forks_option
+@format_option
+def apply(plan_file: str, yes: bool, approval_wait: float, forks: int, fmt: str) -> None:
+    """Execute exactly the steps of PLAN (refused if its playbook or inventory changed)."""
+    the_plan = load_plan(plan_file)
+    runflow.start_case_logging(the_plan.case)
+    loaded, inventory = runflow.load_plan_context(the_plan)
+    if not runflow.confirm(the_plan, yes):
+        sys.exit(EXIT_OK)
+    sys.exit(runflow.execute(the_plan, loaded, inventory, forks=forks, responder_confirmed=True,
+                             approval_wait=approval_wait, fmt=fmt))
 
 
 @click.command("resume")
 @case_option()
-def resume(**_: object) -> None:
-    """Finish the unfinished steps of an interrupted run."""
-    not_implemented("resume", 5)
+@click.option("--retry-failed", is_flag=True, help="Also run again the steps that failed.")
+@forks_option
+@format_option
+def resume(case_id: str, retry_failed: bool, forks: int, fmt: str) -> None:
+    """Finish the unfinished steps of an interrupted run (Ctrl-C, crash, kill -9)."""
+    runflow.start_case_logging(case_id)
+    sys.exit(runflow.resume_case(case_id, forks=forks, retry_failed=retry_failed, fmt=fmt))

@@ -33,7 +33,7 @@ _SAFE_KEY = re.compile(
     re.IGNORECASE,
 )
 _PEM_PRIVATE = re.compile(
-    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----\n?|\Z)",
     re.DOTALL,
 )
 _REFERENCE = re.compile(r"^(env|file|escrow):\S+$")

@@ -1,0 +1,18 @@
+"""Actions: plan / apply / verify units of change, registered by name."""
+
+from __future__ import annotations
+
+import importlib
+
+BUILTIN_MODULES = ("ir_toolkit.actions.basic",)
+_loaded = False
+
+
+def load_builtin_actions() -> None:
+    """Import the modules that register irkit's own actions (once)."""
+    global _loaded
+    if _loaded:
+        return
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    _loaded = True

@@ -1,0 +1,1 @@
+"""Playbooks (schema), plans (planner) and their execution (engine)."""

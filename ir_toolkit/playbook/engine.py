@@ -1,0 +1,392 @@
+"""The engine: run a plan across every tenant with waves, deadlines, retries and a resumable journal.
+
+Phases are fleet-wide barriers (all evidence is preserved before anything is
+isolated). Within a phase, hosts run in waves on a bounded worker pool; each
+host runs its steps in order over its one SSH connection, within a hard
+per-host deadline. Every step's intent is written durably to the audit log
+before it runs and its result after, so ``irkit resume`` can finish exactly the
+steps that did not finish.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, get_action
+from ir_toolkit.inventory.model import Host, Inventory
+from ir_toolkit.playbook.fleet import Fleet
+from ir_toolkit.playbook.plan import Plan, PlanItem, file_sha256, item_id, plan_params
+from ir_toolkit.playbook.schema import LoadedPlaybook, Phase
+from ir_toolkit.playbook.targets import make_waves, select_hosts
+from ir_toolkit.transports.ssh import TIMED_OUT, TransportError
+
+# Host / step statuses.
+OK = "ok"
+FAILED = "failed"
+TIMED_OUT_STATUS = "timed_out"
+SKIPPED = "skipped"
+STATUSES = (OK, FAILED, TIMED_OUT_STATUS, SKIPPED)
+
+DEFAULT_FORKS = 100
+
+
+class Journal(Protocol):
+    """What the engine needs from the audit log (``ir_toolkit.audit.log.AuditLog``)."""
+
+    def append_durable(self, *, action: str, actor: str, tenant: str | None = None, host: str | None = None,
+                       params: dict | None = None, outcome: str = "ok") -> int: ...
+
+    def checkpoint(self) -> str: ...
+
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+def raise_fd_limit() -> None:
+    """Hundreds of concurrent connections need more than the default 1024 descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@dataclass
+class HostResult:
+    host: str
+    tenant: str
+    status: str = OK
+    changed: int = 0
+    message: str = ""
+
+
+@dataclass
+class RunSummary:
+    hosts: dict[str, HostResult] = field(default_factory=dict)
+    incomplete: bool = False
+    reason: str = ""
+
+    def per_tenant(self) -> dict[str, Counter[str]]:
+        table: dict[str, Counter[str]] = {}
+        for result in self.hosts.values():
+            table.setdefault(result.tenant, Counter())[result.status] += 1
+        return table
+
+    @property
+    def all_ok(self) -> bool:
+        return not self.incomplete and all(r.status == OK for r in self.hosts.values())
+
+
+def actor_name() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str, case_id: str, fleet: Fleet,
+               *, forks: int = DEFAULT_FORKS, on_event: EventSink | None = None) -> Plan:
+    """Inspect every targeted host with each step's ``plan`` and return the (unsaved) plan."""
+    raise_fd_limit()
+    playbook = loaded.playbook
+    items: list[PlanItem] = []
+    per_host: dict[str, list[tuple[PlanItem, Action, Any]]] = {}
+    for pi, phase in enumerate(playbook.phases):
+        for si, step in enumerate(phase.steps):
+            action_cls = get_action(step.action)
+            params = loaded.step_params(pi, si)
+            for host in select_hosts(inventory, step.targets):
+                if host.os not in action_cls.os:
+                    continue
+                item = PlanItem(
+                    id=item_id(phase.name, si, host.name), phase=phase.name, phase_index=pi, step=step.name,
+                    step_index=si, tenant=host.tenant, host=host.name, action=step.action,
+                    params=plan_params(params), requires_approval=step.requires_approval,
+                    destructive=action_cls.destructive,
+                )
+                items.append(item)
+                per_host.setdefault(host.name, []).append((item, action_cls(), params))
+    hosts = {h.name: h for h in inventory.hosts()}
+
+    def inspect(host_name: str) -> None:
+        host = hosts[host_name]
+        deadline = time.monotonic() + playbook.defaults.host_timeout
+        try:
+            conn = fleet.connection(host, deadline)
+        except TransportError as exc:
+            for item, _, _ in per_host[host_name]:
+                item.change = {"changed": None, "summary": f"unknown: {exc}", "error": exc.kind}
+            return
+        for item, action, params in per_host[host_name]:
+            step = playbook.phases[item.phase_index].steps[item.step_index]
+            ctx = ActionContext(host, inventory, case_id, conn,
+                                time.monotonic() + min(playbook.step_timeout(step), deadline - time.monotonic()))
+            try:
+                outcome = action.plan(ctx, params)
+                item.change = {"changed": outcome.changed, "summary": outcome.summary}
+            except (TransportError, ActionFailed) as exc:
+                item.change = {"changed": None, "summary": f"unknown: {exc}",
+                               "error": getattr(exc, "kind", "failed")}
+        if on_event:
+            on_event("planned", {"host": host_name, "tenant": host.tenant})
+
+    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(per_host) or 1))) as pool:
+        list(pool.map(inspect, list(per_host)))
+    return Plan(
+        case=case_id, msp=inventory.msp.name,
+        playbook_path=str(loaded.path), playbook_sha256=file_sha256(loaded.path),
+        inventory_path=str(inventory_path), inventory_sha256=file_sha256(_path(inventory_path)),
+        items=items,
+    )
+
+
+def _path(text: str) -> Any:
+    from pathlib import Path
+
+    return Path(text)
+
+
+# --------------------------------------------------------------------------- execution
+
+
+@dataclass
+class EngineOptions:
+    forks: int = DEFAULT_FORKS
+    actor: str = field(default_factory=actor_name)
+    #: ids of items already finished (resume)
+    finished: set[str] = field(default_factory=set)
+    #: tenant -> approvals in hand (the responder's own confirmation counts as one)
+    approvals: dict[str, int] = field(default_factory=dict)
+    evidence_gate: Callable[[str, str], bool] | None = None
+
+
+class Engine:
+    """Execute one plan. Create, then call :meth:`run`; :meth:`cancel` stops between steps."""
+
+    def __init__(self, plan: Plan, loaded: LoadedPlaybook, inventory: Inventory, journal: Journal, fleet: Fleet,
+                 options: EngineOptions | None = None, on_event: EventSink | None = None) -> None:
+        self.plan = plan
+        self.loaded = loaded
+        self.playbook = loaded.playbook
+        self.inventory = inventory
+        self.journal = journal
+        self.fleet = fleet
+        self.options = options or EngineOptions()
+        self.on_event = on_event or (lambda kind, data: None)
+        self._cancel = threading.Event()
+        self._hosts = {h.name: h for h in inventory.hosts()}
+        self.summary = RunSummary()
+        self._tenant_stopped: set[str] = set()
+        self._actions: dict[str, Action] = {}
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def _action(self, name: str) -> Action:
+        if name not in self._actions:
+            self._actions[name] = get_action(name)()
+        return self._actions[name]
+
+    def _record(self, action: str, item: PlanItem | None = None, *, host: str | None = None, tenant: str | None = None,
+                params: dict | None = None, outcome: str = "ok") -> None:
+        self.journal.append_durable(
+            action=action, actor=self.options.actor,
+            tenant=item.tenant if item else tenant, host=item.host if item else host,
+            params={**({"item": item.id, "step_action": item.action} if item else {}), **(params or {})},
+            outcome=outcome,
+        )
+
+    def run(self) -> RunSummary:
+        raise_fd_limit()
+        for item in self.plan.items:
+            self.summary.hosts.setdefault(item.host, HostResult(item.host, item.tenant))
+        self._record("run.start", params={"plan": self.plan.hash, "playbook": self.playbook.name,
+                                          "resumed": bool(self.options.finished)})
+        try:
+            for pi, phase in enumerate(self.playbook.phases):
+                if self._cancel.is_set() or self.summary.incomplete:
+                    break
+                self._run_phase(pi, phase)
+        finally:
+            status = "incomplete" if (self.summary.incomplete or self._cancel.is_set()) else "done"
+            if self._cancel.is_set() and not self.summary.incomplete:
+                self.summary.incomplete, self.summary.reason = True, "interrupted"
+            counts = Counter(r.status for r in self.summary.hosts.values())
+            self._record("run.end", params={"plan": self.plan.hash, "status": status, **dict(counts)},
+                         outcome="ok" if self.summary.all_ok else status if status == "incomplete" else "failed")
+            self.journal.checkpoint()
+            self.fleet.close()
+        return self.summary
+
+    def _run_phase(self, pi: int, phase: Phase) -> None:
+        items_by_host: dict[str, list[PlanItem]] = {}
+        for item in self.plan.items:
+            if item.phase_index == pi:
+                items_by_host.setdefault(item.host, []).append(item)
+        hosts = [self._hosts[name] for name in items_by_host if name in self._hosts]
+        runnable = [h for h in hosts if self.summary.hosts[h.name].status == OK]
+        for host in hosts:
+            if host not in runnable:
+                self._skip(items_by_host[host.name], f"host already {self.summary.hosts[host.name].status}")
+        waves = make_waves(runnable, phase.wave)
+        self.on_event("phase.start", {"phase": phase.name, "hosts": len(runnable), "waves": len(waves)})
+        for wi, wave in enumerate(waves):
+            if self._cancel.is_set():
+                return
+            wave = [h for h in wave if h.tenant not in self._tenant_stopped]
+            results = self._run_wave(phase, wave, items_by_host)
+            failed = sum(1 for s in results.values() if s in (FAILED, TIMED_OUT_STATUS))
+            if wave and failed * 100 / len(wave) > phase.max_fail_percentage:
+                self.summary.incomplete = True
+                self.summary.reason = (f"phase {phase.name} wave {wi + 1}: {failed}/{len(wave)} hosts failed, over "
+                                       f"max_fail_percentage {phase.max_fail_percentage:g}")
+                self._record("run.stopped", params={"phase": phase.name, "wave": wi + 1, "reason": self.summary.reason},
+                             outcome="stopped")
+                self.on_event("stopped", {"reason": self.summary.reason})
+                return
+            self._check_tenants(phase, hosts)
+        self.on_event("phase.end", {"phase": phase.name})
+
+    def _check_tenants(self, phase: Phase, hosts: list[Host]) -> None:
+        by_tenant: dict[str, list[str]] = {}
+        for host in hosts:
+            by_tenant.setdefault(host.tenant, []).append(self.summary.hosts[host.name].status)
+        for tenant, statuses in by_tenant.items():
+            bad = sum(1 for s in statuses if s in (FAILED, TIMED_OUT_STATUS))
+            if tenant not in self._tenant_stopped and bad * 100 / len(statuses) > phase.tenant_max_fail_percentage:
+                self._tenant_stopped.add(tenant)
+                self._record("tenant.stopped", tenant=tenant, outcome="stopped",
+                             params={"phase": phase.name, "failed": bad, "hosts": len(statuses)})
+
+    def _run_wave(self, phase: Phase, wave: list[Host], items_by_host: dict[str, list[PlanItem]]) -> dict[str, str]:
+        limits = {group: threading.Semaphore(n) for group, n in phase.max_concurrent.items()}
+        tenant_limits: dict[tuple[str, str], threading.Semaphore] = {}
+        lock = threading.Lock()
+
+        def guarded(host: Host) -> str:
+            sems = []
+            for group in host.groups:
+                if group in limits:
+                    with lock:
+                        sem = tenant_limits.setdefault((host.tenant, group),
+                                                       threading.Semaphore(phase.max_concurrent[group]))
+                    sems.append(sem)
+            for sem in sems:
+                sem.acquire()
+            try:
+                return self._run_host(host, items_by_host[host.name])
+            finally:
+                for sem in sems:
+                    sem.release()
+
+        results: dict[str, str] = {}
+        workers = max(1, min(self.options.forks, len(wave) or 1))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="irkit-host") as pool:
+            futures: dict[Future[str], Host] = {pool.submit(guarded, host): host for host in wave}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    host = futures[fut]
+                    try:
+                        results[host.name] = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - a bug in one action must not stop the fleet
+                        self._set(host, FAILED, f"internal error: {type(exc).__name__}: {exc}")
+                        results[host.name] = FAILED
+        return results
+
+    def _set(self, host: Host, status: str, message: str = "") -> None:
+        result = self.summary.hosts[host.name]
+        result.status, result.message = status, message
+        self.on_event("host.done", {"host": host.name, "tenant": host.tenant, "status": status, "message": message})
+
+    def _skip(self, items: Iterable[PlanItem], reason: str) -> None:
+        for item in items:
+            if item.id not in self.options.finished:
+                self._record("step.skipped", item, params={"reason": reason}, outcome="skipped")
+
+    def _run_host(self, host: Host, items: list[PlanItem]) -> str:
+        deadline = time.monotonic() + self.playbook.defaults.host_timeout
+        todo = [item for item in items if item.id not in self.options.finished]
+        if not todo:
+            self.on_event("host.done", {"host": host.name, "tenant": host.tenant, "status": OK, "message": "already done"})
+            return OK
+        for index, item in enumerate(todo):
+            if self._cancel.is_set():
+                return self.summary.hosts[host.name].status
+            status, message = self._run_item(host, item, deadline)
+            if status != OK:
+                self._set(host, status, message)
+                self._skip(todo[index + 1:], f"earlier step {item.id} {status}")
+                return status
+        self._set(host, OK, self.summary.hosts[host.name].message)
+        return OK
+
+    def _run_item(self, host: Host, item: PlanItem, deadline: float) -> tuple[str, str]:
+        step = self.playbook.phases[item.phase_index].steps[item.step_index]
+        action = self._action(item.action)
+        params = self.loaded.step_params(item.phase_index, item.step_index)
+        if item.requires_approval:
+            needed = self.inventory.tenant(host.tenant).approvals_required
+            have = self.options.approvals.get(host.tenant, 0)
+            if have < needed:
+                msg = f"awaiting approval: {have} of {needed} approvals for tenant {host.tenant}"
+                self._record("step.refused", item, params={"reason": msg}, outcome="refused")
+                return SKIPPED, msg
+        if action.destructive and self.options.evidence_gate is not None:
+            if not self.options.evidence_gate(host.tenant, host.name):
+                if not step.evidence_override:
+                    msg = (f"refused: no verified evidence for {host.name}; run triage first or set "
+                           "evidence_override: <reason> on the step")
+                    self._record("step.refused", item, params={"reason": msg}, outcome="refused")
+                    return FAILED, msg
+                self._record("gate.override", item, params={"reason": step.evidence_override})
+        retries = self.playbook.step_retries(step)
+        timeout = self.playbook.step_timeout(step)
+        self._record("step.start", item)
+        attempt = 0
+        while True:
+            attempt += 1
+            step_deadline = min(deadline, time.monotonic() + timeout)
+            try:
+                conn = self.fleet.connection(host, step_deadline)
+                ctx = ActionContext(host, self.inventory, self.plan.case, conn, step_deadline,
+                                    services={"journal": self.journal, "fleet": self.fleet, "actor": self.options.actor})
+                applied: Outcome = action.apply(ctx, params)
+                verdict: Outcome = action.verify(ctx, params)
+                if not verdict.ok:
+                    raise ActionFailed(f"verify failed: {verdict.summary}")
+            except TransportError as exc:
+                status = TIMED_OUT_STATUS if exc.kind == TIMED_OUT else FAILED
+                if exc.transient and attempt <= retries and time.monotonic() < deadline:
+                    self.fleet.drop(host)
+                    time.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+                    continue
+                self.fleet.drop(host)
+                self._record("step.done", item, params={"error": str(exc), "kind": exc.kind, "attempts": attempt},
+                             outcome=status)
+                return status, str(exc)
+            except ActionFailed as exc:
+                self._record("step.done", item, params={"error": str(exc), "attempts": attempt}, outcome=FAILED)
+                return FAILED, str(exc)
+            self._record("step.done", item, outcome=OK, params={
+                "changed": applied.changed, "summary": applied.summary, "verify": verdict.summary,
+                "details": applied.details, "attempts": attempt})
+            if applied.changed:
+                self.summary.hosts[host.name].changed += 1
+            self.on_event("step.done", {"host": host.name, "tenant": host.tenant, "item": item.id,
+                                        "changed": applied.changed, "summary": applied.summary})
+            return OK, ""

@@ -1,0 +1,1 @@
+"""Transports: how irkit reaches a host (ssh, winrm, ansible, redfish). They know nothing of playbooks."""

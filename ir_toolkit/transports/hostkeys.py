@@ -1,0 +1,85 @@
+"""Pinned host keys: strict checking, never trust on first use by accident.
+
+A host's acceptable keys are the fingerprints pinned in the inventory
+(``host_keys:``) plus the keys for its address in the MSP's ``known_hosts``
+file and in the case's own ``known_hosts`` (written only by explicit, audited
+commands such as a reimage of that very host).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+
+def fingerprint(key_blob: bytes) -> str:
+    """OpenSSH SHA256 fingerprint of a public key blob: ``SHA256:<base64 without padding>``."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
+
+
+def _host_patterns(address: str, port: int) -> set[str]:
+    return {address} if port == 22 else {f"[{address}]:{port}"}
+
+
+def read_known_hosts(path: Path) -> dict[str, set[str]]:
+    """Map ``host`` / ``[host]:port`` -> fingerprints from an OpenSSH known_hosts file.
+
+    Hashed entries (``|1|...``) and markers other than plain keys are skipped;
+    ``@revoked`` entries are returned under the key ``"@revoked"``.
+    """
+    result: dict[str, set[str]] = {}
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return result
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        marker = None
+        if parts[0].startswith("@"):
+            marker, parts = parts[0], parts[1:]
+        if len(parts) < 3:
+            continue
+        try:
+            blob = base64.b64decode(parts[2], validate=True)
+        except ValueError:
+            continue
+        fp = fingerprint(blob)
+        names = ["@revoked"] if marker == "@revoked" else parts[0].split(",")
+        if marker not in (None, "@revoked"):
+            continue
+        for name in names:
+            result.setdefault(name, set()).add(fp)
+    return result
+
+
+class KnownHosts:
+    """All pinned host keys for a run: inventory pins plus known_hosts files."""
+
+    def __init__(self, files: list[Path] | None = None) -> None:
+        self._entries: dict[str, set[str]] = {}
+        self._revoked: set[str] = set()
+        for path in files or []:
+            for name, fps in read_known_hosts(path).items():
+                if name == "@revoked":
+                    self._revoked |= fps
+                else:
+                    self._entries.setdefault(name, set()).update(fps)
+
+    def expected(self, address: str, port: int, pinned: list[str] | tuple[str, ...] = ()) -> set[str]:
+        """Fingerprints acceptable for ``address:port`` (empty set: the host is not pinned)."""
+        found: set[str] = set(pinned)
+        for name in _host_patterns(address, port):
+            found |= self._entries.get(name, set())
+        return found - self._revoked
+
+    def add(self, address: str, port: int, fp: str) -> None:
+        for name in _host_patterns(address, port):
+            self._entries.setdefault(name, set()).add(fp)
+
+    def replace(self, address: str, port: int, fp: str) -> None:
+        for name in _host_patterns(address, port):
+            self._entries[name] = {fp}
