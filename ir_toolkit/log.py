@@ -95,8 +95,10 @@ def configure(
 
 
 def get_logger(name: str | None = None) -> Any:
-    """A bound structlog logger; ``name`` becomes the ``logger`` field."""
-    return structlog.get_logger().bind(logger=name) if name else structlog.get_logger()
+    """A structlog logger; ``name`` becomes the ``component`` field."""
+    # A lazy proxy: it picks up the configuration in force at each call, so a module-level
+    # logger made at import time follows a later configure().
+    return structlog.get_logger(component=name) if name else structlog.get_logger()
 
 
 def run_log_path(case_dir: Path) -> Path:

@@ -35,13 +35,15 @@ def contain(msp: str | None, inventory_path: str | None, case_id: str | None, pl
     case_id = case_id or runflow.new_case_id()
     runflow.start_case_logging(case_id)
     runflow.console(stderr=True).print(f"case {case_id}")
-    plan, loaded, inventory = runflow.make_plan(msp, inventory_path, playbook, case_id, forks=forks)
+    plan, loaded, inventory, fleet = runflow.make_plan(msp, inventory_path, playbook, case_id, forks=forks,
+                                                       keep_fleet=not dry_run)
     if fmt == "table" or dry_run:
         runflow.show_plan(plan, fmt)
-    if dry_run:
+    if dry_run or fleet is None:
         runflow.console(stderr=True).print("dry run: nothing was changed")
         sys.exit(EXIT_OK)
     if not runflow.confirm(plan, yes):
+        fleet.close()
         sys.exit(EXIT_OK)
     sys.exit(runflow.execute(plan, loaded, inventory, forks=forks, responder_confirmed=True,
-                             approval_wait=approval_wait, fmt=fmt))
+                             approval_wait=approval_wait, fmt=fmt, fleet=fleet))

@@ -1,10 +1,21 @@
-"""``irkit escrow``: the encrypted store of every secret irkit set."""
+"""``irkit escrow``: the encrypted store of every secret irkit set (list states; get one secret)."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
 import click
 
-from ir_toolkit.cli.options import case_option, not_implemented
+from ir_toolkit.cli.options import case_option, format_option
+from ir_toolkit.cli.output import console, emit
+from ir_toolkit.errors import InputError
+from ir_toolkit.home import case_dir
+from ir_toolkit.secrets import escrow as esc
+
+LIST_COLUMNS = ("tenant", "host", "account", "state", "id", "created", "updated", "note")
 
 
 @click.group("escrow")
@@ -12,17 +23,119 @@ def escrow() -> None:
     """Read the escrow of new secrets (encrypted to recipient keys)."""
 
 
+def _store(case_id: str) -> esc.Escrow:
+    if not case_dir(case_id).is_dir():
+        raise InputError(f"no case {case_id} in {case_dir(case_id).parent}")
+    return esc.Escrow(case_id)
+
+
 @escrow.command("list")
 @case_option()
-def list_cmd(**_: object) -> None:
-    """List escrowed secrets and their states (never the secrets)."""
-    not_implemented("escrow list", 6)
+@click.option("--tenant", default=None, metavar="NAME", help="Only this tenant.")
+@click.option("--host", default=None, metavar="NAME", help="Only this host.")
+@click.option("--account", default=None, metavar="NAME", help="Only this account.")
+@click.option("--all", "show_all", is_flag=True, help="Every entry, not only the newest per account.")
+@format_option
+def list_cmd(case_id: str, tenant: str | None, host: str | None, account: str | None, show_all: bool,
+             fmt: str) -> None:
+    """List escrowed secrets and their states (never the secrets).
+
+    By default one row per (tenant, host, account): its newest entry. States:
+    pending (escrowed, maybe not applied yet), applied, verified (a fresh login
+    with it worked), rolled_back (never on the host).
+    """
+    entries = _store(case_id).entries(tenant=tenant, host=host, account=account)
+    if not show_all:
+        newest: dict[tuple[str, str, str], esc.EscrowEntry] = {}
+        for entry in entries:
+            key = (entry.tenant, entry.host, entry.account)
+            if key not in newest or (entry.created, entry.seq) >= (newest[key].created, newest[key].seq):
+                newest[key] = entry
+        entries = list(newest.values())
+    entries.sort(key=lambda e: (e.tenant, e.host, e.account, e.created, e.seq))
+    rows = [e.summary() for e in entries]
+    if fmt == "table" and not rows:
+        console(stderr=True).print(f"case {case_id}: the escrow is empty")
+        return
+    emit(rows, fmt, LIST_COLUMNS, title=f"escrow — case {case_id}")
+
+
+def _private_key(key_file: str | None) -> Any:
+    """The responder's escrow key (``irkit keys init``), or another recipient's key file."""
+    from ir_toolkit.secrets.keystore import get_passphrase, load_escrow_private_key
+
+    if key_file is None:
+        return load_escrow_private_key(get_passphrase())
+    path = Path(key_file)
+    try:
+        head = path.read_bytes()[:400]
+    except OSError as exc:
+        raise InputError(f"--key {path}: cannot read: {exc.strerror}") from None
+    if head.lstrip().startswith(b"{"):
+        try:
+            json.loads(path.read_text())
+        except ValueError:
+            raise InputError(f"--key {path}: not a key file") from None
+        return load_escrow_private_key(get_passphrase(), path=path)
+    passphrase = get_passphrase(what=str(path)) if esc.is_encrypted_key_file(path) else None
+    return esc.load_private_key_file(path, passphrase)
+
+
+def _choose(store: esc.Escrow, tenant: str | None, host: str, account: str, entry_id: str | None) -> esc.EscrowEntry:
+    entries = store.entries(tenant=tenant, host=host, account=account)
+    if not entries:
+        raise InputError(f"case {store.case_id}: no escrowed secret for host {host!r} account {account!r}"
+                         + (f" in tenant {tenant!r}" if tenant else ""))
+    tenants = sorted({e.tenant for e in entries})
+    if len(tenants) > 1:
+        raise InputError(f"host {host!r} exists in several tenants ({', '.join(tenants)}): add --tenant")
+    if entry_id:
+        for entry in entries:
+            if entry.id == entry_id:
+                return entry
+        raise InputError(f"case {store.case_id}: no entry {entry_id} for {host}/{account}")
+    ordered = esc.newest_first(entries)
+    for entry in ordered:
+        if entry.state == esc.VERIFIED:
+            return entry
+    unsettled = [e for e in ordered if e.state in esc.UNSETTLED]
+    if unsettled:
+        raise InputError(f"{host}/{account}: no verified secret; entry {unsettled[0].id} is {unsettled[0].state} "
+                         f"(run `irkit resume --case {store.case_id}` to reconcile, or pick it with --entry)")
+    raise InputError(f"{host}/{account}: every escrowed secret was rolled back (none is on the host)")
 
 
 @escrow.command("get")
 @case_option()
-@click.option("--host", required=True)
-@click.option("--account", required=True)
-def get(**_: object) -> None:
-    """Decrypt and print one secret."""
-    not_implemented("escrow get", 6)
+@click.option("--host", required=True, metavar="NAME", help="Host name as in the inventory.")
+@click.option("--account", required=True, metavar="NAME", help="Account name, e.g. mspadmin.")
+@click.option("--tenant", default=None, metavar="NAME", help="Tenant (needed only if the host name is ambiguous).")
+@click.option("--entry", "entry_id", default=None, metavar="ID", help="A specific entry (default: the newest verified).")
+@click.option("--key", "key_file", default=None, metavar="FILE",
+              help="Decrypt with this recipient private key (default: the escrow key from `irkit keys init`).")
+def get(case_id: str, host: str, account: str, tenant: str | None, entry_id: str | None,
+        key_file: str | None) -> None:
+    """Decrypt and print one secret (the current one: newest verified).
+
+    The read itself is recorded in the case's audit log when it can be opened.
+    """
+    store = _store(case_id)
+    entry = _choose(store, tenant, host, account, entry_id)
+    secret = entry.decrypt(_private_key(key_file))
+    _audit_read(case_id, entry)
+    sys.stdout.write(secret + "\n")
+
+
+def _audit_read(case_id: str, entry: esc.EscrowEntry) -> None:
+    """Record who read which secret (best effort: a running contain holds the log)."""
+    try:
+        from ir_toolkit.cli.runflow import journal_actor, open_journal
+
+        journal = open_journal(case_id, entry.msp)
+        try:
+            journal.append_durable(action="escrow.read", actor=journal_actor(), tenant=entry.tenant, host=entry.host,
+                                   params={"account": entry.account, "entry": entry.id, "state": entry.state})
+        finally:
+            journal.close()
+    except Exception as exc:  # noqa: BLE001 - never block recovery of a password on the audit log
+        console(stderr=True).print(f"[yellow]note:[/] this read is not in the audit log ({exc})")

@@ -27,7 +27,7 @@ def forks_option(func):  # type: ignore[no-untyped-def]
 def plan(msp: str | None, inventory_path: str | None, case_id: str, playbook: str, forks: int, fmt: str) -> None:
     """Inspect every targeted host and write a deterministic, content-hashed plan (changes nothing)."""
     runflow.start_case_logging(case_id)
-    the_plan, _, _ = runflow.make_plan(msp, inventory_path, playbook, case_id, forks=forks)
+    the_plan, _, _, _ = runflow.make_plan(msp, inventory_path, playbook, case_id, forks=forks)
     runflow.show_plan(the_plan, fmt)
 
 

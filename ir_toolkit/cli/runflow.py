@@ -25,6 +25,7 @@ from ir_toolkit.playbook.fleet import Fleet
 from ir_toolkit.playbook.journal import journal_state, plan_path_for
 from ir_toolkit.playbook.plan import Plan, file_sha256, load_plan
 from ir_toolkit.playbook.schema import LoadedPlaybook, load_playbook
+from ir_toolkit.transports.ssh import Timeouts
 
 
 def new_case_id() -> str:
@@ -64,18 +65,29 @@ def evidence_gate(case_id: str) -> Any:
     return passed
 
 
+def make_fleet(inventory: Inventory, case_id: str, loaded: LoadedPlaybook) -> Fleet:
+    """A fleet whose connect/banner/auth deadlines come from the playbook's defaults."""
+    limit = loaded.playbook.defaults.connect_timeout
+    return Fleet(inventory, case_id, timeouts=Timeouts(connect=limit, banner=limit, auth=max(limit, 15.0),
+                                                        command=loaded.playbook.defaults.timeout))
+
+
 def make_plan(msp: str | None, inventory_path: str | None, playbook_path: str, case_id: str, *,
-              forks: int, quiet: bool = False) -> tuple[Plan, LoadedPlaybook, Inventory]:
+              forks: int, quiet: bool = False, keep_fleet: bool = False
+              ) -> tuple[Plan, LoadedPlaybook, Inventory, Fleet | None]:
+    """Plan a playbook; with ``keep_fleet`` the open connections are returned for the apply that follows."""
     path = resolve_inventory_path(msp, inventory_path)
     inventory = load_inventory(path, msp=msp if not inventory_path else None)
     loaded = load_playbook(playbook_path)
-    fleet = Fleet(inventory, case_id)
+    fleet = make_fleet(inventory, case_id, loaded)
     status = console(stderr=True)
     with status.status(f"planning {loaded.playbook.name} on {len(inventory.hosts())} hosts...") if not quiet and sys.stderr.isatty() else _Null():
         plan = build_plan(loaded, inventory, str(path), case_id, fleet, forks=forks)
-    fleet.close()
     plan.save()
-    return plan, loaded, inventory
+    if not keep_fleet:
+        fleet.close()
+        return plan, loaded, inventory, None
+    return plan, loaded, inventory, fleet
 
 
 class _Null:
@@ -169,12 +181,13 @@ def exit_code(summary: RunSummary) -> int:
 
 
 def execute(plan: Plan, loaded: LoadedPlaybook, inventory: Inventory, *, forks: int, responder_confirmed: bool,
-            finished: set[str] | None = None, approval_wait: float = 0.0, fmt: str = "table") -> int:
+            finished: set[str] | None = None, approval_wait: float = 0.0, fmt: str = "table",
+            fleet: Fleet | None = None) -> int:
     """Run a plan with approvals, the evidence gate and live progress; return the exit code."""
     journal = open_journal(plan.case, inventory.msp.name)
     try:
         approvals = _gather_approvals(plan, inventory, journal, responder_confirmed, approval_wait)
-        fleet = Fleet(inventory, plan.case)
+        fleet = fleet or make_fleet(inventory, plan.case, loaded)
         options = EngineOptions(forks=forks, finished=finished or set(), approvals=approvals,
                                 evidence_gate=evidence_gate(plan.case))
         with RunDisplay() as display:

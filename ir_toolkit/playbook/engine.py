@@ -356,7 +356,7 @@ class Engine:
                 self._record("gate.override", item, params={"reason": step.evidence_override})
         retries = self.playbook.step_retries(step)
         timeout = self.playbook.step_timeout(step)
-        self._record("step.start", item)
+        self._record("step.start", item, outcome="intent")
         attempt = 0
         while True:
             attempt += 1

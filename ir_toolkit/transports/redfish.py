@@ -14,9 +14,9 @@ What reimaging needs from a BMC (HPE iLO, Dell iDRAC, any DMTF Redfish service):
   state reads (:meth:`power_state`, :meth:`boot_override`, :meth:`media_state`)
   that always re-read the BMC.
 
-Every failure becomes a :class:`BmcError` with a ``kind`` (``auth``,
+Every failure becomes a :class:`BmcError` with a ``kind`` (``config``, ``auth``,
 ``unreachable``, ``tls``, ``not_found``, ``no_virtual_media``, ``unsupported``,
-``bmc_error``) and a one-line message naming the BMC; the password never appears
+``bmc_error``, ``environment``) and a one-line message naming the BMC; the password never appears
 in a message or a log line (it is registered for redaction when resolved).
 """
 
@@ -38,7 +38,10 @@ from ir_toolkit.secrets.references import parse_ref, resolve
 SecretResolver = Callable[[str], str]
 """Turns a secret reference (``env:``, ``file:``, ``escrow:``) into the secret value."""
 
-_log = get_logger("irkit.redfish")
+def _log() -> Any:
+    """Looked up per call: a logger bound at import time would miss a later log.configure()."""
+    return get_logger("irkit.redfish")
+
 
 BOOT_TARGETS = ("Cd", "Pxe")
 _MEDIA_FOR_TARGET = {"Cd": ("CD", "DVD")}
@@ -103,7 +106,7 @@ class _SushyLogBridge(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            _log.debug("sushy", sushy_level=record.levelname, detail=_one_line(record.getMessage(), 1000))
+            _log().debug("sushy", sushy_level=record.levelname, detail=_one_line(record.getMessage(), 1000))
         except Exception:  # noqa: BLE001 - logging must never raise
             pass
 
@@ -190,10 +193,7 @@ class RedfishClient:
         sushy = _import_sushy()
         exc_mod = sushy.exceptions
         try:
-            with warnings.catch_warnings():
-                # verify_tls: false is the operator's explicit choice; it is logged once at connect.
-                warnings.filterwarnings("ignore", message="Unverified HTTPS request")
-                yield
+            yield
         except BmcError:
             raise
         except exc_mod.AccessError as exc:
@@ -230,7 +230,10 @@ class RedfishClient:
         sushy = _import_sushy()
         _install_log_bridge()
         if not self.verify_tls and self.url.startswith("https:"):
-            _log.warning("TLS verification disabled for BMC", bmc=self.url)
+            # The operator's explicit choice (bmc.verify_tls: false): say it once here instead of
+            # letting urllib3 print a warning on stderr for every request.
+            warnings.filterwarnings("ignore", message="Unverified HTTPS request")
+            _log().warning("TLS verification disabled for BMC", bmc=self.url)
         with self._call("logging in"):
             self._auth = sushy.auth.SessionOrBasicAuth(username=self.username, password=self._password)
             self._root = sushy.Sushy(
@@ -254,7 +257,7 @@ class RedfishClient:
             try:
                 auth.close()
             except Exception as exc:  # noqa: BLE001
-                _log.debug("closing BMC session failed", bmc=self.url, error=_one_line(str(exc)))
+                _log().debug("closing BMC session failed", bmc=self.url, error=_one_line(str(exc)))
 
     def __enter__(self) -> RedfishClient:
         self.connect()
@@ -262,6 +265,10 @@ class RedfishClient:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._root is not None
 
     @property
     def root(self) -> Any:
@@ -317,7 +324,7 @@ class RedfishClient:
                 if not types and best is None:
                     best = member  # untyped device: usable only if nothing better
             if best is not None:
-                _log.debug("virtual media found", bmc=self.url, path=best.path)
+                _log().debug("virtual media found", bmc=self.url, path=best.path)
                 return best
         where = ", ".join(looked) if looked else "no VirtualMedia link on the system or its managers"
         raise BmcError(
@@ -342,7 +349,7 @@ class RedfishClient:
                     return owner.virtual_media
             except BmcError as exc:
                 if exc.kind == "not_found":
-                    _log.debug("advertised VirtualMedia link is missing", bmc=self.url, path=path)
+                    _log().debug("advertised VirtualMedia link is missing", bmc=self.url, path=path)
                     return None
                 raise
 
@@ -397,7 +404,7 @@ class RedfishClient:
         if state.inserted and state.image == image_url:
             return state
         if state.inserted:
-            _log.info("ejecting previous virtual media", bmc=self.url, image=state.image)
+            _log().info("ejecting previous virtual media", bmc=self.url, image=state.image)
             self.eject_media(media)
         with self._call(f"inserting {image_url} into {media.path}"):
             media.insert_media(image_url, inserted=True, write_protected=True)
@@ -437,7 +444,9 @@ class RedfishClient:
                 f"(allowed: {', '.join(current.allowed_targets)})",
             )
         with self._call(f"setting a one-time boot override to {target} on {system.path}"):
-            system.set_system_boot_options(target=target, enabled="Once")
+            sushy = _import_sushy()
+            system.set_system_boot_options(
+                target=sushy.BootSource(target), enabled=sushy.BootSourceOverrideEnabled.ONCE)
         after = self.boot_override(system)
         if after.target != target:
             raise BmcError(
@@ -450,11 +459,13 @@ class RedfishClient:
     def clear_boot_override(self, system: Any) -> BootOverride:
         """Make the next boot a normal one: ``Enabled: Disabled``; where a BMC refuses a
         PATCH with only that (sushy-tools does), also point the target at ``None`` or ``Hdd``."""
-        attempts: list[dict[str, str]] = [{"enabled": "Disabled"}]
+        sushy = _import_sushy()
+        disabled = sushy.BootSourceOverrideEnabled.DISABLED
+        attempts: list[dict[str, Any]] = [{"enabled": disabled}]
         allowed = self.boot_override(system).allowed_targets
         for fallback in ("None", "Hdd"):
             if not allowed or fallback in allowed:
-                attempts.append({"target": fallback, "enabled": "Disabled"})
+                attempts.append({"target": sushy.BootSource(fallback), "enabled": disabled})
         last: BmcError | None = None
         for kwargs in attempts:
             try:
@@ -489,7 +500,7 @@ class RedfishClient:
         for reset_type in candidates:
             if reset_type in allowed:
                 with self._call(f"sending ResetType {reset_type} to {system.path}"):
-                    system.reset_system(reset_type)
+                    system.reset_system(_import_sushy().ResetType(reset_type))
                 return reset_type
         raise BmcError(
             "unsupported",

@@ -149,14 +149,16 @@ class SshConnection:
                 raise TransportError(TIMED_OUT, f"{endpoint.address}: host deadline reached before connecting")
             return min(limit, left)
 
+        started = time.monotonic()
         sock = _open_socket(endpoint, budget(timeouts.connect))
+        banner_budget = budget(timeouts.banner)
         client = paramiko.SSHClient()
         policy = _PinnedPolicy(endpoint)
         client.set_missing_host_key_policy(policy)
         try:
             client.connect(
                 endpoint.address, port=endpoint.port, username=endpoint.user, pkey=pkey, password=password,
-                sock=sock, timeout=budget(timeouts.connect), banner_timeout=budget(timeouts.banner),
+                sock=sock, timeout=budget(timeouts.connect), banner_timeout=banner_budget,
                 auth_timeout=budget(timeouts.auth), allow_agent=False, look_for_keys=False,
             )
         except TransportError:
@@ -171,9 +173,12 @@ class SshConnection:
             sock.close()
             text = str(exc) or type(exc).__name__
             if "banner" in text.lower() or isinstance(exc, (EOFError, ConnectionResetError)):
-                # sshd MaxStartups drops or a slow/hung daemon: retryable, or a timeout if it never answers
-                kind = TIMED_OUT if "timeout" in text.lower() or "timed out" in text.lower() else TRANSIENT
-                raise TransportError(kind, f"{endpoint.address}: {text}") from None
+                # A daemon that never answered within the banner budget is hung (timed out); an early
+                # drop (sshd MaxStartups, a reset) is transient and worth a retry.
+                waited = time.monotonic() - started
+                if waited >= banner_budget * 0.9:
+                    raise TransportError(TIMED_OUT, f"{endpoint.address}: no SSH banner within {banner_budget:g}s (host hung?)") from None
+                raise TransportError(TRANSIENT, f"{endpoint.address}: {text}") from None
             if isinstance(exc, (TimeoutError, socket.timeout)):
                 raise TransportError(TIMED_OUT, f"{endpoint.address}: timed out during SSH handshake") from None
             raise TransportError(PROTOCOL, f"{endpoint.address}: SSH error: {text}") from None
