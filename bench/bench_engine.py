@@ -121,7 +121,6 @@ def main() -> int:
         sys.exit("bench_engine: the lab needs root")
     home = Path(tempfile.mkdtemp(prefix="irkit-bench-"))
     env = {**os.environ, "IRKIT_HOME": str(home), "IRKIT_KEY_PASSPHRASE": "bench-passphrase"}
-    env.setdefault("IRKIT_SCRYPT_N", "16384")
     work = home / "work"
     work.mkdir()
     inventory = work / "inventory.yml"

@@ -77,7 +77,10 @@ def _fail(message: str, code: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI with the error boundary."""
     try:
-        cli.main(args=argv, prog_name="irkit", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="irkit", standalone_mode=False)
+        # With standalone_mode=False click returns the code of ctx.exit(n) / Exit(n) instead of exiting.
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
     except IrkitError as exc:
         _fail(str(exc), exc.exit_code)
     except click.exceptions.Abort:
