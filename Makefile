@@ -34,7 +34,13 @@ demo: setup
 	$(IRKIT) lab up --msp acme
 	$(IRKIT) contain --msp acme --case $(CASE) --yes
 	$(IRKIT) audit verify --case $(CASE)
-	@echo "Case $(CASE): audit log and evidence in $(IRKIT_HOME)/cases/$(CASE)/ ; report: $(IRKIT) audit report --case $(CASE)"
+	$(IRKIT) evidence verify --case $(CASE)
+	@echo
+	@echo "Case $(CASE) is contained. Everything is in $(IRKIT_HOME)/cases/$(CASE)/:"
+	@echo "  audit log:  $(IRKIT) audit show --case $(CASE)     (signed; checkpoint: audit/checkpoint)"
+	@echo "  evidence:   $(IRKIT) evidence list --case $(CASE)"
+	@echo "  escrow:     $(IRKIT) escrow list --case $(CASE)"
+	@echo "The lab is still up for you to look around ($(IRKIT) lab info --msp acme); remove it with: make lab-down"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -81,6 +81,12 @@ def configure(
     out = stream if stream is not None else sys.stderr
     console_level = {0: 30, 1: 20}.get(verbosity, 10)
     color = hasattr(out, "isatty") and out.isatty() and not os.environ.get("NO_COLOR")
+
+    def logger_factory(*_args: Any) -> structlog.PrintLogger:
+        # Resolve sys.stderr at each call: a stream captured at configure time may be closed later
+        # (tests, a redirected stderr), and logging must never fail because of that.
+        return structlog.PrintLogger(stream if stream is not None else sys.stderr)
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -89,7 +95,7 @@ def configure(
             redaction_processor,
             _Tee(_json_file, console_level, color),
         ],
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=False,
     )
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN_MODULES = ("ir_toolkit.actions.basic",)
+BUILTIN_MODULES = ("ir_toolkit.actions.basic", "ir_toolkit.actions.credentials", "ir_toolkit.actions.revocation",
+                   "ir_toolkit.actions.isolation",
+                   "ir_toolkit.actions.triage", "ir_toolkit.actions.reimage")
 _loaded = False
 
 

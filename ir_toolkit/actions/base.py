@@ -35,6 +35,9 @@ class Outcome:
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
     ok: bool = True
+    #: set by ``apply`` when it already read the end state back from the host in the same
+    #: command (e.g. a write that re-hashes the file it wrote): the engine then skips ``verify``
+    verified: bool = False
 
 
 class ActionFailed(Exception):

@@ -32,8 +32,7 @@ class RunCommand(Action):
 
     def plan(self, ctx: ActionContext, params: CommandParams) -> Outcome:
         if params.read_only:
-            result = ctx.run(params.command)
-            return Outcome(False, f"would run (read-only): {params.command}", {"exit": result.exit_status})
+            return Outcome(False, f"would run (read-only): {params.command}")
         if params.creates and self._exists(ctx, params.creates):
             return Outcome(False, f"{params.creates} exists; nothing to do")
         return Outcome(True, f"would run: {params.command}")
@@ -86,6 +85,7 @@ class CheckFile(Action):
         outcome = self._check(ctx, params)
         if not outcome.ok:
             raise ActionFailed(outcome.summary)
+        outcome.verified = True  # the check is its own proof
         return outcome
 
     verify = _check
@@ -126,13 +126,28 @@ class WriteFile(Action):
         return Outcome(True, f"would {what} {params.path}", {"sha256": want_digest})
 
     def apply(self, ctx: ActionContext, params: FileWriteParams) -> Outcome:
-        if not self.plan(ctx, params).changed:
-            return Outcome(False, f"{params.path} already as wanted")
+        # One round trip: compare, write only when different (atomically, content over stdin), then
+        # read the file back; the final digest and mode prove the end state.
+        want_digest, want_mode = self._wanted(params)
         path = ctx.quote(params.path)
         tmp = ctx.quote(params.path + ".irkit-tmp")
-        ctx.run(f"umask 077; cat > {tmp} && chmod {params.mode} {tmp} && mv -f {tmp} {path}",
-                stdin=params.content.encode(), check=True)
-        return Outcome(True, f"wrote {params.path}", {"sha256": self._wanted(params)[0]})
+        script = (
+            f"cur=$(sha256sum {path} 2>/dev/null | cut -d' ' -f1); mode=$(stat -c %a {path} 2>/dev/null); "
+            f"if [ \"$cur\" = {want_digest} ] && [ \"$mode\" = {want_mode} ]; then cat >/dev/null; echo same; "
+            f"else (umask 077; cat > {tmp}) && chmod {params.mode} {tmp} && mv -f {tmp} {path} && echo wrote; fi "
+            f"&& sha256sum {path} | cut -d' ' -f1 && stat -c %a {path}"
+        )
+        result = ctx.run(script, stdin=params.content.encode(), check=True)
+        lines = result.text.split()
+        if len(lines) != 3:
+            raise ActionFailed(f"unexpected output writing {params.path}")
+        verb, digest, mode = lines
+        ok = digest == want_digest and mode == want_mode
+        changed = verb == "wrote"
+        summary = f"wrote {params.path}" if changed else f"{params.path} already as wanted"
+        if not ok:
+            return Outcome(changed, f"{params.path} differs after writing", ok=False, verified=True)
+        return Outcome(changed, summary, {"sha256": want_digest}, verified=True)
 
     def verify(self, ctx: ActionContext, params: FileWriteParams) -> Outcome:
         digest, mode = self._current(ctx, params)

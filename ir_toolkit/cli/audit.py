@@ -24,7 +24,8 @@ def audit() -> None:
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="FILE",
               help="External checkpoint (a witness's or a saved copy) that anchors the log; repeatable.")
 @click.option("--key", "keys", multiple=True, metavar="VKEY",
-              help="Verifier key to trust (name+keyid+key); default: the responder keys in $IRKIT_HOME/keys.")
+              help="Verifier key to trust (name+keyid+key), repeatable; default: the responder keys in "
+                   "$IRKIT_HOME/keys.")
 @click.option("--witness-key", "witness_keys", multiple=True, metavar="VKEY",
               help="Require every --checkpoint to be cosigned by this witness; repeatable.")
 @click.option("--evidence-dir", type=click.Path(path_type=Path), metavar="DIR",
@@ -56,9 +57,9 @@ def verify(case_id: str, checkpoints: tuple[str, ...], keys: tuple[str, ...], wi
             extra = f" (cosigned by {', '.join(cosigners)})" if cosigners else ""
             out.print(f"  anchored:  through seq {result.anchored_size} by external checkpoint(s){escape(extra)}")
         for note in result.notes:
-            out.print(f"  [yellow]{escape(note)}[/yellow]")
+            out.print(f"  [yellow]{escape(note)}[/yellow]", soft_wrap=True)
         for problem in result.problems:
-            out.print(f"  [red]problem[/red]: {escape(problem.line())}")
+            out.print(f"  [red]problem[/red]: {escape(problem.line())}", soft_wrap=True)
         if result.evidence_dir:
             out.print(f"  evidence written to {escape(result.evidence_dir)}")
     if not result.ok:
@@ -148,7 +149,8 @@ def witness(case_id: str | None, witness_dir: str | None, log_keys: tuple[str, .
     both checkpoints out as evidence. Keep the witness directory off the
     responder's machine; `irkit audit verify --checkpoint` uses its files.
     """
-    from ir_toolkit.audit.witness import Witness, witness_case, witness_dir as resolve_dir, witness_passphrase
+    from ir_toolkit.audit.witness import Witness, witness_case, witness_passphrase
+    from ir_toolkit.audit.witness import witness_dir as resolve_dir
 
     directory = resolve_dir(witness_dir)
     out = console()

@@ -41,7 +41,8 @@ def isolation_playbook(*, tenants: list[str], hosts: list[str], release: bool, a
 @inventory_options
 @case_option()
 @click.option("--host", "hosts", multiple=True, metavar="NAME", help="Hosts to isolate (repeatable).")
-@click.option("--tenant", "tenants", multiple=True, metavar="NAME", help="Every host of these tenants (repeatable).")
+@click.option("--tenant", "tenants", multiple=True, metavar="NAME",
+              help="Hosts of these tenants (repeatable; with --host, hosts must match both).")
 @click.option("--release", is_flag=True, help="Undo the isolation, restoring the previous ruleset exactly.")
 @click.option("--allow", "allow", multiple=True, metavar="NET",
               help="Also keep this address/network reachable (besides the controller and allow_from).")

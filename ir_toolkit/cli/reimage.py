@@ -1,16 +1,144 @@
-"""``irkit reimage``: orchestrated reinstall through BMCs or provisioning systems."""
+"""``irkit reimage``: reinstall hosts (after their evidence is verified), re-key, re-provision, verify.
+
+The flow is the playbook ``playbooks/reimage.yml`` (or ``--playbook FILE``): this
+command copies it into the case with every step targeted at the named hosts and
+the options filled in, then runs it through the same plan -> confirm -> execute
+flow as ``contain`` (``irkit resume`` finds the copy again).
+"""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+from typing import Any
+
 import click
 
-from ir_toolkit.cli.options import case_option, inventory_options, not_implemented
+from ir_toolkit.cli import runflow
+from ir_toolkit.cli.options import case_option, format_option, inventory_options, load_selected_inventory
+from ir_toolkit.cli.rotate import run_generated, write_generated_playbook
+from ir_toolkit.cli.run import forks_option
+from ir_toolkit.errors import FileInputError, InputError
+from ir_toolkit.yamlfile import load
+
+DEFAULT_PLAYBOOK = "playbooks/reimage.yml"
+REIMAGE_ACTION = "host.reimage"
+#: steps that take the old shared password reference (to prove it dead)
+_OLD_PASSWORD_ACTIONS = ("accounts.rotate", "host.verify_clean")
+
+
+def default_playbook() -> Path:
+    """``playbooks/reimage.yml`` in the working directory, else the one shipped next to the package."""
+    here = Path(DEFAULT_PLAYBOOK)
+    if here.exists():
+        return here
+    return Path(__file__).resolve().parents[2] / DEFAULT_PLAYBOOK
+
+
+def _plain(value: Any) -> Any:
+    """Line-annotated YAML containers -> plain dicts/lists (deep copies: no shared anchors)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return copy.copy(value)
+
+
+def reimage_playbook(template: dict[str, Any], *, hosts: list[str], image_url: str | None, reason: str | None,
+                     old_password: str | None, evidence_override: str | None,
+                     destructive: set[str]) -> dict[str, Any]:
+    """The template with every step targeted at ``hosts`` and the command's options filled in."""
+    data = _plain(template)
+    found = False
+    for phase in data.get("phases", []):
+        for step in phase.get("steps", []):
+            targets = dict(step.get("targets") or {})
+            targets["hosts"] = list(hosts)
+            targets.setdefault("os", ["linux"])
+            step["targets"] = targets
+            params = dict(step.get("params") or {})
+            if step.get("action") == REIMAGE_ACTION:
+                found = True
+                if image_url:
+                    params["image_url"] = image_url
+                if reason:
+                    params["reason"] = reason
+            if old_password and step.get("action") in _OLD_PASSWORD_ACTIONS:
+                params["old_password"] = old_password
+            if params:
+                step["params"] = params
+            if evidence_override and step.get("action") in destructive:
+                step["evidence_override"] = evidence_override
+    if not found:
+        raise InputError(f"the reimage playbook has no {REIMAGE_ACTION} step")
+    return data
 
 
 @click.command("reimage")
 @inventory_options
 @case_option()
-@click.option("--hosts", "hosts", multiple=True, metavar="NAME", help="Hosts to reimage.")
-def reimage(**_: object) -> None:
-    """Reimage hosts (after their evidence is verified), re-key and re-provision them."""
-    not_implemented("reimage", 8)
+@click.option("--hosts", "hosts", multiple=True, required=True, metavar="NAME",
+              help="Host to reimage (repeatable: --hosts A --hosts B).")
+@click.option("--image-url", metavar="URL", default=None,
+              help="Install image for virtual media (redfish providers), http(s)://, nfs:// or cifs://.")
+@click.option("--reason", metavar="TEXT", default=None, help="Why these hosts are reimaged (in the audit log).")
+@click.option("--old-password", metavar="REF", default=None,
+              help="Reference (env:NAME / file:PATH) to the leaked shared password; verification proves it dead.")
+@click.option("--evidence-override", metavar="REASON", default=None,
+              help="Reimage even without verified evidence (the reason is an audit record). Avoid.")
+@click.option("--playbook", metavar="FILE", default=None,
+              help=f"Reimage playbook to use as the template (default: {DEFAULT_PLAYBOOK}).")
+@click.option("--yes", is_flag=True, help="Skip the confirmation prompt (counts as your approval).")
+@click.option("--dry-run", is_flag=True, help="Stop after showing the plan; change nothing.")
+@forks_option
+@format_option
+def reimage(msp: str | None, inventory_path: str | None, case_id: str, hosts: tuple[str, ...],
+            image_url: str | None, reason: str | None, old_password: str | None, evidence_override: str | None,
+            playbook: str | None, yes: bool, dry_run: bool, forks: int, fmt: str) -> None:
+    """Reimage hosts (after their evidence is verified), re-key and re-provision them.
+
+    Per host: the evidence gate (no reimage before the host's triage bundle is
+    verified), the reinstall through the host's bmc provider, the new host key
+    accepted only because irkit reimaged the host in this case (pinned in the
+    case's known_hosts, old and new fingerprints in the audit log), the per-case
+    responder key, unique escrowed passwords for the local admin accounts, the
+    MSP's keys revoked, and a check that no breach trace is left. The reimage
+    step requires approval: --yes (or the prompt) counts as yours. Never more
+    than one domain controller per tenant at once.
+
+    Exit 0: every host reimaged and verified clean; 1: a host failed or was
+    refused (e.g. no evidence); 2: bad input; 3: incomplete (irkit resume).
+    """
+    inventory = load_selected_inventory(msp, inventory_path)
+    by_name = {h.name: h for h in inventory.hosts()}
+    chosen = list(dict.fromkeys(hosts))
+    for name in chosen:
+        host = by_name.get(name)
+        if host is None:
+            raise InputError(f"unknown host {name!r}")
+        if host.bmc is None:
+            raise InputError(f"host {name} has no bmc: section in the inventory; it cannot be reimaged")
+        if host.os != "linux":
+            raise InputError(f"host {name}: reimaging {host.os} hosts is not supported yet "
+                             "(re-provisioning needs SSH)")
+    if old_password is not None:
+        from ir_toolkit.secrets.references import parse_ref
+
+        parse_ref(old_password)
+    if evidence_override is not None and not evidence_override.strip():
+        raise InputError("--evidence-override needs a written reason")
+    if image_url is not None and image_url.split("://", 1)[0] not in ("http", "https", "nfs", "cifs", "smb"):
+        raise InputError(f"--image-url {image_url!r}: use an http(s)://, nfs:// or cifs:// URL")
+    template_path = Path(playbook) if playbook else default_playbook()
+    template = load(template_path, what="playbook")
+    if not isinstance(template, dict):
+        raise FileInputError(str(template_path), None, None, "a playbook is a mapping with name: and phases:")
+    from ir_toolkit.actions.base import registry
+
+    destructive = {name for name, cls in registry().items() if cls.destructive}
+    data = reimage_playbook(template, hosts=chosen, image_url=image_url, reason=reason, old_password=old_password,
+                            evidence_override=evidence_override, destructive=destructive)
+    runflow.start_case_logging(case_id)
+    runflow.console(stderr=True).print(f"case {case_id}")
+    path = write_generated_playbook(case_id, "reimage", data)
+    run_generated(msp, inventory_path, case_id, path, yes=yes, dry_run=dry_run, forks=forks, fmt=fmt)

@@ -48,21 +48,26 @@ def open_journal(case_id: str, msp: str) -> Any:
 
 
 def evidence_gate(case_id: str) -> Any:
-    """A host passes when this case's audit log holds a verified evidence record for it."""
-    from ir_toolkit.audit.log import iter_records
+    """A host passes when its evidence bundle is collected, matches its seal and has a custody record.
 
-    cache: dict[tuple[str, str], bool] = {}
+    A passing host is remembered for the rest of the run (the bundle is re-hashed once).
+    """
+    from ir_toolkit.triage.status import host_evidence_status
+
+    passed: set[tuple[str, str]] = set()
     lock = threading.Lock()
 
-    def passed(tenant: str, host: str) -> bool:
+    def gate(tenant: str, host: str) -> bool:
         with lock:
-            if (tenant, host) not in cache:
-                for rec in iter_records(case_id):
-                    if rec.get("action") in ("evidence.collected", "evidence.verified") and rec.get("outcome") == "ok":
-                        cache[(rec.get("tenant"), rec.get("host"))] = True
-            return cache.get((tenant, host), False)
+            if (tenant, host) in passed:
+                return True
+        if host_evidence_status(case_id, tenant, host, rehash=True).ready:
+            with lock:
+                passed.add((tenant, host))
+            return True
+        return False
 
-    return passed
+    return gate
 
 
 def make_fleet(inventory: Inventory, case_id: str, loaded: LoadedPlaybook) -> Fleet:

@@ -58,7 +58,9 @@ def generate_inventory(*, msp: str, tenants: int, hosts_per_tenant: int,
         tname = f"t{i:0{width}d}"
         hosts = [
             {"name": f"{tname}-h{j:0{hwidth}d}", "address": str(subnet.network_address + first + j - 1),
-             "groups": ["scale"]}
+             "groups": ["scale"],
+             # `irkit reimage` rebuilds lab hosts through the lab provider (system_id: the lab's MSP)
+             "bmc": {"provider": "lab", "system_id": msp}}
             for j in range(1, hosts_per_tenant + 1)
         ]
         tenant_list.append({

@@ -366,7 +366,7 @@ class Engine:
                 ctx = ActionContext(host, self.inventory, self.plan.case, conn, step_deadline,
                                     services={"journal": self.journal, "fleet": self.fleet, "actor": self.options.actor})
                 applied: Outcome = action.apply(ctx, params)
-                verdict: Outcome = action.verify(ctx, params)
+                verdict: Outcome = applied if applied.verified else action.verify(ctx, params)
                 if not verdict.ok:
                     raise ActionFailed(f"verify failed: {verdict.summary}")
             except TransportError as exc:

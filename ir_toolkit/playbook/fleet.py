@@ -48,8 +48,13 @@ def known_hosts_files(inventory: Inventory, case_id: str | None) -> list[Path]:
     if inventory.msp.known_hosts:
         files.append(expand_path(inventory.msp.known_hosts))
     if case_id:
-        files.append(case_dir(case_id) / "known_hosts")
+        files.append(case_known_hosts(case_id))
     return files
+
+
+def case_known_hosts(case_id: str) -> Path:
+    """The case's own pins (written only by audited acceptances, e.g. after a reimage); they override."""
+    return case_dir(case_id) / "known_hosts"
 
 
 class Fleet:
@@ -61,7 +66,9 @@ class Fleet:
         self.case_id = case_id
         self.timeouts = timeouts
         self.max_retries = max_retries
-        self.known_hosts = KnownHosts(known_hosts_files(inventory, case_id))
+        # the case's pins override the MSP's for the hosts they name (a reimaged host's old key is refused)
+        self.known_hosts = KnownHosts(known_hosts_files(inventory, None),
+                                      override=[case_known_hosts(case_id)] if case_id else [])
         self._keys: list[paramiko.PKey] | None = None
         self._conns: dict[str, SshConnection] = {}
         self._lock = threading.Lock()

@@ -4,6 +4,11 @@ A host's acceptable keys are the fingerprints pinned in the inventory
 (``host_keys:``) plus the keys for its address in the MSP's ``known_hosts``
 file and in the case's own ``known_hosts`` (written only by explicit, audited
 commands such as a reimage of that very host).
+
+The case's pins *override*: when the case's ``known_hosts`` names a host, only
+those keys are accepted for it (not the MSP's ``known_hosts``, not the
+inventory's ``host_keys``). A reimaged host's old key is thereby refused for the
+rest of the case (see docs/reimage.md, "Host keys after a reimage").
 """
 
 from __future__ import annotations
@@ -57,24 +62,43 @@ def read_known_hosts(path: Path) -> dict[str, set[str]]:
 
 
 class KnownHosts:
-    """All pinned host keys for a run: inventory pins plus known_hosts files."""
+    """All pinned host keys for a run: inventory pins plus known_hosts files.
 
-    def __init__(self, files: list[Path] | None = None) -> None:
+    ``override`` files (the case's ``known_hosts``) replace every other pin for
+    the hosts they name.
+    """
+
+    def __init__(self, files: list[Path] | None = None, *, override: list[Path] | None = None) -> None:
         self._entries: dict[str, set[str]] = {}
+        self._override: dict[str, set[str]] = {}
         self._revoked: set[str] = set()
         for path in files or []:
-            for name, fps in read_known_hosts(path).items():
-                if name == "@revoked":
-                    self._revoked |= fps
-                else:
-                    self._entries.setdefault(name, set()).update(fps)
+            self._load(path, self._entries)
+        for path in override or []:
+            self._load(path, self._override)
+
+    def _load(self, path: Path, into: dict[str, set[str]]) -> None:
+        for name, fps in read_known_hosts(path).items():
+            if name == "@revoked":
+                self._revoked |= fps
+            else:
+                into.setdefault(name, set()).update(fps)
 
     def expected(self, address: str, port: int, pinned: list[str] | tuple[str, ...] = ()) -> set[str]:
         """Fingerprints acceptable for ``address:port`` (empty set: the host is not pinned)."""
-        found: set[str] = set(pinned)
-        for name in _host_patterns(address, port):
+        names = _host_patterns(address, port)
+        if any(name in self._override for name in names):
+            found = set().union(*(self._override.get(name, set()) for name in names))
+            return found - self._revoked
+        found = set(pinned)
+        for name in names:
             found |= self._entries.get(name, set())
         return found - self._revoked
+
+    def pin_override(self, address: str, port: int, fp: str) -> None:
+        """Make ``fp`` the only acceptable key for ``address:port`` (what a new case pin does)."""
+        for name in _host_patterns(address, port):
+            self._override[name] = {fp}
 
     def add(self, address: str, port: int, fp: str) -> None:
         for name in _host_patterns(address, port):

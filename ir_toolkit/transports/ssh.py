@@ -77,6 +77,17 @@ class Endpoint:
     name: str = ""
 
 
+class _QuietTransport(paramiko.Transport):
+    """A transport whose reader thread wakes once a second instead of ten times when idle.
+
+    paramiko polls its socket every 0.1 s to notice a close; with hundreds of open
+    connections those wake-ups (each taking the GIL) cost more controller CPU than the
+    commands themselves. Closing still ends the thread at once (the socket is closed).
+    """
+
+    _active_check_timeout = 1.0
+
+
 class _PinnedPolicy(paramiko.MissingHostKeyPolicy):
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -160,6 +171,7 @@ class SshConnection:
                 endpoint.address, port=endpoint.port, username=endpoint.user, pkey=pkey, password=password,
                 sock=sock, timeout=budget(timeouts.connect), banner_timeout=banner_budget,
                 auth_timeout=budget(timeouts.auth), allow_agent=False, look_for_keys=False,
+                transport_factory=_QuietTransport,
             )
         except TransportError:
             client.close()

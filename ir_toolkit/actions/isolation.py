@@ -1,0 +1,277 @@
+"""Host isolation with nftables, in irkit's own table, reversible exactly.
+
+``host.isolate`` loads one table, ``inet irkit_isolation``, whose base chains
+(input, output, forward; policy drop) let through only loopback, established and
+related traffic, and the responder's controller address plus the inventory's
+``msp.responder.allow_from`` and the playbook's ``allow`` list. Other tables are
+not touched: a drop verdict in any base chain is final in nftables, so the
+table isolates whatever else is loaded, and removing it restores the rest as it
+was.
+
+Safety: before loading the table irkit refuses if the address it connects from
+is not in the allowed set; it snapshots the ruleset (``nft -s list ruleset``) to
+``/var/lib/irkit/isolation/before.nft`` on the host; it arms a watchdog on the
+host that deletes the table after ``watchdog_seconds`` unless irkit disarms it;
+and it disarms it only after a *fresh* login from the controller has worked. If
+that login fails, the table is deleted at once over the established session.
+
+``host.release`` deletes the table and checks that the ruleset is then
+byte-for-byte the pre-isolation snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from typing import Any
+
+from pydantic import field_validator
+
+from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.actions.credentials import _record, responder_access_works
+from ir_toolkit.actions.sshd import client_address
+
+TABLE = "irkit_isolation"
+FAMILY = "inet"
+STATE_DIR = "/var/lib/irkit/isolation"
+SNAPSHOT = f"{STATE_DIR}/before.nft"
+WATCHDOG_MARK = "irkit-isolation-watchdog"
+SPEC_VERSION = 1
+
+
+def _networks(values: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    nets = []
+    for value in values:
+        nets.append(ipaddress.ip_network(str(value), strict=False))
+    return sorted(set(nets), key=lambda n: (n.version, n.network_address, n.prefixlen))
+
+
+def _fmt(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    full = 32 if net.version == 4 else 128
+    return str(net.network_address) if net.prefixlen == full else str(net)
+
+
+def ruleset(allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network], case_id: str) -> tuple[str, str]:
+    """The nft script that (re)creates the isolation table atomically, and its spec hash."""
+    v4 = [_fmt(n) for n in allowed if n.version == 4]
+    v6 = [_fmt(n) for n in allowed if n.version == 6]
+    spec = hashlib.sha256(f"v{SPEC_VERSION}|{','.join(v4)}|{','.join(v6)}".encode()).hexdigest()[:16]
+
+    def chain(name: str, hook: str, direction: str | None, iface: str | None) -> str:
+        lines = [f"  chain {name} {{", f"    type filter hook {hook} priority 0; policy drop;"]
+        if iface:
+            lines.append(f'    {iface} "lo" accept')
+        lines.append("    ct state established,related accept")
+        if direction:
+            if v4:
+                lines.append(f"    ip {direction} {{ {', '.join(v4)} }} accept")
+            if v6:
+                lines.append(f"    ip6 {direction} {{ {', '.join(v6)} }} accept")
+        lines.append("  }")
+        return "\n".join(lines)
+
+    body = "\n".join([
+        f"table {FAMILY} {TABLE}",
+        f"delete table {FAMILY} {TABLE}",
+        f"table {FAMILY} {TABLE} {{",
+        f'  comment "irkit isolation spec={spec} case={case_id}"',
+        chain("input", "input", "saddr", "iif"),
+        chain("output", "output", "daddr", "oif"),
+        chain("forward", "forward", None, None),
+        "}",
+        "",
+    ])
+    return body, spec
+
+
+class IsolateParams(Params):
+    #: further addresses/networks that keep access (e.g. a backup server, the SIEM)
+    allow: list[str] = []
+    #: keep the inventory's ``msp.responder.allow_from`` networks reachable
+    include_allow_from: bool = True
+    #: the host deletes the table by itself after this many seconds unless irkit proves access and disarms it
+    watchdog_seconds: int = 120
+
+    @field_validator("allow")
+    @classmethod
+    def _nets(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(str(item), strict=False)
+            except ValueError:
+                raise ValueError(f"invalid address or network {item!r}") from None
+        return value
+
+    @field_validator("watchdog_seconds")
+    @classmethod
+    def _watchdog(cls, value: int) -> int:
+        if not 10 <= value <= 3600:
+            raise ValueError("watchdog_seconds must be between 10 and 3600")
+        return value
+
+
+def allowed_networks(ctx: ActionContext, params: IsolateParams) -> list[Any]:
+    responder = ctx.inventory.msp.responder
+    values = [responder.controller_address, *params.allow]
+    if params.include_allow_from:
+        values += list(responder.allow_from)
+    return _networks(values)
+
+
+def _table(ctx: ActionContext) -> str | None:
+    """The current isolation table listing, or None when absent."""
+    result = ctx.run(f"nft list table {FAMILY} {TABLE} 2>/dev/null")
+    return result.text if result.ok else None
+
+
+def _need_nft(ctx: ActionContext) -> None:
+    if not ctx.run("command -v nft >/dev/null").ok:
+        raise ActionFailed("nft (nftables) is not installed on the host")
+
+
+def _check_controller_allowed(ctx: ActionContext, allowed: list[Any]) -> str:
+    seen = client_address(ctx)
+    try:
+        addr = ipaddress.ip_address(seen)
+    except ValueError:
+        raise ActionFailed(f"cannot tell the controller's address from SSH_CONNECTION ({seen!r})") from None
+    if not any(addr in net for net in allowed):
+        raise ActionFailed(f"the controller reaches this host from {seen}, which is not the controller_address, "
+                           "allow_from or allow list: refusing to isolate (the responders would be cut off)")
+    return seen
+
+
+@register
+class IsolateHost(Action):
+    """Cut a host off the network except for the responder's controller (nftables, own table)."""
+
+    name = "host.isolate"
+    Params = IsolateParams
+    description = "isolate the host with nftables (own table); controller and allow-list keep access"
+    destructive = True
+
+    def plan(self, ctx: ActionContext, params: IsolateParams) -> Outcome:
+        _need_nft(ctx)
+        allowed = allowed_networks(ctx, params)
+        _check_controller_allowed(ctx, allowed)
+        _, spec = ruleset(allowed, ctx.case_id)
+        current = _table(ctx)
+        if current is not None and f"spec={spec}" in current:
+            return Outcome(False, "already isolated with this allow-list")
+        verb = "would update the isolation of" if current is not None else "would isolate"
+        return Outcome(True, f"{verb} the host; allowed: {', '.join(_fmt(n) for n in allowed)}")
+
+    def apply(self, ctx: ActionContext, params: IsolateParams) -> Outcome:
+        _need_nft(ctx)
+        allowed = allowed_networks(ctx, params)
+        seen = _check_controller_allowed(ctx, allowed)
+        script, spec = ruleset(allowed, ctx.case_id)
+        current = _table(ctx)
+        if current is not None and f"spec={spec}" in current:
+            return Outcome(False, "already isolated with this allow-list", {"spec": spec})
+        if current is None:
+            # the state to return to on release (only taken when irkit's table is not loaded)
+            ctx.run(f"mkdir -p {STATE_DIR} && chmod 700 {STATE_DIR} && nft -s list ruleset > {SNAPSHOT}.tmp && "
+                    f"mv -f {SNAPSHOT}.tmp {SNAPSHOT}", check=True)
+        before = ctx.run(f"sha256sum < {SNAPSHOT} 2>/dev/null").text.split(" ")[0].strip()
+        watchdog = self._arm_watchdog(ctx, params.watchdog_seconds)
+        result = ctx.run("nft -f -", stdin=script.encode())
+        if not result.ok:
+            self._disarm(ctx, watchdog)
+            err = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise ActionFailed("nft refused the isolation ruleset" + (f": {err[-1][:200]}" if err else ""))
+        # never lose responder access: a fresh login from the controller must still work
+        if not responder_access_works(ctx):
+            ctx.run(f"nft delete table {FAMILY} {TABLE}")
+            self._disarm(ctx, watchdog)
+            _record(ctx, "host.isolation_rolled_back", {"reason": "fresh responder login failed"}, outcome="failed")
+            raise ActionFailed("after isolating, a fresh login from the controller failed; isolation removed")
+        self._disarm(ctx, watchdog)
+        details = {"spec": spec, "allowed": [_fmt(n) for n in allowed], "controller_seen_as": seen,
+                   "ruleset_before_sha256": before}
+        _record(ctx, "host.isolated", details)
+        return Outcome(True, f"isolated; allowed: {', '.join(details['allowed'])}", details)
+
+    def _arm_watchdog(self, ctx: ActionContext, seconds: int) -> int:
+        cmd = (f"setsid sh -c 'sleep {seconds}; nft delete table {FAMILY} {TABLE} 2>/dev/null' {WATCHDOG_MARK} "
+               "</dev/null >/dev/null 2>&1 & echo $!")
+        out = ctx.run(cmd, check=True).text.strip()
+        if not out.isdigit():
+            raise ActionFailed("could not start the isolation watchdog on the host")
+        return int(out)
+
+    def _disarm(self, ctx: ActionContext, pid: int) -> None:
+        # The watchdog is `sh -c 'sleep N; nft delete ...' irkit-isolation-watchdog`: kill the shell FIRST
+        # (killing its sleep first would run the delete at once), then its sleep, by pid.
+        ctx.run(f"if tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null | grep -q {WATCHDOG_MARK}; then "
+                f"kids=$(cat /proc/{pid}/task/{pid}/children 2>/dev/null); kill -KILL {pid} 2>/dev/null; "
+                f"for c in $kids; do kill $c 2>/dev/null; done; fi; true")
+
+    def verify(self, ctx: ActionContext, params: IsolateParams) -> Outcome:
+        allowed = allowed_networks(ctx, params)
+        _, spec = ruleset(allowed, ctx.case_id)
+        current = _table(ctx)
+        problems = []
+        if current is None:
+            problems.append("isolation table is not loaded")
+        elif f"spec={spec}" not in current or "policy drop" not in current:
+            problems.append("isolation table differs from the wanted one")
+        if not responder_access_works(ctx):
+            problems.append("fresh login from the controller FAILED")
+        if problems:
+            return Outcome(False, "; ".join(problems), ok=False)
+        return Outcome(False, "isolated (policy drop); fresh login from the controller works")
+
+
+class ReleaseParams(Params):
+    pass
+
+
+@register
+class ReleaseHost(Action):
+    """Undo ``host.isolate``: delete irkit's table and check the ruleset is as it was before."""
+
+    name = "host.release"
+    Params = ReleaseParams
+    description = "undo host.isolate, restoring exactly the previous nftables ruleset"
+
+    def plan(self, ctx: ActionContext, params: ReleaseParams) -> Outcome:
+        _need_nft(ctx)
+        if _table(ctx) is None:
+            return Outcome(False, "not isolated")
+        return Outcome(True, "would remove the isolation table")
+
+    def apply(self, ctx: ActionContext, params: ReleaseParams) -> Outcome:
+        _need_nft(ctx)
+        changed = False
+        if _table(ctx) is not None:
+            ctx.run(f"nft delete table {FAMILY} {TABLE}", check=True)
+            changed = True
+        snap = ctx.run(f"cat {SNAPSHOT} 2>/dev/null || echo __irkit_no_snapshot__")
+        if snap.text.strip() == "__irkit_no_snapshot__":
+            if changed:
+                _record(ctx, "host.released", {"snapshot": None})
+            return Outcome(changed, "isolation removed" if changed else "not isolated")
+        now = ctx.run("nft -s list ruleset", check=True).stdout
+        digest = hashlib.sha256(snap.stdout).hexdigest()
+        if now != snap.stdout:
+            _record(ctx, "host.released", {"ruleset_before_sha256": digest, "restored_exactly": False},
+                    outcome="failed")
+            raise ActionFailed("isolation removed, but the ruleset differs from the pre-isolation snapshot "
+                               f"({SNAPSHOT}): something else changed nftables meanwhile")
+        ctx.run(f"mv -f {SNAPSHOT} {SNAPSHOT}.released", check=True)
+        _record(ctx, "host.released", {"ruleset_before_sha256": digest, "restored_exactly": True})
+        return Outcome(True, "isolation removed; ruleset is exactly the pre-isolation one",
+                       {"ruleset_before_sha256": digest})
+
+    def verify(self, ctx: ActionContext, params: ReleaseParams) -> Outcome:
+        problems = []
+        if _table(ctx) is not None:
+            problems.append("isolation table still loaded")
+        if ctx.run(f"test -e {SNAPSHOT}").ok:
+            problems.append("the pre-isolation ruleset was not restored exactly")
+        if not responder_access_works(ctx):
+            problems.append("fresh login from the controller FAILED")
+        if problems:
+            return Outcome(False, "; ".join(problems), ok=False)
+        return Outcome(False, "not isolated; ruleset as before isolation")

@@ -1,0 +1,372 @@
+"""``ssh_keys.revoke``: the MSP's shared SSH keys removed everywhere sshd looks, and revoked in a KRL.
+
+By fingerprint — whatever a line's options or comment — every matching line goes
+from every authorized_keys file sshd would read: all users, ``AuthorizedKeysFile``
+as sshd itself evaluates it (``sshd -T``, per user when ``Match`` blocks exist)
+plus ``authorized_keys``/``authorized_keys2``. The keys are added (``hash:
+SHA256:...``) to the KRL that sshd's ``RevokedKeys`` names; when sshd has none,
+``/etc/ssh/irkit-revoked-keys.krl`` is created first and then configured (the
+config is validated with ``sshd -t``, sshd reloaded, and a fresh responder login
+proven — or the old config is put back). A copy of the key planted anywhere else
+is then refused too. irkit's own responder keys are never revoked.
+
+Verification: no file holds the keys, the KRL lists them, sshd uses it, a login
+attempt with the private key (``probe_keys``, or the private key found next to
+the inventory's ``public_key_file``) FAILS as root, the responder and the shared
+accounts, and the responder's fresh login still works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import paramiko
+from pydantic import field_validator
+
+from ir_toolkit.actions import sshd
+from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.actions.credentials import (
+    _all_users,
+    _endpoint,
+    _read_files,
+    _record,
+    _write_file,
+    case_key_path,
+    login_with_key,
+    public_line,
+    responder_access_works,
+    responder_pkeys,
+)
+from ir_toolkit.errors import IrkitError
+from ir_toolkit.secrets.references import expand_path, is_reference, parse_ref
+from ir_toolkit.transports.hostkeys import fingerprint
+from ir_toolkit.transports.ssh import TransportError, load_private_key
+
+
+DEFAULT_KRL = "/etc/ssh/irkit-revoked-keys.krl"
+_KRL_MAGIC = b"SSHKRL\n\0"
+
+
+@dataclasses.dataclass
+class RevokeTarget:
+    fingerprint: str
+    name: str
+    public_line: str | None = None
+
+
+@dataclasses.dataclass
+class KeyFileHit:
+    path: str
+    user: str
+    lines: list[int]
+    content: str
+
+
+@dataclasses.dataclass
+class RevokeState:
+    daemon: sshd.SshdDaemon
+    hits: list[KeyFileHit]
+    revoked_keys: str          # what sshd -T says RevokedKeys is ("none" if unset)
+    krl_path: str              # where the KRL is (or will be)
+    krl_exists: bool
+    krl_is_krl: bool
+    in_krl: set[str]           # fingerprints the KRL already revokes
+    files_checked: int
+
+    @property
+    def configured(self) -> bool:
+        return self.revoked_keys != "none" and self.revoked_keys == self.krl_path
+
+
+class RevokeParams(Params):
+    #: also revoke these (fingerprints ``SHA256:...`` or public key lines), besides the inventory's shared keys
+    keys: list[str] = []
+    #: revoke the inventory's ``msp.shared_credentials.ssh_keys``
+    from_inventory: bool = True
+    #: KRL file to create when sshd has no RevokedKeys yet
+    krl_path: str = DEFAULT_KRL
+    #: private key files (``file:PATH``) that must no longer log in: the verification attempt
+    probe_keys: list[str] = []
+    #: also probe with the private key found next to an inventory ``public_key_file`` (``X`` for ``X.pub``)
+    probe_sibling_keys: bool = True
+    #: accounts to attempt those logins as (default: root, the responder user and the shared accounts)
+    probe_users: list[str] = []
+
+    @field_validator("probe_keys")
+    @classmethod
+    def _refs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not is_reference(item) or not item.startswith("file:"):
+                raise ValueError("probe_keys are file:PATH references to private key files, never inline keys")
+        return value
+
+    @field_validator("krl_path")
+    @classmethod
+    def _abs(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("krl_path must be an absolute path")
+        return value
+
+
+def revoke_targets(ctx: ActionContext, params: RevokeParams) -> list[RevokeTarget]:
+    """The keys to revoke, by fingerprint; refuses to include irkit's own responder keys."""
+    targets: dict[str, RevokeTarget] = {}
+
+    def add_line(text: str, name: str) -> None:
+        blob = sshd.key_blob(text)
+        if blob is None:
+            raise ActionFailed(f"{name}: not an OpenSSH public key")
+        fp = fingerprint(blob)
+        targets.setdefault(fp, RevokeTarget(fp, name, text.strip()))
+
+    if params.from_inventory:
+        for i, key in enumerate(ctx.inventory.msp.shared_credentials.ssh_keys):
+            name = key.name or f"shared key {i + 1}"
+            if key.fingerprint:
+                targets.setdefault(key.fingerprint, RevokeTarget(key.fingerprint, name))
+            elif key.public_key:
+                add_line(key.public_key, name)
+            elif key.public_key_file:
+                path = expand_path(key.public_key_file)
+                try:
+                    text = path.read_text()
+                except OSError as exc:
+                    raise ActionFailed(f"{name}: cannot read {path}: {exc.strerror}") from None
+                add_line(text.strip().splitlines()[0] if text.strip() else "", name)
+    for item in params.keys:
+        if item.startswith("SHA256:"):
+            targets.setdefault(item, RevokeTarget(item, item))
+        else:
+            add_line(item, "playbook key")
+    ours = responder_fingerprints(ctx)
+    clash = sorted(set(targets) & ours)
+    if clash:
+        raise ActionFailed(f"refusing to revoke {', '.join(clash)}: it is irkit's own responder key "
+                           "(revoking it would lock the responders out)")
+    return list(targets.values())
+
+
+def responder_fingerprints(ctx: ActionContext) -> set[str]:
+    fps: set[str] = set()
+    for key in responder_pkeys(ctx):
+        fps.add(fingerprint(key.asbytes()))
+    case_key = case_key_path(ctx.case_id)
+    if case_key.exists():
+        blob = sshd.key_blob(public_line(case_key))
+        if blob:
+            fps.add(fingerprint(blob))
+    return fps
+
+
+def _krl_listing(ctx: ActionContext, path: str) -> tuple[bool, bool, set[str]]:
+    """(exists, is a binary KRL, hex SHA256 hashes / fingerprints it revokes)."""
+    q = ctx.quote(path)
+    result = ctx.run(f"[ -f {q} ] || exit 9; head -c 8 {q} | od -An -c | tr -d ' \\n'; echo; "
+                     f"ssh-keygen -Q -l -f {q} 2>/dev/null || true")
+    if result.exit_status == 9:
+        return False, False, set()
+    lines = result.text.splitlines()
+    magic = lines[0] if lines else ""
+    is_krl = magic.startswith("SSHKRL\\n\\0")
+    revoked: set[str] = set()
+    if is_krl:
+        for line in lines[1:]:
+            if line.startswith("hash: SHA256:"):
+                revoked.add(line.split("SHA256:", 1)[1].strip().lower())
+            else:
+                blob = sshd.key_blob(line)
+                if blob:
+                    revoked.add(hashlib.sha256(blob).hexdigest())
+    else:
+        content = _read_files(ctx, [path]).get(path, "")
+        for line in content.splitlines():
+            blob = sshd.key_blob(line)
+            if blob:
+                revoked.add(hashlib.sha256(blob).hexdigest())
+    return True, is_krl, revoked
+
+
+def inspect_revocation(ctx: ActionContext, targets: list[RevokeTarget], params: RevokeParams) -> RevokeState:
+    daemon = sshd.locate(ctx)
+    addr = sshd.client_address(ctx)
+    users = _all_users(ctx)
+    per_user = sshd.effective_for_users(ctx, daemon, [u for u, _, _ in users], addr,
+                                        ("authorizedkeysfile", "revokedkeys"))
+    root_view = per_user.get("root") or sshd.effective_config(ctx, daemon, "root", addr)
+    revoked_keys = (root_view.get("revokedkeys") or ["none"])[0]
+    candidates: dict[str, str] = {}
+    for user, uid, home in users:
+        patterns = " ".join(per_user.get(user, {}).get("authorizedkeysfile", [])).split()
+        patterns += [".ssh/authorized_keys", ".ssh/authorized_keys2"]
+        for pattern in patterns:
+            path = sshd.expand_authorized_keys(pattern, user, home, uid)
+            if path and path not in candidates:
+                candidates[path] = user
+    contents = _read_files(ctx, list(candidates))
+    wanted = {t.fingerprint for t in targets}
+    hits = []
+    for path, content in contents.items():
+        lines = [i for i, line in enumerate(content.splitlines()) if sshd.line_fingerprint(line) in wanted]
+        if lines:
+            hits.append(KeyFileHit(path, candidates[path], lines, content))
+    krl_path = revoked_keys if revoked_keys != "none" else params.krl_path
+    exists, is_krl, listing = _krl_listing(ctx, krl_path)
+    in_krl = {t.fingerprint for t in targets if sshd.fingerprint_hex(t.fingerprint) in listing}
+    return RevokeState(daemon, hits, revoked_keys, krl_path, exists, is_krl, in_krl, len(contents))
+
+
+@register
+class RevokeSshKeys(Action):
+    """Remove the MSP's shared SSH keys everywhere sshd looks and revoke them in a KRL."""
+
+    name = "ssh_keys.revoke"
+    Params = RevokeParams
+    description = "remove shared keys from every authorized_keys file and revoke them in sshd's KRL"
+    destructive = True
+
+    def plan(self, ctx: ActionContext, params: RevokeParams) -> Outcome:
+        targets = revoke_targets(ctx, params)
+        if not targets:
+            return Outcome(False, "no keys to revoke")
+        state = inspect_revocation(ctx, targets, params)
+        todo = []
+        if state.hits:
+            todo.append(f"remove {sum(len(h.lines) for h in state.hits)} key line(s) from "
+                        f"{len(state.hits)} file(s)")
+        missing = [t for t in targets if t.fingerprint not in state.in_krl]
+        if missing:
+            todo.append(f"add {len(missing)} key(s) to the KRL {state.krl_path}")
+        if not state.configured:
+            todo.append("configure sshd RevokedKeys and reload sshd")
+        if not todo:
+            return Outcome(False, f"{len(targets)} key(s) already revoked")
+        return Outcome(True, "would " + "; ".join(todo))
+
+    def apply(self, ctx: ActionContext, params: RevokeParams) -> Outcome:
+        targets = revoke_targets(ctx, params)
+        if not targets:
+            return Outcome(False, "no keys to revoke")
+        state = inspect_revocation(ctx, targets, params)
+        details: dict[str, Any] = {"fingerprints": [t.fingerprint for t in targets], "krl": state.krl_path}
+        changed = False
+        # 1. the KRL first: sshd must never point at a missing KRL (it would refuse every key)
+        missing = [t for t in targets if t.fingerprint not in state.in_krl]
+        if missing:
+            self._update_krl(ctx, state, missing)
+            details["krl_added"] = [t.fingerprint for t in missing]
+            changed = True
+        # 2. every authorized_keys line holding one of the keys, whatever its options and comment
+        removed = []
+        for hit in state.hits:
+            kept = [line for i, line in enumerate(hit.content.splitlines()) if i not in set(hit.lines)]
+            _write_file(ctx, hit.path, "\n".join(kept) + ("\n" if kept else ""))
+            removed.append({"file": hit.path, "user": hit.user, "lines": len(hit.lines)})
+        if removed:
+            details["removed"] = removed
+            changed = True
+        # 3. sshd must use the KRL: configure RevokedKeys and reload, proving responder access after
+        if not state.configured:
+            self._configure_sshd(ctx, state)
+            details["configured"] = state.daemon.config_file
+            changed = True
+        if changed:
+            _record(ctx, "ssh_keys.revoked", details)
+        n_lines = sum(r["lines"] for r in removed)
+        return Outcome(changed, (f"revoked {len(targets)} key(s): {n_lines} line(s) removed from {len(removed)} "
+                                 f"file(s), KRL {state.krl_path}") if changed else
+                       f"{len(targets)} key(s) already revoked", details)
+
+    def _update_krl(self, ctx: ActionContext, state: RevokeState, missing: list[RevokeTarget]) -> None:
+        spec = "".join(f"hash: {t.fingerprint}\n" for t in missing)
+        q = ctx.quote(state.krl_path)
+        if not ctx.run("command -v ssh-keygen >/dev/null").ok:
+            raise ActionFailed("ssh-keygen (openssh-client) is not installed on the host: cannot write the KRL")
+        if state.krl_exists and state.krl_is_krl:
+            cmd = f"ssh-keygen -q -k -u -f {q} - && chmod 644 {q}"
+        elif state.krl_exists:
+            # a plain list of public keys: convert it into a KRL that revokes those keys too
+            cmd = (f"tmp={q}.irkit-tmp.$$; {{ cat {q}; echo; cat; }} | ssh-keygen -q -k -f \"$tmp\" - && "
+                   f"chmod 644 \"$tmp\" && mv -f \"$tmp\" {q}")
+        else:
+            cmd = (f"mkdir -p \"$(dirname {q})\" && tmp={q}.irkit-tmp.$$ && ssh-keygen -q -k -f \"$tmp\" - && "
+                   f"chmod 644 \"$tmp\" && mv -f \"$tmp\" {q}")
+        ctx.run(cmd, stdin=spec.encode(), check=True)
+
+    def _configure_sshd(self, ctx: ActionContext, state: RevokeState) -> None:
+        daemon = state.daemon
+        if state.revoked_keys != "none":
+            # sshd already uses a KRL/list (maybe set by -o): we updated that very file; nothing to configure
+            return
+        config = daemon.config_file
+        q = ctx.quote(config)
+        backup = config + ".irkit-backup"
+        current = _read_files(ctx, [config]).get(config)
+        if current is None:
+            raise ActionFailed(f"sshd config {config} is not readable")
+        header = (f"# Added by irkit (case {ctx.case_id}): keys revoked during incident response.\n"
+                  f"RevokedKeys {state.krl_path}\n")
+        ctx.run(f"cp -p {q} {ctx.quote(backup)}", check=True)
+        _write_file(ctx, config, header + current)
+        problem = sshd.test_config(ctx, daemon)
+        if problem:
+            ctx.run(f"cp -p {ctx.quote(backup)} {q}", check=True)
+            raise ActionFailed(f"sshd rejected the RevokedKeys setting ({problem}); config restored")
+        sshd.reload(ctx, daemon)
+        if not responder_access_works(ctx):
+            # never lose responder access: put the old config back and reload again
+            ctx.run(f"cp -p {ctx.quote(backup)} {q}", check=True)
+            sshd.reload(ctx, daemon)
+            raise ActionFailed("after enabling RevokedKeys a fresh responder login failed; config restored")
+
+    def verify(self, ctx: ActionContext, params: RevokeParams) -> Outcome:
+        targets = revoke_targets(ctx, params)
+        if not targets:
+            return Outcome(False, "no keys to revoke")
+        state = inspect_revocation(ctx, targets, params)
+        problems = []
+        if state.hits:
+            problems.append("still in " + ", ".join(h.path for h in state.hits))
+        missing = [t.fingerprint for t in targets if t.fingerprint not in state.in_krl]
+        if missing:
+            problems.append(f"{len(missing)} key(s) not in the KRL")
+        if state.revoked_keys == "none":
+            problems.append("sshd RevokedKeys is not set")
+        if not responder_access_works(ctx):
+            problems.append("responder login FAILED")
+        attempts = self._probe(ctx, params, {t.fingerprint for t in targets}, problems)
+        if problems:
+            return Outcome(False, "; ".join(problems), ok=False)
+        return Outcome(False, f"{len(targets)} key(s) in no authorized_keys file and in the KRL; "
+                              f"{attempts} login attempt(s) with the revoked key refused; responder login works",
+                       {"attempts": attempts})
+
+    def _probe(self, ctx: ActionContext, params: RevokeParams, wanted: set[str], problems: list[str]) -> int:
+        users = list(params.probe_users) or sorted(
+            {"root", ctx.conn.endpoint.user, *(a.user for a in ctx.inventory.msp.shared_credentials.accounts
+                                              if (a.os or ctx.host.os) == ctx.host.os)})
+        attempts = 0
+        refs = list(params.probe_keys)
+        if params.probe_sibling_keys and params.from_inventory:
+            for key in ctx.inventory.msp.shared_credentials.ssh_keys:
+                if key.public_key_file and key.public_key_file.endswith(".pub"):
+                    sibling = expand_path(key.public_key_file[: -len(".pub")])
+                    given = {str(parse_ref(r).path) for r in refs if r.startswith("file:")}
+                    if sibling.is_file() and str(sibling) not in given:
+                        refs.append(f"file:{sibling}")
+        for ref in refs:
+            sref = parse_ref(ref)
+            try:
+                pkey = load_private_key(sref.path)
+            except (TransportError, IrkitError, paramiko.SSHException, ValueError) as exc:
+                problems.append(f"cannot load probe key {ref}: {exc}")
+                continue
+            if fingerprint(pkey.asbytes()) not in wanted:
+                problems.append(f"probe key {ref} is not one of the revoked keys")
+                continue
+            for user in users:
+                attempts += 1
+                if login_with_key(_endpoint(ctx, user), pkey):
+                    problems.append(f"the revoked key STILL logs in as {user}")
+        return attempts

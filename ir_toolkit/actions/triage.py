@@ -1,0 +1,93 @@
+"""``triage.collect``: forensic collection as an engine step, so evidence is preserved before anything changes.
+
+Runs the triage collector over the engine's own connection to the host, seals
+the bundle under the case's evidence tree and writes the chain-of-custody record
+(bundle and manifest SHA-256) to the audit log. Idempotent: a host whose
+evidence is already collected, verified and recorded in this case is not
+collected again (``force: true`` collects a new bundle anyway).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.triage.collector import HostTarget, collect_host
+from ir_toolkit.triage.custody import record_custody
+from ir_toolkit.triage.schema import Catalog, load_catalog
+from ir_toolkit.triage.status import host_evidence_status
+
+_catalog: Catalog | None = None
+_catalog_lock = threading.Lock()
+
+
+def catalog() -> Catalog:
+    global _catalog
+    with _catalog_lock:
+        if _catalog is None:
+            _catalog = load_catalog()
+        return _catalog
+
+
+class TriageParams(Params):
+    profile: str = "ir_triage"
+    #: encrypt the bundle to the responder's escrow key (irkit keys init)
+    encrypt: bool = False
+    #: run artifacts marked modifies_state (they change the host)
+    allow_state_changes: bool = False
+    force: bool = False
+    transfer: str = "tar"
+
+
+@register
+class CollectTriage(Action):
+    """Collect a triage profile from the host into a sealed, hashed evidence bundle."""
+
+    name = "triage.collect"
+    Params = TriageParams
+    description = "forensic triage into a sealed evidence bundle with a custody record"
+
+    def _status(self, ctx: ActionContext, rehash: bool) -> Any:
+        return host_evidence_status(ctx.case_id, ctx.host.tenant, ctx.host.name, rehash=rehash)
+
+    def plan(self, ctx: ActionContext, params: TriageParams) -> Outcome:
+        catalog().select(params.profile, ctx.host.os, allow_modifies_state=params.allow_state_changes)
+        status = self._status(ctx, rehash=False)
+        if status.ready and not params.force:
+            return Outcome(False, f"evidence already collected ({status.collection})")
+        return Outcome(True, f"would collect triage profile {params.profile}")
+
+    def apply(self, ctx: ActionContext, params: TriageParams) -> Outcome:
+        status = self._status(ctx, rehash=True)
+        if status.ready and not params.force:
+            return Outcome(False, f"evidence already collected ({status.collection})",
+                           {"collection": status.collection, "bundle_sha256": status.bundle_sha256})
+        journal = ctx.services.get("journal")
+        if journal is None:
+            raise ActionFailed("triage needs the case's audit log for the chain-of-custody record")
+        selection = catalog().select(params.profile, ctx.host.os, allow_modifies_state=params.allow_state_changes)
+        recipients = []
+        if params.encrypt:
+            from ir_toolkit.secrets.keystore import escrow_public_key
+
+            recipients.append(escrow_public_key())
+        target = HostTarget(case=ctx.case_id, msp=ctx.inventory.msp.name, tenant=ctx.host.tenant,
+                            host=ctx.host.name, address=ctx.host.address, os=ctx.host.os,
+                            ssh_user=ctx.conn.endpoint.user)
+        target = dataclasses.replace(target, host_key_fingerprint=ctx.conn.host_key_fingerprint)
+        actor = ctx.services.get("actor")
+        result = collect_host(ctx.conn, target, selection, recipients=recipients, transfer=params.transfer,
+                              idle_timeout=max(5.0, min(120.0, ctx.remaining())),
+                              on_sealed=lambda collection, seal: record_custody(journal, ctx.case_id, collection,
+                                                                                seal, who=actor))
+        if result.status == "failed" or result.seal is None:
+            raise ActionFailed(f"triage failed: {result.error or 'no bundle'}")
+        return Outcome(True, f"collected {result.counts.get('collected', 0)} files ({result.status})",
+                       {"collection": result.collection.id if result.collection else None,
+                        "bundle_sha256": result.seal.get("bundle_sha256"), "status": result.status})
+
+    def verify(self, ctx: ActionContext, params: TriageParams) -> Outcome:
+        status = self._status(ctx, rehash=False)
+        return Outcome(False, status.reason, ok=status.ready)

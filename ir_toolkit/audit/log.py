@@ -1,0 +1,657 @@
+"""The audit log writer: append-only, fsynced, group-committed, signed after every batch.
+
+One :class:`AuditLog` per case and process (a second :meth:`AuditLog.open` in
+the same process returns the same object; another process is refused by an
+``flock``). Appending is thread-safe:
+
+* :meth:`AuditLog.append` writes the canonical line with one ``write(2)`` on an
+  ``O_APPEND`` descriptor and returns its seq (not yet durable);
+* :meth:`AuditLog.append_durable` returns only once the record is fsynced. Many
+  threads share fsyncs (group commit): the first waiter becomes the leader,
+  fsyncs everything written so far, releases every waiter covered by it, then
+  signs a checkpoint for that size (``checkpoint.note``, written atomically)
+  while the next batch accumulates. So the signed state trails the disk by at
+  most one batch, and a crash leaves at most that batch unsigned.
+
+On opening an existing log the writer re-hashes every line, checks that the
+latest checkpoint is validly signed and matches the records, truncates a torn
+final line beyond the signed range (recording ``audit.recovered``) and refuses
+(``VerificationFailed``) when the damage is inside the signed range. Complete
+records beyond the last checkpoint (a crash between fsync and signing) are
+checked, then covered by a new checkpoint and an ``audit.recovered`` record
+that names them.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ir_toolkit import __version__
+from ir_toolkit.audit import layout
+from ir_toolkit.audit.keyschedule import KeySchedule
+from ir_toolkit.audit.merkle import CompactRange, leaf_hash
+from ir_toolkit.audit.note import (
+    Checkpoint,
+    NoteError,
+    Signer,
+    UnverifiedNote,
+    format_checkpoint,
+    open_note,
+    parse_checkpoint,
+    sign_note,
+)
+from ir_toolkit.audit.records import (
+    ACTION_CREATED,
+    ACTION_KEY_ACTIVATED,
+    ACTION_KEY_ROTATED,
+    ACTION_RECOVERED,
+    GENESIS_PREV,
+    RESERVED_PREFIX,
+    RecordError,
+    build_record,
+    check_fields,
+    decode_line,
+    encode_record,
+    now_ts,
+)
+from ir_toolkit.errors import InputError, VerificationFailed
+from ir_toolkit.home import case_dir, validate_case_id
+from ir_toolkit.secrets.keystore import write_atomic
+
+_ROTATION_MARK = b'"action":"' + ACTION_KEY_ROTATED.encode() + b'"'
+_registry: dict[Path, AuditLog] = {}
+_registry_lock = threading.Lock()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def system_actor() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in a container
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def valid_origin_for(case_id: str, origin: str) -> bool:
+    """``<msp>/ir/<case>``: non-empty MSP part, no whitespace or '+'."""
+    return (
+        isinstance(origin, str)
+        and origin.endswith(f"/ir/{case_id}")
+        and len(origin) > len(f"/ir/{case_id}")
+        and not any(ch.isspace() or ch == "+" or ord(ch) < 0x20 for ch in origin)
+    )
+
+
+class AuditLog:
+    """A case's signed, append-only audit log, open for appending."""
+
+    def __init__(self, case_id: str, directory: Path, signer: Signer | None) -> None:
+        self.case_id = case_id
+        self.directory = directory
+        self.path = directory / layout.LOG_FILE
+        self.origin: str = ""
+        self._signer = signer
+        self._schedule = KeySchedule()
+        self._cond = threading.Condition(threading.Lock())
+        self._fd = -1
+        self._lock_fd = -1
+        self._refs = 1
+        self._acc = CompactRange()
+        self._last_hash = b""
+        self._size = 0          # complete records in the file
+        self._offset = 0        # file length
+        self._durable = 0       # records known fsynced
+        self._signed = 0        # size of the latest signed checkpoint
+        self._latest_note: str | None = None
+        self._syncing = False
+        self._broken: BaseException | None = None
+        self.stats = {"records": 0, "fsyncs": 0, "checkpoints": 0, "batches": 0}
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, case_id: str, *, origin: str | None = None, signer: Signer | None = None) -> AuditLog:
+        """Open (creating if needed) the audit log of ``case_id``.
+
+        ``origin`` is ``<msp>/ir/<case>``; it is required for a new log and, when
+        given for an existing one, must match. With ``signer=None`` records can be
+        appended but nothing is signed (tests; an unsigned tail fails verification).
+        """
+        validate_case_id(case_id)
+        directory = layout.audit_dir(case_id)
+        key = directory.resolve() if directory.exists() else directory.absolute()
+        with _registry_lock:
+            existing = _registry.get(key)
+            if existing is not None and existing._fd >= 0:
+                existing._reuse(origin, signer)
+                return existing
+            log = cls(case_id, directory, signer)
+            log._open(origin)
+            _registry[log.directory.resolve()] = log
+            return log
+
+    def _reuse(self, origin: str | None, signer: Signer | None) -> None:
+        if origin is not None and origin != self.origin:
+            raise InputError(f"case {self.case_id}: the audit log's origin is {self.origin!r}, not {origin!r}")
+        if signer is not None:
+            if self._signer is None:
+                raise InputError(f"case {self.case_id}: the audit log is already open without a signing key")
+            if signer.verifier_key() != self._signer.verifier_key():
+                raise InputError(f"case {self.case_id}: the audit log is already open with another key")
+        with self._cond:
+            self._refs += 1
+
+    def _lock(self) -> None:
+        self._lock_fd = os.open(self.directory / layout.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise InputError(f"the audit log of case {self.case_id} is open in another irkit process") from None
+            raise
+
+    def _open(self, origin: str | None) -> None:
+        created = not self.path.exists()
+        if created and origin is None:
+            raise InputError(f"case {self.case_id} has no audit log yet (an origin <msp>/ir/<case> is needed)")
+        if origin is not None and not valid_origin_for(self.case_id, origin):
+            raise InputError(f"invalid audit log origin {origin!r}: expected <msp>/ir/{self.case_id}")
+        case_dir(self.case_id, create=True)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock()
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            if created or os.fstat(self._fd).st_size == 0:
+                if (self.directory / layout.CHECKPOINT_FILE).exists():
+                    raise VerificationFailed(
+                        f"audit log of case {self.case_id} is empty but a signed checkpoint exists: "
+                        "records were removed")
+                if origin is None:
+                    raise InputError(f"case {self.case_id} has no audit log yet "
+                                     "(an origin <msp>/ir/<case> is needed)")
+                _fsync_dir(self.directory)
+                self.origin = origin
+                self._create_genesis()
+            else:
+                self._recover(origin)
+        except BaseException:
+            self._release()
+            raise
+
+    def _create_genesis(self) -> None:
+        params = {"origin": self.origin, "key": self._signer.verifier_key() if self._signer else None,
+                  "irkit": __version__}
+        self._append_internal(ACTION_CREATED, params)
+        self._schedule.observe({"seq": 1, "action": ACTION_CREATED, "params": params})
+        self.sync()
+
+    def _recover(self, origin: str | None) -> None:
+        """Rebuild state from the file, check it against the latest checkpoint, repair a torn tail."""
+        torn: bytes | None = None
+        last_line = b""
+        with open(self.path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    torn = raw
+                    break
+                line = raw[:-1]
+                h = leaf_hash(line)
+                self._acc.append(h)
+                self._size += 1
+                self._offset += len(raw)
+                self._last_hash = h
+                last_line = line
+                if self._size == 1 or _ROTATION_MARK in line:
+                    try:
+                        self._schedule.observe(decode_line(line))
+                    except RecordError as exc:
+                        raise VerificationFailed(
+                            f"audit log of case {self.case_id} is damaged at seq {self._size}: {exc}") from None
+        self.origin = self._schedule.origin or ""
+        if self._size and origin is not None and origin != self.origin:
+            raise InputError(f"case {self.case_id}: the audit log's origin is {self.origin!r}, not {origin!r}")
+        if self._size:
+            signed = self._check_latest_checkpoint()
+        elif (self.directory / layout.CHECKPOINT_FILE).exists():
+            raise VerificationFailed(f"audit log of case {self.case_id} has no complete record but a signed "
+                                     "checkpoint exists: records were removed")
+        else:
+            signed = 0
+        # A final line that is incomplete, or complete but not a record, is a torn write.
+        if torn is None and last_line and self._size > signed:
+            try:
+                decode_line(last_line)
+            except RecordError:
+                torn = last_line + b"\n"
+                self._size -= 1
+                self._offset -= len(torn)
+                self._rebuild_accumulator()
+        if torn is not None and self._size + 1 <= signed:
+            raise VerificationFailed(
+                f"audit log of case {self.case_id}: seq {self._size + 1} is damaged inside the signed range "
+                f"(checkpoint size {signed}): tampering or disk corruption")
+        if signed > self._size:
+            raise VerificationFailed(
+                f"audit log of case {self.case_id} has {self._size} records but its signed checkpoint covers "
+                f"{signed}: records were removed")
+        self._durable = self._size
+        self._signed = signed
+        unsigned = (signed + 1, self._size) if self._size > signed else None
+        if unsigned:
+            self._check_unsigned_tail(signed)
+        if self._size:
+            self._verify_key_matches()  # before changing anything: a repair must be recorded
+        if torn is not None:
+            os.ftruncate(self._fd, self._offset)
+            os.fsync(self._fd)
+        if self._size == 0:  # the genesis record itself was torn
+            if origin is None:
+                raise InputError(f"case {self.case_id} has no audit log yet (an origin <msp>/ir/<case> is needed)")
+            self.origin = origin
+            self._create_genesis()
+            return
+        if torn is not None:
+            self._append_internal(ACTION_RECOVERED, {
+                "reason": "torn final line (a write interrupted by a crash) beyond the signed range",
+                "torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest(),
+                "signed_size": signed})
+        if unsigned and self._signer is not None:
+            self._append_internal(ACTION_RECOVERED, {
+                "reason": "complete records beyond the last signed checkpoint (the writer stopped before "
+                          "signing them); they are signed now",
+                "first_seq": unsigned[0], "last_seq": unsigned[1], "signed_size": signed})
+        if torn is not None or (unsigned and self._signer is not None):
+            self.sync()
+
+    def _append_internal(self, action: str, params: dict[str, Any]) -> int:
+        with self._cond:
+            return self._append_locked(action=action, actor=system_actor(), tenant=None, host=None,
+                                       params=params, outcome="ok", internal=True)
+
+    def _rebuild_accumulator(self) -> None:
+        acc = CompactRange()
+        last = b""
+        with open(self.path, "rb") as fh:
+            for i, raw in enumerate(fh):
+                if i >= self._size:
+                    break
+                last = leaf_hash(raw[:-1])
+                acc.append(last)
+        self._acc, self._last_hash = acc, last
+
+    def _check_latest_checkpoint(self) -> int:
+        path = self.directory / layout.CHECKPOINT_FILE
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return 0
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VerificationFailed(f"audit log of case {self.case_id}: unreadable checkpoint: {exc}") from None
+        try:
+            body, _sigs = _split_note(text)
+            cp = parse_checkpoint(body)
+        except NoteError as exc:
+            raise VerificationFailed(f"audit log of case {self.case_id}: damaged checkpoint: {exc}") from None
+        if cp.origin != self.origin:
+            raise VerificationFailed(f"audit log of case {self.case_id}: checkpoint is for origin {cp.origin!r}")
+        key = self._schedule.key_for_size(cp.size)
+        if key is None:
+            raise VerificationFailed(f"audit log of case {self.case_id}: checkpoint but no signing key in the log")
+        try:
+            open_note(text, [key])
+        except UnverifiedNote:
+            raise VerificationFailed(
+                f"audit log of case {self.case_id}: the latest checkpoint is not signed by the log's key "
+                f"{key.vkey}") from None
+        except NoteError as exc:
+            raise VerificationFailed(f"audit log of case {self.case_id}: latest checkpoint: {exc}") from None
+        if cp.size <= self._size and self._root_at(cp.size) != cp.root:
+            raise VerificationFailed(
+                f"audit log of case {self.case_id} does not match its signed checkpoint (size {cp.size}): "
+                f"tampering; run irkit audit verify --case {self.case_id}")
+        # cp.size > records is judged by the caller (a torn signed record, or removed records).
+        self._latest_note = text
+        return cp.size
+
+    def _root_at(self, size: int) -> bytes:
+        if size == self._size:
+            return self._acc.root()
+        acc = CompactRange()
+        with open(self.path, "rb") as fh:
+            for i, raw in enumerate(fh):
+                if i >= size:
+                    break
+                acc.append(leaf_hash(raw.rstrip(b"\n")))
+        return acc.root()
+
+    def _check_unsigned_tail(self, signed: int) -> None:
+        """Records beyond the signed size must still be canonical and chained before we sign them."""
+        prev = GENESIS_PREV
+        with open(self.path, "rb") as fh:
+            for seq, raw in enumerate(fh, start=1):
+                if seq > self._size:
+                    break
+                line = raw[:-1]
+                if seq > signed:
+                    try:
+                        record = decode_line(line)
+                        check_fields(record, seq=seq, case=self.case_id)
+                    except RecordError as exc:
+                        raise VerificationFailed(
+                            f"audit log of case {self.case_id} is damaged at seq {seq}: {exc}") from None
+                    if record["prev"] != prev:
+                        raise VerificationFailed(
+                            f"audit log of case {self.case_id}: seq {seq} does not chain to seq {seq - 1} "
+                            f"(records after the signed checkpoint at size {signed} were altered)")
+                prev = leaf_hash(line).hex()
+
+    def _verify_key_matches(self) -> None:
+        if self._signer is None:
+            return
+        current = self._schedule.current
+        mine = self._signer.verifier()
+        if current is None:
+            raise InputError(f"case {self.case_id}: the audit log was created without a signing key; "
+                             "it cannot be signed later")
+        if current != mine:
+            if mine in self._schedule.keys():
+                raise InputError(f"case {self.case_id}: your key {mine.vkey} was rotated out of this log")
+            raise InputError(
+                f"case {self.case_id}: the audit log is signed by {current.vkey}, not by your key "
+                f"{mine.vkey} (if you rotated keys, the log needed `irkit keys rotate --case {self.case_id}`)")
+
+    # ------------------------------------------------------------------ appending
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def signer(self) -> Signer | None:
+        return self._signer
+
+    def latest_checkpoint(self) -> str | None:
+        return self._latest_note
+
+    def append(self, *, action: str, actor: str, tenant: str | None = None, host: str | None = None,
+               params: dict | None = None, outcome: str = "ok") -> int:
+        """Append one record (redacted; no floats) and return its seq; not yet durable."""
+        if isinstance(action, str) and action.startswith(RESERVED_PREFIX):
+            raise InputError(f"audit action {action!r} is reserved for the audit log itself")
+        # Redaction and validation outside the lock; seq, prev and ts are filled in under it.
+        record = build_record(seq=0, prev=GENESIS_PREV, case=self.case_id, action=action, actor=actor,
+                              tenant=tenant, host=host, params=params, outcome=outcome)
+        with self._cond:
+            return self._write_locked(record)
+
+    def append_durable(self, *, action: str, actor: str, tenant: str | None = None, host: str | None = None,
+                       params: dict | None = None, outcome: str = "ok") -> int:
+        """Append and return once the record is on disk (fsync shared with concurrent callers)."""
+        seq = self.append(action=action, actor=actor, tenant=tenant, host=host, params=params, outcome=outcome)
+        self._commit(min_seq=seq)
+        return seq
+
+    def _append_locked(self, *, action: str, actor: str, tenant: str | None, host: str | None,
+                       params: Mapping[str, Any] | None, outcome: str, internal: bool = False) -> int:
+        if isinstance(action, str) and action.startswith(RESERVED_PREFIX) and not internal:
+            raise InputError(f"audit action {action!r} is reserved for the audit log itself")
+        record = build_record(seq=0, prev=GENESIS_PREV, case=self.case_id, action=action, actor=actor,
+                              tenant=tenant, host=host, params=params, outcome=outcome)
+        return self._write_locked(record)
+
+    def _write_locked(self, record: dict[str, Any]) -> int:
+        """Number, chain, encode and write one record (the caller holds the lock)."""
+        if self._broken is not None:
+            raise OSError(errno.EIO, f"audit log of case {self.case_id} is unusable after an I/O error: "
+                                     f"{self._broken}")
+        if self._fd < 0:
+            raise InputError(f"the audit log of case {self.case_id} is closed")
+        seq = self._size + 1
+        record["seq"] = seq
+        record["prev"] = GENESIS_PREV if seq == 1 else self._last_hash.hex()
+        record["ts"] = now_ts()
+        line = encode_record(record)
+        data = line + b"\n"
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(self._fd, self._offset)
+            except OSError as exc2:
+                self._broken = exc2
+            raise
+        h = leaf_hash(line)
+        self._acc.append(h)
+        self._last_hash = h
+        self._size = seq
+        self._offset += len(data)
+        self.stats["records"] += 1
+        return seq
+
+    # ------------------------------------------------------------------ commit / checkpoint
+
+    def _commit(self, *, min_seq: int | None = None, keep: bool = False) -> str | None:
+        """Group commit: fsync everything written, then sign a checkpoint for that size."""
+        with self._cond:
+            while True:
+                if min_seq is not None and self._durable >= min_seq:
+                    return None
+                if not self._syncing:
+                    break
+                self._cond.wait()
+            if self._broken is not None:
+                raise OSError(errno.EIO, f"audit log of case {self.case_id}: {self._broken}")
+            self._syncing = True
+            target = self._size
+            root = self._acc.root()
+            signer = self._signer
+        note: str | None = None
+        try:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self._broken = exc
+                raise
+            with self._cond:
+                self._durable = max(self._durable, target)
+                self.stats["fsyncs"] += 1
+                self.stats["batches"] += 1
+                self._cond.notify_all()
+            if signer is not None and (target > self._signed or (keep and target == self._signed)):
+                note = self._write_checkpoint(signer, target, root, keep=keep)
+            elif signer is not None and keep:
+                note = self._latest_note
+        finally:
+            with self._cond:
+                self._syncing = False
+                self._cond.notify_all()
+        return note
+
+    def _write_checkpoint(self, signer: Signer, size: int, root: bytes, *, keep: bool) -> str:
+        text = sign_note(format_checkpoint(self.origin, size, root), [signer])
+        data = text.encode("utf-8")
+        if keep:
+            write_atomic(self.directory / layout.CHECKPOINTS_DIR / f"{size}.note", data, mode=0o644)
+        write_atomic(self.directory / layout.CHECKPOINT_FILE, data, mode=0o644)
+        with self._cond:
+            if size >= self._signed:
+                self._signed = size
+                self._latest_note = text
+            self.stats["checkpoints"] += 1
+        return text
+
+    def sync(self) -> None:
+        """Make every appended record durable (and signed, when there is a key)."""
+        self._commit()
+
+    def checkpoint(self) -> str:
+        """Sync, sign the current tree head, keep it in ``checkpoints/<size>.note``; return the note."""
+        if self._signer is None:
+            raise InputError(f"the audit log of case {self.case_id} has no signing key: run irkit keys init")
+        note = self._commit(keep=True)
+        assert note is not None
+        return note
+
+    def rotate_key(self, new_signer: Signer, *, actor: str | None = None) -> str:
+        """Record a key rotation signed by the current key, then continue with ``new_signer``.
+
+        Appends ``audit.key_rotated`` (old and new verifier keys), signs the
+        checkpoint of that size with the OLD key, switches keys, appends
+        ``audit.key_activated`` and signs it with the NEW key. Other appenders
+        wait meanwhile. Returns the new key's checkpoint.
+        """
+        old = self._signer
+        if old is None:
+            raise InputError(f"the audit log of case {self.case_id} has no signing key to rotate")
+        if new_signer.verifier_key() == old.verifier_key():
+            raise InputError("the new key is the current key")
+        actor = actor or system_actor()
+        with self._cond:
+            while self._syncing:
+                self._cond.wait()
+            self._syncing = True
+        try:
+            with self._cond:
+                seq = self._append_locked(action=ACTION_KEY_ROTATED, actor=actor, tenant=None, host=None,
+                                          params={"old_key": old.verifier_key(), "new_key": new_signer.verifier_key()},
+                                          outcome="ok", internal=True)
+                os.fsync(self._fd)
+                self._durable = seq
+                root = self._acc.root()
+            self._write_checkpoint(old, seq, root, keep=True)
+            self._schedule.observe({"seq": seq, "action": ACTION_KEY_ROTATED,
+                                    "params": {"old_key": old.verifier_key(),
+                                               "new_key": new_signer.verifier_key()}})
+            with self._cond:
+                self._signer = new_signer
+                seq2 = self._append_locked(action=ACTION_KEY_ACTIVATED, actor=actor, tenant=None, host=None,
+                                           params={"key": new_signer.verifier_key()}, outcome="ok", internal=True)
+                os.fsync(self._fd)
+                self._durable = seq2
+                root2 = self._acc.root()
+            return self._write_checkpoint(new_signer, seq2, root2, keep=True)
+        finally:
+            with self._cond:
+                self._syncing = False
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Sync and write a final kept checkpoint; the last close releases the file and lock."""
+        with _registry_lock:
+            with self._cond:
+                self._refs -= 1
+                if self._refs > 0 or self._fd < 0:
+                    return
+            try:
+                if self._broken is None:
+                    if self._signer is not None:
+                        self._commit(keep=True)
+                    else:
+                        self._commit()
+            finally:
+                self._release()
+                _registry.pop(self.directory.resolve(), None)
+
+    def _release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock_fd >= 0:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _split_note(text: str) -> tuple[str, str]:
+    split = text.rfind("\n\n")
+    if split < 0:
+        raise NoteError("malformed note: no blank line before the signatures")
+    return text[: split + 1], text[split + 2:]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def iter_records(case_id: str) -> Iterator[dict]:
+    """Yield the parsed records of a case's log in order (no verification; a torn tail is skipped).
+
+    A case without an audit log yields nothing. Use :func:`ir_toolkit.audit.verify.verify_case`
+    to check the log.
+    """
+    import json
+
+    path = layout.log_path(validate_case_id(case_id))
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                return
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                return
+            if isinstance(record, dict):
+                yield record
+
+
+def log_key_schedule(case_id: str) -> KeySchedule:
+    """The key schedule named by a case's records (unverified; cheap: parses only key records)."""
+    schedule = KeySchedule()
+    path = layout.log_path(validate_case_id(case_id))
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return schedule
+    with fh:
+        for seq, raw in enumerate(fh, start=1):
+            if not raw.endswith(b"\n"):
+                break
+            if seq == 1 or _ROTATION_MARK in raw:
+                try:
+                    schedule.observe(decode_line(raw[:-1]))
+                except RecordError:
+                    break
+    return schedule
+
+
+def read_checkpoint(case_id: str) -> Checkpoint | None:
+    """The latest local checkpoint's body (unverified), or None."""
+    try:
+        text = layout.checkpoint_path(case_id).read_text(encoding="utf-8")
+        return parse_checkpoint(_split_note(text)[0])
+    except (FileNotFoundError, NoteError):
+        return None

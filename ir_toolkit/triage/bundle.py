@@ -1,0 +1,370 @@
+"""Evidence bundles on disk: one archive per host collection, its manifest and its seal.
+
+Layout (never overwritten; each collection gets its own directory)::
+
+    $IRKIT_HOME/cases/<case>/evidence/<tenant>/<host>/<collection-id>/
+        bundle.tar            POSIX tar: files/<source path>, live/<artifact output>,
+                              retry/<source path>, collection.log, manifest.json (last)
+        bundle.tar.enc        ... or the same tar, encrypted (see crypto.py); then no
+                              plaintext manifest sits beside it
+        manifest.json         plain bundles: byte-identical copy of the one inside
+        seal.json             bundle and manifest SHA-256, identity, counts, recipients
+
+A collection is written to ``<collection-id>.partial/`` and renamed when complete,
+so a crash never leaves something that looks like a finished bundle.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import queue
+import secrets
+import tarfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from ir_toolkit.errors import InputError, VerificationFailed
+from ir_toolkit.home import case_dir
+from ir_toolkit.triage.crypto import DecryptingReader, EncryptingWriter, fingerprint
+from ir_toolkit.triage.tarstream import MemberReader, TarWriter, iter_members
+
+MANIFEST_FORMAT = "irkit-evidence-manifest/1"
+SEAL_FORMAT = "irkit-evidence-seal/1"
+PLAIN_NAME = "bundle.tar"
+ENCRYPTED_NAME = "bundle.tar.enc"
+MANIFEST_NAME = "manifest.json"
+SEAL_NAME = "seal.json"
+LOG_NAME = "collection.log"
+PARTIAL = ".partial"
+_COPY_BUF = 1 << 20
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_collection_id() -> str:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def evidence_root(case_id: str) -> Path:
+    return case_dir(case_id) / "evidence"
+
+
+def host_dir(case_id: str, tenant: str, host: str) -> Path:
+    return evidence_root(case_id) / tenant / host
+
+
+def json_bytes(data: Any) -> bytes:
+    """The on-disk form of manifest.json and seal.json (sorted keys, 2-space indent, final newline)."""
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True) + "\n").encode()
+
+
+def sha256_file(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_COPY_BUF):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _HashingWriter(io.RawIOBase):
+    """Hashes and counts what is written; the disk writes happen on a helper thread.
+
+    Receiving from the network and writing to disk then overlap (the bundle's
+    bytes are hashed in order, on the writer thread). At most ``depth`` buffers
+    wait in memory.
+    """
+
+    def __init__(self, sink: IO[bytes], depth: int = 8) -> None:
+        self.sink = sink
+        self.sha = hashlib.sha256()
+        self.count = 0
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bundle-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                self.sink.write(data)
+                self.sha.update(data)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+                self._error = exc
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        if self._error is not None:
+            raise self._error
+        chunk = bytes(data)
+        self._queue.put(chunk)
+        self.count += len(chunk)
+        return len(chunk)
+
+    def drain(self) -> None:
+        """Wait until every byte is on its way to the file; re-raise a write error (e.g. disk full)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+class _CountingReader(io.RawIOBase):
+    def __init__(self, source: IO[bytes]) -> None:
+        self.source = source
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        data = self.source.read(size)
+        if data:
+            self.sha.update(data)
+            self.count += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+@dataclass(frozen=True)
+class MemberMeta:
+    mtime: float = 0.0
+    mode: int = 0o600
+    uid: int = 0
+    gid: int = 0
+    uname: str = ""
+    gname: str = ""
+
+
+class BundleWriter:
+    """Streams members into one archive (optionally encrypted) and seals it."""
+
+    def __init__(self, final_dir: Path, recipients: list[X25519PublicKey] | None = None) -> None:
+        self.final_dir = final_dir
+        self.partial_dir = final_dir.with_name(final_dir.name + PARTIAL)
+        self.recipients = list(recipients or [])
+        final_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.partial_dir.mkdir(mode=0o700)
+        self.bundle_name = ENCRYPTED_NAME if self.recipients else PLAIN_NAME
+        self._raw = open(self.partial_dir / self.bundle_name, "xb")
+        self._hasher = _HashingWriter(self._raw)
+        self._enc = EncryptingWriter(self._hasher, self.recipients) if self.recipients else None
+        self._tar = TarWriter(self._enc or self._hasher)
+        self.members: dict[str, str] = {}
+        self._closed = False
+
+    def _info(self, name: str, size: int, meta: MemberMeta) -> tarfile.TarInfo:
+        if name in self.members:
+            raise ValueError(f"duplicate archive member {name}")
+        info = tarfile.TarInfo(name)
+        info.size = size
+        info.mtime = meta.mtime
+        info.mode = meta.mode & 0o7777
+        info.uid, info.gid = meta.uid, meta.gid
+        info.uname, info.gname = meta.uname, meta.gname
+        return info
+
+    def add_stream(self, name: str, size: int, stream: IO[bytes], meta: MemberMeta = MemberMeta()) -> str:
+        """Copy exactly ``size`` bytes from ``stream`` into member ``name``; returns their SHA-256."""
+        info = self._info(name, size, meta)
+        reader = _CountingReader(stream)
+        self._tar.add(info, reader)  # type: ignore[arg-type]
+        digest = reader.sha.hexdigest()
+        self.members[name] = digest
+        return digest
+
+    def add_bytes(self, name: str, data: bytes, meta: MemberMeta = MemberMeta()) -> str:
+        return self.add_stream(name, len(data), io.BytesIO(data), meta)
+
+    def finish(self, manifest: dict[str, Any], log_bytes: bytes, seal_fields: dict[str, Any]) -> Collection:
+        """Append the log and manifest, close and fsync, write the seal, rename into place."""
+        now = _dt.datetime.now(_dt.timezone.utc).timestamp()
+        log_sha = self.add_bytes(LOG_NAME, log_bytes, MemberMeta(mtime=now))
+        manifest = {**manifest, "log": {"archive_path": LOG_NAME, "sha256": log_sha, "size": len(log_bytes)}}
+        manifest_bytes = json_bytes(manifest)
+        self.add_bytes(MANIFEST_NAME, manifest_bytes, MemberMeta(mtime=now))
+        self._tar.close()
+        if self._enc is not None:
+            self._enc.close()
+        self._hasher.drain()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        self._closed = True
+        if self._enc is None:
+            (self.partial_dir / MANIFEST_NAME).write_bytes(manifest_bytes)
+        seal = {
+            "format": SEAL_FORMAT,
+            **seal_fields,
+            "bundle_file": self.bundle_name,
+            "bundle_sha256": self._hasher.sha.hexdigest(),
+            "bundle_size": self._hasher.count,
+            "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+            "encrypted": self._enc is not None,
+            "recipients": [fingerprint(r) for r in self.recipients],
+        }
+        seal_path = self.partial_dir / SEAL_NAME
+        with open(seal_path, "xb") as fh:
+            fh.write(json_bytes(seal))
+            fh.flush()
+            os.fsync(fh.fileno())
+        if (self.partial_dir / MANIFEST_NAME).exists():
+            with open(self.partial_dir / MANIFEST_NAME, "rb+") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(self.partial_dir)
+        os.rename(self.partial_dir, self.final_dir)
+        _fsync_dir(self.final_dir.parent)
+        return Collection(self.final_dir)
+
+    def abort(self) -> None:
+        """Close without sealing; the ``.partial`` directory stays for inspection."""
+        if self._closed:
+            return
+        self._closed = True
+        for closer in (self._tar.close, getattr(self._enc, "close", None), self._hasher.drain, self._raw.close):
+            if closer is None:
+                continue
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - best effort on an already failing path
+                pass
+
+
+@dataclass(frozen=True)
+class Collection:
+    """One sealed collection directory."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def host(self) -> str:
+        return self.path.parent.name
+
+    @property
+    def tenant(self) -> str:
+        return self.path.parent.parent.name
+
+    def seal(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / SEAL_NAME).read_bytes())
+        except FileNotFoundError:
+            raise VerificationFailed(f"{self.path}: {SEAL_NAME} is missing") from None
+        except ValueError:
+            raise VerificationFailed(f"{self.path / SEAL_NAME}: not valid JSON") from None
+
+    @property
+    def encrypted(self) -> bool:
+        return (self.path / ENCRYPTED_NAME).exists()
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.path / (ENCRYPTED_NAME if self.encrypted else PLAIN_NAME)
+
+    def relative(self, case_id: str) -> str:
+        return str(self.path.relative_to(case_dir(case_id)))
+
+
+def list_collections(case_id: str, *, tenant: str | None = None, host: str | None = None,
+                     include_partial: bool = False) -> list[Collection]:
+    """Sealed collections of a case (sorted by tenant, host, collection id)."""
+    root = evidence_root(case_id)
+    if not root.is_dir():
+        return []
+    found: list[Collection] = []
+    for tdir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if tenant is not None and tdir.name != tenant:
+            continue
+        for hdir in sorted(p for p in tdir.iterdir() if p.is_dir()):
+            if host is not None and hdir.name != host:
+                continue
+            for cdir in sorted(p for p in hdir.iterdir() if p.is_dir()):
+                if cdir.name.endswith(PARTIAL) and not include_partial:
+                    continue
+                found.append(Collection(cdir))
+    return found
+
+
+def latest_collection(case_id: str, host: str, *, tenant: str | None = None) -> Collection:
+    sealed = [c for c in list_collections(case_id, tenant=tenant, host=host) if not c.id.endswith(PARTIAL)]
+    if not sealed:
+        raise InputError(f"case {case_id}: no evidence bundle for host {host!r} (run irkit triage first)")
+    return sealed[-1]
+
+
+class ArchiveStream:
+    """The byte streams under an open archive: ``sha``/``count`` cover the file on disk."""
+
+    def __init__(self, raw: _CountingReader, source: IO[bytes]) -> None:
+        self._raw = raw
+        self._source = source
+
+    def drain(self) -> None:
+        """Read (and for encrypted bundles authenticate) everything after the tar's end."""
+        while self._source.read(_COPY_BUF):
+            pass
+        while self._raw.read(_COPY_BUF):
+            pass
+
+    @property
+    def sha256(self) -> str:
+        return self._raw.sha.hexdigest()
+
+    @property
+    def count(self) -> int:
+        return self._raw.count
+
+
+@contextmanager
+def open_archive(collection: Collection, identities: list[X25519PrivateKey] | None = None
+                 ) -> Iterator[tuple[Iterator[tuple[tarfile.TarInfo, MemberReader]], ArchiveStream]]:
+    """Stream-read a bundle's members, decrypting on the fly when it is encrypted.
+
+    Raises :class:`TarFormatError` (corrupt archive), VerificationFailed (failed
+    decryption) or InputError (no recipient key) while iterating.
+    """
+    with open(collection.bundle_path, "rb") as fh:
+        raw = _CountingReader(fh)
+        source: IO[bytes]
+        if collection.encrypted:
+            source = io.BufferedReader(DecryptingReader(raw, list(identities or []),  # type: ignore[arg-type]
+                                                        name=collection.bundle_path.name), _COPY_BUF)
+        else:
+            source = io.BufferedReader(raw, _COPY_BUF)  # type: ignore[arg-type]
+        yield iter_members(source), ArchiveStream(raw, source)

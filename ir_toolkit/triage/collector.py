@@ -1,0 +1,512 @@
+"""Collect one Linux host over one already-open SSH connection into one bundle.
+
+Order of work (volatile first; nothing is copied to the host's disk):
+
+1. ``command`` artifacts, in ``order``: output captured (up to a cap, the
+   excess counted and logged) and written into the bundle at once.
+2. ``file``/``glob``/``hash`` artifacts, in ``order``: ``find -P`` + ``stat``
+   record MACB times, owner and mode *before* anything reads the files.
+   Symlinks are recorded, never followed. Files over the cap are listed with
+   the reason, not copied.
+3. One ``sha256sum`` pass on the host over every selected file.
+4. One tar stream brings the files over; each is hashed again on receipt.
+   A file whose two hashes differ is copied once more, hashed on the host
+   from the very bytes sent (it changed between the reads); if that also
+   disagrees the file is marked ``hash_mismatch`` and reported loudly.
+
+Every skipped, missing or failed path is written to the collection log with
+its reason, and every file appears in the manifest with its status.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import json
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from ir_toolkit import __version__
+from ir_toolkit.log import get_logger
+from ir_toolkit.transports.ssh import TransportError
+from ir_toolkit.triage import remote
+from ir_toolkit.triage.bundle import (
+    MANIFEST_FORMAT,
+    BundleWriter,
+    Collection,
+    MemberMeta,
+    host_dir,
+    new_collection_id,
+    utc_now,
+)
+from ir_toolkit.triage.schema import USER_HOME, Artifact, Selection
+from ir_toolkit.triage.transfer import TransferError, run_capped, sftp_fetch, tar_fetch, tee_fetch
+
+# Statuses of a manifest file entry.
+COLLECTED = "collected"          # copied; host and receipt hashes agree (or command output kept)
+HASHED = "hashed"                # hash-only artifact: host-side hash recorded, not copied
+RECORDED = "recorded"            # symlink: metadata and target recorded, never followed
+SKIPPED = "skipped"              # over the size cap: metadata recorded, reason given
+FAILED = "failed"                # could not be read, hashed or copied: reason given
+HASH_MISMATCH = "hash_mismatch"  # the bytes received differ from the host's hash
+TRUNCATED = "truncated"          # command output longer than its cap: first bytes kept
+PROBLEM_STATUSES = (HASH_MISMATCH,)
+
+_HASH_RATE = 20 * 1024 * 1024  # bytes/s assumed when sizing the host hashing timeout
+
+
+@dataclass(frozen=True)
+class HostTarget:
+    """Who and what is being collected."""
+
+    case: str
+    msp: str
+    tenant: str
+    host: str
+    address: str
+    os: str = "linux"
+    ssh_user: str = "root"
+    host_key_fingerprint: str | None = None
+
+
+@dataclass
+class CollectionResult:
+    target: HostTarget
+    status: str  # complete | complete_with_errors | failed
+    collection: Collection | None = None
+    seal: dict[str, Any] | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    error: str | None = None
+    duration: float = 0.0
+
+
+class CollectionLog:
+    """The per-collection log (JSON lines, stored in the bundle): every path's fate, with reasons."""
+
+    def __init__(self, host: str) -> None:
+        self.records: list[dict[str, Any]] = []
+        self._log = get_logger("triage").bind(host=host)
+
+    def add(self, level: str, event: str, **fields: Any) -> None:
+        record = {"ts": utc_now(), "level": level, "event": event, **{k: v for k, v in fields.items() if v is not None}}
+        self.records.append(record)
+        # The console gets errors (hash mismatches); -v shows warnings; everything is in the bundle's log.
+        getattr(self._log, {"error": "error", "warning": "info"}.get(level, "debug"))(event, **fields)
+
+    def to_bytes(self) -> bytes:
+        return "".join(json.dumps(r, sort_keys=True, ensure_ascii=True) + "\n" for r in self.records).encode()
+
+
+def collector_identity(target: HostTarget, profile: str, transfer: str) -> dict[str, Any]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return {
+        "tool": "irkit", "version": __version__, "controller": socket.gethostname(), "operator": user,
+        "ssh_user": target.ssh_user, "profile": profile, "transfer": transfer,
+    }
+
+
+class HostCollector:
+    """One pass over one host: run :meth:`run`, then read :attr:`files` and :attr:`artifacts`."""
+
+    def __init__(
+        self,
+        conn: Any,
+        target: HostTarget,
+        selection: Selection,
+        writer: BundleWriter,
+        *,
+        transfer: str = "tar",
+        idle_timeout: float = 120.0,
+    ) -> None:
+        if transfer not in ("tar", "sftp"):
+            raise ValueError(f"unknown transfer method {transfer!r}")
+        self.conn = conn
+        self.target = target
+        self.selection = selection
+        self.writer = writer
+        self.transfer = transfer
+        self.idle_timeout = idle_timeout
+        self.log = CollectionLog(target.host)
+        self.files: dict[str, dict[str, Any]] = {}   # source path -> manifest entry
+        self.outputs: list[dict[str, Any]] = []      # command outputs
+        self.artifacts: list[dict[str, Any]] = []
+        self._stats: dict[str, remote.FileStat] = {}
+        self._inodes: dict[tuple[int, int], str] = {}
+        self._homes: list[str] | None = None
+
+    # ------------------------------------------------------------------ steps
+    def run(self) -> None:
+        self._preflight()
+        for held in self.selection.held_back:
+            self.artifacts.append({"name": held.name, "collector": held.collector, "status": "not_run",
+                                   "reason": "modifies_state: needs the explicit flag to run"})
+            self.log.add("warning", "artifact not run: it modifies state on the host", artifact=held.name)
+        for artifact in self.selection.artifacts:
+            started = time.monotonic()
+            if artifact.collector == "command":
+                summary = self._command(artifact)
+            else:
+                summary = self._enumerate(artifact)
+            summary["duration_ms"] = int((time.monotonic() - started) * 1000)
+            self.artifacts.append(summary)
+        self._hash_on_host([p for p, e in self.files.items() if e["status"] in ("pending", "pending_hash")])
+        self._copy([p for p, e in self.files.items() if e["status"] == "pending"])
+        for entry in self.files.values():
+            if entry["status"] == "pending_hash":
+                entry["status"] = HASHED
+
+    def _preflight(self) -> None:
+        """Note missing tools; without tar the files come over SFTP instead."""
+        if not any(a.collector != "command" for a in self.selection.artifacts):
+            return
+        result = self.conn.run(remote.PREFLIGHT_COMMAND, timeout=60)
+        missing = result.stdout.decode("utf-8", "replace").split()
+        if missing:
+            self.log.add("warning", "tools missing on host", tools=missing)
+        if "tar" in missing and self.transfer == "tar":
+            self.transfer = "sftp"
+            self.log.add("warning", "no tar on host: files are copied over SFTP")
+
+    def _user_homes(self) -> list[str]:
+        if self._homes is None:
+            result = self.conn.run(remote.HOMES_COMMAND, timeout=60)
+            homes = sorted({h for h in result.stdout.decode("utf-8", "surrogateescape").splitlines()
+                            if h.startswith("/")})
+            self._homes = homes
+            self.log.add("info", "home directories", homes=homes)
+        return self._homes
+
+    def _command(self, artifact: Artifact) -> dict[str, Any]:
+        summary: dict[str, Any] = {"name": artifact.name, "collector": "command"}
+        archive = f"live/{artifact.output_name}"
+        try:
+            res = run_capped(self.conn, remote.command_for(artifact), cap=artifact.file_cap,
+                             timeout=float(artifact.timeout))
+        except TransferError as exc:
+            if not _alive(self.conn):
+                raise
+            self.log.add("error", "command failed", artifact=artifact.name, reason=str(exc))
+            summary.update(status="failed", reason=str(exc))
+            self.outputs.append({"archive_path": None, "artifact": artifact.name, "kind": "command",
+                                 "command": artifact.command, "status": FAILED, "reason": str(exc)})
+            return summary
+        captured = time.time()
+        digest = self.writer.add_bytes(archive, res.stdout, MemberMeta(mtime=captured, mode=0o644))
+        entry: dict[str, Any] = {
+            "archive_path": archive, "artifact": artifact.name, "kind": "command", "command": artifact.command,
+            "exit_status": res.exit_status, "size": len(res.stdout), "sha256_received": digest,
+            "sha256_host": None, "captured": _iso(captured), "status": COLLECTED,
+        }
+        if res.truncated:
+            entry["status"] = TRUNCATED
+            entry["reason"] = f"output {res.total_bytes} bytes > max_file_size {artifact.file_cap}; first bytes kept"
+            self.log.add("warning", "command output over cap: truncated", artifact=artifact.name,
+                         total_bytes=res.total_bytes, kept=len(res.stdout))
+        if res.stderr:
+            err_digest = self.writer.add_bytes(archive + ".stderr", res.stderr[:1 << 20],
+                                               MemberMeta(mtime=captured, mode=0o644))
+            entry["stderr"] = {"archive_path": archive + ".stderr", "sha256_received": err_digest,
+                               "size": min(len(res.stderr), 1 << 20)}
+        level = "info" if res.exit_status == 0 else "warning"
+        why = "tool not found on host" if res.exit_status == 127 else None
+        self.log.add(level, "command ran", artifact=artifact.name, exit_status=res.exit_status,
+                     bytes=len(res.stdout), reason=why)
+        self.outputs.append(entry)
+        summary.update(status="ok" if res.exit_status == 0 else "errors", exit_status=res.exit_status,
+                       files=1, bytes=len(res.stdout))
+        return summary
+
+    def _enumerate(self, artifact: Artifact) -> dict[str, Any]:
+        summary: dict[str, Any] = {"name": artifact.name, "collector": artifact.collector}
+        uses_homes = any(p.startswith(USER_HOME) for p in artifact.paths)
+        roots = remote.expand_roots(artifact, self._user_homes() if uses_homes else [])
+        if not roots:
+            summary.update(status="ok", files=0, bytes=0)
+            return summary
+        command = remote.enumerate_command(artifact, [r for r, _ in roots],
+                                           glob=artifact.collector in ("glob", "hash"))
+        try:
+            res = self.conn.run(command, timeout=float(artifact.timeout))
+        except TransportError as exc:
+            if not _alive(self.conn):
+                raise
+            self.log.add("error", "listing failed: nothing collected for this artifact", artifact=artifact.name,
+                         reason=str(exc))
+            summary.update(status="failed", reason=str(exc), files=0, bytes=0)
+            return summary
+        errors, absent, other = remote.parse_errors(res.stderr)
+        from_home = {r for r, home in roots if home}
+        home_absent = [p for p in absent if p in from_home]
+        for path in absent:
+            if path not in from_home:
+                self.log.add("info", "not present on host", artifact=artifact.name, path=path)
+        if home_absent:
+            self.log.add("info", "not present in home directories", artifact=artifact.name, count=len(home_absent))
+        for path, reason in errors:
+            self.log.add("warning", "cannot list", artifact=artifact.name, path=path, reason=reason)
+        for line in other:
+            self.log.add("warning", "unexpected message from find", artifact=artifact.name, message=line)
+        files = 0
+        size_total = 0
+        for st in remote.parse_stat(res.stdout):
+            if st.kind == "other":
+                continue
+            files += 1
+            size_total += st.size if st.kind == "file" else 0
+            self._add_file(artifact, st)
+        summary.update(status="ok" if not errors else "errors", files=files, bytes=size_total,
+                       errors=len(errors) or None)
+        return summary
+
+    def _add_file(self, artifact: Artifact, st: remote.FileStat) -> None:
+        cap = artifact.file_cap
+        existing = self.files.get(st.path)
+        if existing is not None:
+            existing["artifacts"].append(artifact.name)
+            if existing["status"] == SKIPPED and artifact.copies_files and st.size <= cap:
+                existing.update(status="pending")
+                existing.pop("reason", None)
+                self.log.add("info", "collected after all: within this artifact's cap", artifact=artifact.name,
+                             path=st.path, size=st.size, cap=cap)
+            elif existing["status"] == "pending_hash" and artifact.copies_files and st.size <= cap:
+                existing["status"] = "pending"
+            return
+        entry: dict[str, Any] = {
+            "source_path": st.path, "artifacts": [artifact.name], "kind": st.kind, "size": st.size,
+            "mode": st.mode, "uid": st.uid, "gid": st.gid, "owner": st.owner, "group": st.group,
+            "times": st.times(), "sha256_host": None, "sha256_received": None, "archive_path": None,
+        }
+        same = self._inodes.get((st.device, st.inode)) if st.kind == "file" and st.inode else None
+        if st.kind == "symlink":
+            entry.update(status=RECORDED, link_target=st.link_target)
+            self.log.add("info", "symlink recorded, not followed", artifact=artifact.name, path=st.path,
+                         target=st.link_target)
+        elif same is not None:
+            entry.update(status=RECORDED, same_file_as=same,
+                         note="same file (device and inode) as another path; its content is stored once")
+        elif artifact.collector == "hash":
+            entry.update(status="pending_hash")
+        elif st.size > cap:
+            entry.update(status=SKIPPED, reason=f"size {st.size} > max_file_size {cap}")
+            self.log.add("warning", "skipped: over size cap", artifact=artifact.name, path=st.path,
+                         size=st.size, cap=cap)
+        else:
+            entry.update(status="pending")
+        _check_path_encoding(entry)
+        self.files[st.path] = entry
+        self._stats[st.path] = st
+        if st.kind == "file" and st.inode and same is None:
+            self._inodes[(st.device, st.inode)] = st.path
+
+    def _hash_on_host(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        total = sum(self.files[p]["size"] for p in paths)
+        listing = b"".join(remote.encode_path(p) + b"\0" for p in paths)
+        try:
+            res = self.conn.run(remote.HASH_COMMAND, stdin=listing, timeout=120.0 + total / _HASH_RATE)
+        except TransportError as exc:
+            if not _alive(self.conn):
+                raise
+            for path in paths:
+                self.files[path].update(status=FAILED, reason=f"host hash failed: {exc}")
+            self.log.add("error", "hashing on the host failed", files=len(paths), reason=str(exc))
+            return
+        hashes = remote.parse_hashes(res.stdout)
+        errors, _, other = remote.parse_errors(res.stderr)
+        reasons = dict(errors)
+        for line in other:
+            self.log.add("warning", "unexpected message from sha256sum", message=line)
+        for path in paths:
+            entry = self.files[path]
+            if path in hashes:
+                entry["sha256_host"] = hashes[path]
+            else:
+                reason = reasons.get(path, "no hash returned by sha256sum")
+                entry.update(status=FAILED, reason=f"host hash failed: {reason}")
+                self.log.add("warning", "cannot hash on host", path=path, reason=reason)
+
+    def _copy(self, paths: list[str]) -> None:
+        if not paths:
+            return
+
+        def sink(path: str, size: int, stream: IO[bytes], _info: Any) -> None:
+            self._store(path, f"files{path}", size, stream)
+
+        if self.transfer == "tar":
+            outcome = tar_fetch(self.conn, paths, sink, idle_timeout=self.idle_timeout)
+        else:
+            outcome = sftp_fetch(self.conn, paths, sink)
+        errors, _, other = remote.parse_errors(outcome.stderr, relative=self.transfer == "tar")
+        reasons: dict[str, str] = {}
+        for path, reason in errors:
+            reasons.setdefault(path, reason)
+        for line in other:
+            if "Exiting with failure status" not in line:
+                self.log.add("warning", "message from tar", message=line)
+        retry: list[str] = []
+        for path in paths:
+            entry = self.files[path]
+            if path not in outcome.received:
+                reason = reasons.get(path, "not in the transfer stream")
+                entry.update(status=FAILED, reason=f"copy failed: {reason}")
+                self.log.add("warning", "copy failed", path=path, reason=reason)
+            elif entry["sha256_received"] != entry["sha256_host"]:
+                retry.append(path)
+            else:
+                entry["status"] = COLLECTED
+                if path in reasons:
+                    entry["note"] = reasons[path]
+        for path in retry:
+            self._retry(path)
+
+    def _retry(self, path: str) -> None:
+        entry = self.files[path]
+        first = {"archive_path": entry["archive_path"], "sha256_host": entry["sha256_host"],
+                 "sha256_received": entry["sha256_received"], "size": entry.get("received_size")}
+        self.log.add("warning", "hashes differ; copying again with a single hashed read", path=path,
+                      sha256_host=entry["sha256_host"], sha256_received=entry["sha256_received"])
+        entry["first_attempt"] = first
+
+        def sink(p: str, size: int, stream: IO[bytes], _info: Any) -> None:
+            self._store(p, f"retry{p}", size, stream)
+
+        try:
+            res = tee_fetch(self.conn, path, sink, idle_timeout=self.idle_timeout)
+        except TransferError:
+            if not _alive(self.conn):
+                raise
+            res = None
+        if res is not None and res.host_sha256 and res.host_sha256 == entry["sha256_received"] and entry[
+                "archive_path"].startswith("retry/"):
+            entry.update(status=COLLECTED, sha256_host=res.host_sha256,
+                         note="file changed between the host hash and the copy; copied again with a single read")
+            self.log.add("info", "second copy verified", path=path)
+            return
+        entry.update(status=HASH_MISMATCH,
+                     reason="SHA-256 of the bytes received differs from the host's SHA-256 (copied twice)")
+        if res is not None and res.host_sha256:
+            entry["sha256_host"] = res.host_sha256
+        self.log.add("error", "HASH MISMATCH: received bytes differ from the host's", path=path,
+                     sha256_host=entry["sha256_host"], sha256_received=entry["sha256_received"])
+
+    def _store(self, path: str, archive: str, size: int, stream: IO[bytes]) -> None:
+        entry = self.files[path]
+        st = self._stats[path]
+        meta = MemberMeta(mtime=st.mtime, mode=int(st.mode, 8), uid=st.uid, gid=st.gid,
+                          uname=st.owner if not st.owner.isdigit() else "",
+                          gname=st.group if not st.group.isdigit() else "")
+        digest = self.writer.add_stream(archive, size, stream, meta)
+        entry.update(archive_path=archive, sha256_received=digest, received_size=size)
+
+    # ---------------------------------------------------------------- results
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {s: 0 for s in (COLLECTED, HASHED, RECORDED, SKIPPED, FAILED, HASH_MISMATCH,
+                                                  TRUNCATED)}
+        for entry in [*self.files.values(), *self.outputs]:
+            counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+        counts["bytes"] = sum(e.get("received_size", 0) for e in self.files.values()) + sum(
+            e.get("size", 0) for e in self.outputs)
+        return counts
+
+
+def _alive(conn: Any) -> bool:
+    alive = getattr(conn, "alive", None)
+    if alive is not None:
+        return bool(alive)
+    transport = conn.client.get_transport()
+    return bool(transport and transport.is_active())
+
+
+def _iso(epoch: float) -> str:
+    return _dt.datetime.fromtimestamp(epoch, tz=_dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def _check_path_encoding(entry: dict[str, Any]) -> None:
+    """Paths that are not valid UTF-8 keep their exact bytes in ``source_path_hex``."""
+    try:
+        entry["source_path"].encode("utf-8")
+    except UnicodeEncodeError:
+        raw = remote.encode_path(entry["source_path"])
+        entry["source_path_hex"] = raw.hex()
+        entry["source_path"] = raw.decode("utf-8", "backslashreplace")
+
+
+def collection_status(counts: dict[str, int]) -> str:
+    return "complete" if not counts.get(HASH_MISMATCH) and not counts.get(FAILED) else "complete_with_errors"
+
+
+def collect_host(
+    conn: Any,
+    target: HostTarget,
+    selection: Selection,
+    *,
+    recipients: list[X25519PublicKey] | None = None,
+    transfer: str = "tar",
+    idle_timeout: float = 120.0,
+    directory: Path | None = None,
+    on_sealed: Callable[[Collection, dict[str, Any]], None] | None = None,
+) -> CollectionResult:
+    """Collect ``selection`` from one host into a new sealed bundle under the case's evidence tree.
+
+    ``on_sealed(collection, seal)`` runs once the bundle is on disk (the custody record).
+    Connection failures propagate (the caller marks the host failed); the
+    ``.partial`` directory is left for inspection.
+    """
+    started_wall = utc_now()
+    start = time.monotonic()
+    collection_id = new_collection_id()
+    final = (directory or host_dir(target.case, target.tenant, target.host)) / collection_id
+    writer = BundleWriter(final, recipients)
+    collector = HostCollector(conn, target, selection, writer, transfer=transfer, idle_timeout=idle_timeout)
+    collector.log.add("info", "collection started", case=target.case, tenant=target.tenant, host=target.host,
+                      address=target.address, profile=selection.profile)
+    try:
+        collector.run()
+    except BaseException:
+        writer.abort()
+        raise
+    counts = collector.counts()
+    finished_wall = utc_now()
+    status = collection_status(counts)
+    collector.log.add("info" if status == "complete" else "warning", "collection finished", status=status,
+                      **{k: v for k, v in counts.items() if v})
+    identity = {
+        "case": target.case, "msp": target.msp, "tenant": target.tenant, "host": target.host,
+        "address": target.address, "os": target.os, "host_key_fingerprint": target.host_key_fingerprint,
+        "collection_id": collection_id,
+    }
+    manifest = {
+        "format": MANIFEST_FORMAT, **identity,
+        "collector": collector_identity(target, selection.profile, collector.transfer),
+        "started": started_wall, "finished": finished_wall, "status": status, "counts": counts,
+        "artifacts": collector.artifacts,
+        "outputs": collector.outputs,
+        "files": [collector.files[p] for p in sorted(collector.files)],
+    }
+    try:
+        sealed = writer.finish(manifest, collector.log.to_bytes(), {
+            **identity, "profile": selection.profile, "started": started_wall, "finished": finished_wall,
+            "status": status, "counts": counts,
+        })
+    except BaseException:
+        writer.abort()
+        raise
+    seal = sealed.seal()
+    problems = [f"{e['source_path']}: {e.get('reason')}" for e in collector.files.values()
+                if e["status"] in PROBLEM_STATUSES]
+    if on_sealed is not None:
+        on_sealed(sealed, seal)
+    return CollectionResult(target=target, status=status, collection=sealed, seal=seal, counts=counts,
+                            problems=problems, duration=time.monotonic() - start)

@@ -1,0 +1,125 @@
+"""Chain of custody: each sealed bundle's hashes go into the case's signed audit log.
+
+One place writes the record (:func:`record_custody`) and one place reads them
+back (:func:`custody_records`). The record::
+
+    action  evidence.collected
+    tenant, host
+    params  {collection_id, bundle (path under the case), bundle_file, bundle_sha256,
+             bundle_size, manifest_sha256, encrypted, recipients, profile, status,
+             files_collected, files_failed, files_skipped, hash_mismatches}
+    outcome ok | partial
+
+The audit log is :mod:`ir_toolkit.audit.log` (``AuditLog.open``/``append_durable``/
+``iter_records``), imported lazily: should it be unavailable, :func:`open_audit_log`
+returns None, triage warns that no custody record is written, and ``evidence
+verify`` reports custody as unchecked.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from ir_toolkit.home import case_dir
+from ir_toolkit.triage.bundle import Collection
+
+ACTION_COLLECTED = "evidence.collected"
+ACTION_FAILED = "evidence.collection_failed"
+
+
+def actor() -> str:
+    """Who acts: ``<os user>@<controller host>`` (the audit log's own notion when available)."""
+    module = audit_module()
+    if module is not None and hasattr(module, "system_actor"):
+        return str(module.system_actor())
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def custody_params(case_id: str, collection: Collection, seal: dict[str, Any]) -> dict[str, Any]:
+    counts = seal.get("counts", {})
+    return {
+        "collection_id": collection.id,
+        "bundle": collection.relative(case_id),
+        "bundle_file": seal["bundle_file"],
+        "bundle_sha256": seal["bundle_sha256"],
+        "bundle_size": int(seal["bundle_size"]),
+        "manifest_sha256": seal["manifest_sha256"],
+        "encrypted": bool(seal["encrypted"]),
+        "recipients": list(seal.get("recipients", [])),
+        "profile": seal.get("profile"),
+        "status": seal.get("status"),
+        "files_collected": int(counts.get("collected", 0)),
+        "files_failed": int(counts.get("failed", 0)),
+        "files_skipped": int(counts.get("skipped", 0)),
+        "hash_mismatches": int(counts.get("hash_mismatch", 0)),
+    }
+
+
+def record_custody(audit_log: Any, case_id: str, collection: Collection, seal: dict[str, Any],
+                   *, who: str | None = None) -> int:
+    """Append (durably: fsynced before returning) the custody record of one sealed bundle."""
+    params = custody_params(case_id, collection, seal)
+    return int(audit_log.append_durable(
+        action=ACTION_COLLECTED, actor=who or actor(), tenant=seal["tenant"], host=seal["host"],
+        params=params, outcome="ok" if seal.get("status") == "complete" else "partial",
+    ))
+
+
+def record_failure(audit_log: Any, tenant: str, host: str, error: str, *, who: str | None = None) -> int:
+    """Record that a collection was attempted and failed (no bundle)."""
+    return int(audit_log.append_durable(
+        action=ACTION_FAILED, actor=who or actor(), tenant=tenant, host=host,
+        params={"error": error}, outcome="failed",
+    ))
+
+
+def audit_module() -> Any | None:
+    """The audit-log module, or None while it is not installed (see INTEGRATION POINT above)."""
+    try:
+        from ir_toolkit.audit import log as audit_log_module
+    except ImportError:
+        return None
+    if not hasattr(audit_log_module, "iter_records") or not hasattr(audit_log_module, "AuditLog"):
+        return None
+    return audit_log_module
+
+
+def open_audit_log(case_id: str, msp: str) -> Any | None:
+    """Open the case's audit log for appending with the responder's signing key.
+
+    Raises the keystore's InputError when no keys exist (``run irkit keys init``).
+    Returns None only when the audit module itself is missing.
+    """
+    module = audit_module()
+    if module is None:
+        return None
+    from ir_toolkit.secrets import keystore
+
+    signer = keystore.load_signing_key(keystore.get_passphrase())
+    return module.AuditLog.open(case_id, origin=f"{msp}/ir/{case_id}", signer=signer)
+
+
+def custody_records(case_id: str) -> list[dict[str, Any]] | None:
+    """Every ``evidence.collected`` record of the case; None when there is no audit log to read."""
+    module = audit_module()
+    if module is None or not (case_dir(case_id) / "audit" / "log.jsonl").exists():
+        return None
+    return [r for r in module.iter_records(case_id) if r.get("action") == ACTION_COLLECTED]
+
+
+def find_record(records: Iterable[dict[str, Any]], collection: Collection) -> dict[str, Any] | None:
+    """The custody record of one collection (the last one, should there be several)."""
+    found = None
+    for record in records:
+        params = record.get("params") or {}
+        if (params.get("collection_id") == collection.id and record.get("host") == collection.host
+                and record.get("tenant") == collection.tenant):
+            found = record
+    return found

@@ -1,0 +1,76 @@
+"""Is a host's evidence collected, verified and recorded? The question the destruction gate asks.
+
+The engine calls :func:`host_evidence_status` before any destructive step on a
+host (credential rotation, isolation that kills sessions, reimage). A host is
+``ready`` when its newest sealed collection
+
+* had no hash mismatch (every copied file's host and receipt hashes agree),
+* still has the bundle SHA-256 its seal states (re-hashed now), and
+* is recorded in the case's audit log with that bundle and manifest SHA-256.
+
+Anything else returns ``ready=False`` with a one-line reason for the operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ir_toolkit.errors import VerificationFailed
+from ir_toolkit.triage.bundle import list_collections, sha256_file
+from ir_toolkit.triage.custody import custody_records, find_record
+
+
+@dataclass(frozen=True)
+class EvidenceStatus:
+    ready: bool
+    reason: str
+    collection: str | None = None
+    bundle_sha256: str | None = None
+    custody_seq: int | None = None
+
+
+def host_evidence_status(
+    case_id: str,
+    tenant: str,
+    host: str,
+    *,
+    records: list[dict[str, Any]] | None = None,
+    rehash: bool = True,
+) -> EvidenceStatus:
+    """Whether ``host`` may be changed destructively; ``records`` avoids re-reading the audit log per host."""
+    collections = list_collections(case_id, tenant=tenant, host=host)
+    if not collections:
+        return EvidenceStatus(False, f"no evidence collected for {tenant}/{host}: run irkit triage first")
+    if records is None:
+        records = custody_records(case_id)
+    reason = ""
+    for collection in reversed(collections):
+        try:
+            seal = collection.seal()
+        except VerificationFailed as exc:
+            reason = str(exc)
+            continue
+        if seal.get("counts", {}).get("hash_mismatch"):
+            reason = f"collection {collection.id} has hash mismatches: collect again"
+            continue
+        if rehash:
+            actual = sha256_file(collection.bundle_path) if collection.bundle_path.exists() else None
+            if actual != seal.get("bundle_sha256"):
+                reason = f"bundle {collection.relative(case_id)} does not match its seal (altered or missing)"
+                continue
+        if records is None:
+            return EvidenceStatus(False, f"no audit log for case {case_id}: the custody of "
+                                         f"{tenant}/{host}'s evidence cannot be confirmed", collection.id)
+        record = find_record(records, collection)
+        if record is None:
+            reason = f"collection {collection.id} has no chain-of-custody record in the audit log"
+            continue
+        params = record.get("params") or {}
+        if (params.get("bundle_sha256") != seal.get("bundle_sha256")
+                or params.get("manifest_sha256") != seal.get("manifest_sha256")):
+            reason = f"collection {collection.id} differs from its custody record (seq {record.get('seq')})"
+            continue
+        return EvidenceStatus(True, "evidence collected, verified and recorded", collection.id,
+                              seal.get("bundle_sha256"), record.get("seq"))
+    return EvidenceStatus(False, reason or f"no usable evidence for {tenant}/{host}")

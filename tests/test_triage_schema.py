@@ -1,0 +1,224 @@
+"""Artifact definitions, profiles and the shell commands built from them (no host needed)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ir_toolkit.errors import FileInputError, InputError
+from ir_toolkit.triage import remote
+from ir_toolkit.triage.schema import (
+    ARTIFACTS_DIR,
+    DEFAULT_FILE_CAP,
+    Artifact,
+    load_catalog,
+    parse_size,
+    resolve_patterns,
+)
+
+# The issue's Linux coverage list, mapped to the artifacts that provide each item.
+LINUX_COVERAGE = {
+    "processes + command lines": ["linux.live.processes", "linux.live.process_details"],
+    "sha256 of running binaries incl. deleted": ["linux.live.process_hashes", "linux.live.deleted_binaries"],
+    "sockets with owning pids": ["linux.live.network_sockets", "linux.live.network_proc"],
+    "routes/arp": ["linux.live.routes", "linux.live.arp"],
+    "firewall rules": ["linux.live.firewall_nft", "linux.live.firewall_iptables", "linux.system.firewall_config"],
+    "logged-in users, utmp/wtmp/btmp/lastlog": ["linux.live.sessions", "linux.live.last_logins",
+                                                 "linux.logs.login_records"],
+    "kernel modules": ["linux.live.kernel_modules"],
+    "mounts": ["linux.live.mounts"],
+    "cron/anacron/at": ["linux.persistence.cron", "linux.live.at_jobs"],
+    "systemd units and timers (system, user, /run)": ["linux.persistence.systemd", "linux.live.systemd"],
+    "sysv/rc.local": ["linux.persistence.sysv_init"],
+    "authorized_keys and sshd config": ["linux.ssh.authorized_keys", "linux.ssh.sshd_config"],
+    "ld.so.preload": ["linux.persistence.ld_preload"],
+    "passwd/group/sudoers/pam": ["linux.users.accounts"],
+    "shell rc files and histories": ["linux.persistence.shell_startup", "linux.users.shell_history"],
+    "/var/log auth/syslog/journal": ["linux.logs.auth_syslog", "linux.logs.journal"],
+    "auditd logs": ["linux.logs.audit"],
+    "package logs": ["linux.logs.packages"],
+    "executables in /tmp, /var/tmp, /dev/shm": ["linux.files.tmp_executables"],
+    "suid/sgid files": ["linux.files.suid_sgid"],
+    "remote-access tool logs": ["linux.remote_access.logs"],
+}
+WINDOWS_COVERAGE = [
+    "windows.live.processes", "windows.live.network_connections", "windows.live.services",
+    "windows.live.scheduled_tasks", "windows.live.run_keys", "windows.live.wmi_persistence",
+    "windows.registry.system_hives", "windows.registry.user_hives", "windows.eventlogs.core",
+    "windows.execution.prefetch", "windows.registry.amcache", "windows.remote_access.rmm_logs",
+]
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+def test_linux_coverage_is_complete_and_in_ir_triage(catalog):
+    triage = {a.name for a in catalog.select("ir_triage", "linux", allow_modifies_state=True).artifacts}
+    for item, names in LINUX_COVERAGE.items():
+        for name in names:
+            assert name in catalog.artifacts, f"{item}: {name} is not defined"
+            assert name in triage, f"{item}: {name} is not in the ir_triage profile"
+
+
+def test_windows_definitions_exist(catalog):
+    for name in WINDOWS_COVERAGE:
+        assert catalog.artifacts[name].os == "windows"
+    evtx = " ".join(catalog.artifacts["windows.eventlogs.core"].paths)
+    for log in ("Security", "System", "PowerShell", "Sysmon"):
+        assert log in evtx
+
+
+def test_profiles_full_contains_everything(catalog):
+    for os_name in ("linux", "windows"):
+        full = catalog.select("full", os_name, allow_modifies_state=True).artifacts
+        assert {a.name for a in full} == {a.name for a in catalog.artifacts.values() if a.os == os_name}
+
+
+def test_volatile_first(catalog):
+    arts = catalog.select("ir_triage", "linux").artifacts
+    orders = [a.order for a in arts]
+    assert orders == sorted(orders)
+    assert arts[0].name == "linux.live.processes"
+    last_command = max(i for i, a in enumerate(arts) if a.name.startswith("linux.live."))
+    first_file = min(i for i, a in enumerate(arts) if a.collector != "command")
+    assert last_command < first_file
+
+
+def test_modifies_state_needs_the_flag(catalog):
+    plain = catalog.select("ir_triage", "linux")
+    assert "linux.live.firewall_iptables" not in {a.name for a in plain.artifacts}
+    assert [a.name for a in plain.held_back] == ["linux.live.firewall_iptables"]
+    flagged = catalog.select("ir_triage", "linux", allow_modifies_state=True)
+    assert "linux.live.firewall_iptables" in {a.name for a in flagged.artifacts}
+    assert not flagged.held_back
+
+
+def test_unknown_profile(catalog):
+    with pytest.raises(InputError, match="unknown triage profile 'nope'"):
+        catalog.select("nope", "linux")
+
+
+def test_patterns_select_by_name_and_glob_with_exclusions():
+    known = {"linux.a.x": 1, "linux.a.y": 1, "linux.b.z": 1}
+    assert resolve_patterns(["linux.a.*", "!linux.a.y", "linux.b.z"], known, where="t") == ["linux.a.x", "linux.b.z"]
+    with pytest.raises(InputError, match="'linux.c.\\*' matches no artifact"):
+        resolve_patterns(["linux.c.*"], known, where="t")
+
+
+@pytest.mark.parametrize("text,expected", [("10M", 10 * 2**20), ("1G", 2**30), ("512k", 512 * 1024),
+                                           (4096, 4096), ("2 MiB", 2 * 2**20)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+def test_defaults():
+    art = Artifact(name="linux.t.x", description="d", os="linux", collector="file", paths=["/etc/x"])
+    assert art.file_cap == DEFAULT_FILE_CAP and art.shell == "sh" and art.order == 50 and not art.modifies_state
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    defs = tmp_path / "defs"
+    defs.mkdir(exist_ok=True)
+    (defs / "a.yml").write_text(text)
+    return defs
+
+
+@pytest.mark.parametrize("body,line,field,message", [
+    ("  - {name: linux.t.a, description: d, os: linux, collector: file, paths: [/x], colour: red}\n",
+     4, "artifacts[0].colour", "unknown key"),
+    ("  - name: linux.t.a\n    description: d\n    os: linux\n    collector: file\n    paths: ['/etc/*.conf']\n",
+     4, "artifacts[0]", "has glob characters: use collector: glob"),
+    ("  - {name: linux.t.a, description: d, os: linux, collector: command}\n",
+     4, "artifacts[0]", "a command artifact needs command:"),
+    ("  - {name: linux.t.a, description: d, os: linux, collector: file, paths: [/x], max_file_size: 10Q}\n",
+     4, "artifacts[0].max_file_size", "invalid size '10Q'"),
+    ("  - {name: linux.t.a, description: d, os: linux, collector: file, paths: [etc/x]}\n",
+     4, "artifacts[0]", "must be absolute"),
+    ("  - {name: Linux.T, description: d, os: linux, collector: file, paths: [/x]}\n",
+     4, "artifacts[0]", "artifact name"),
+])
+def test_definition_errors_name_file_line_field(tmp_path, body, line, field, message):
+    defs = _write(tmp_path, "# test\nversion: 1\nartifacts:\n" + body)
+    with pytest.raises(FileInputError) as err:
+        load_catalog(extra_dirs=[defs])
+    assert err.value.path.endswith("a.yml")
+    assert err.value.line == line
+    assert err.value.field == field
+    assert message in err.value.detail
+
+
+def test_duplicate_artifact_name_is_refused(tmp_path):
+    defs = _write(tmp_path, "version: 1\nartifacts:\n"
+                  "  - {name: linux.live.processes, description: d, os: linux, collector: command, command: ps}\n")
+    with pytest.raises(FileInputError, match="duplicate artifact name 'linux.live.processes'"):
+        load_catalog(extra_dirs=[defs])
+
+
+def test_profile_pattern_that_matches_nothing_is_an_error(tmp_path):
+    defs = _write(tmp_path, "version: 1\nartifacts:\n"
+                  "  - {name: linux.t.a, description: d, os: linux, collector: command, command: 'true'}\n")
+    (defs / "profiles.yml").write_text("version: 1\nprofiles:\n"
+                                       "  - {name: mine, description: d, artifacts: [linux.t.a, linux.t.typo]}\n")
+    with pytest.raises(FileInputError) as err:
+        load_catalog(extra_dirs=[defs])
+    assert err.value.line == 3 and "linux.t.typo" in err.value.detail
+
+
+def test_every_linux_command_is_valid_sh(catalog):
+    """`sh -n` parses every command and every generated find command (nothing is executed)."""
+    homes = ["/root", "/home/alice"]
+    for art in catalog.artifacts.values():
+        if art.os != "linux":
+            continue
+        if art.collector == "command":
+            script = remote.command_for(art)
+        else:
+            roots = [r for r, _ in remote.expand_roots(art, homes)]
+            script = remote.enumerate_command(art, roots, glob=art.collector != "file")
+        result = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+        assert result.returncode == 0, f"{art.name}: {result.stderr}"
+
+
+def test_shell_glob_quoting_keeps_only_glob_characters_active(tmp_path):
+    for name in ("a b.conf", "x$(touch pwned).conf", "c.conf", "d.txt"):
+        (tmp_path / name).write_text("x")
+    pattern = str(tmp_path) + "/*.conf"
+    out = subprocess.run(["sh", "-c", "for p in " + remote.shell_glob(pattern) + '; do echo "$p"; done'],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert sorted(Path(p).name for p in out) == ["a b.conf", "c.conf", "x$(touch pwned).conf"]
+    weird = str(tmp_path) + "/it's [a] $HOME"
+    echoed = subprocess.run(["sh", "-c", "echo " + remote.shell_glob(weird)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert echoed == weird
+    assert not (Path.cwd() / "pwned").exists()
+
+
+def test_enumerate_lists_files_with_metadata_and_reports_absent_roots(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("hello")
+    (tmp_path / "d" / "skip.log").write_text("x")
+    (tmp_path / "d" / "l").symlink_to("/etc/passwd")
+    art = Artifact(name="linux.t.x", description="d", os="linux", collector="file",
+                   paths=[str(tmp_path / "d"), str(tmp_path / "missing")], exclude=["*/skip.log"])
+    roots = [r for r, _ in remote.expand_roots(art, [])]
+    proc = subprocess.run(["sh", "-c", remote.enumerate_command(art, roots, glob=False)], capture_output=True)
+    stats = {Path(s.path).name: s for s in remote.parse_stat(proc.stdout)}
+    assert set(stats) == {"f", "l"}
+    assert stats["f"].kind == "file" and stats["f"].size == 5 and stats["f"].modified.endswith("Z")
+    assert stats["l"].kind == "symlink" and stats["l"].link_target == "/etc/passwd"
+    _, absent, _ = remote.parse_errors(proc.stderr)
+    assert absent == [str(tmp_path / "missing")]
+
+
+def test_iso_time():
+    assert remote.iso_time("1600000000.123456789") == "2020-09-13T12:26:40.123456789Z"
+    assert remote.iso_time("0.000000000") is None
+    assert remote.iso_time("-") is None
+
+
+def test_builtin_artifact_files_are_the_only_yaml(catalog):
+    assert {p.parent.name for p in ARTIFACTS_DIR.rglob("*.yml")} == {"linux", "windows"}
