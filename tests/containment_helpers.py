@@ -51,14 +51,16 @@ def home(env: dict[str, str]):
 
 
 def contain_playbook(lab: Any, dest: Path, *, phases: list[str] | None = None) -> Path:
-    """The shipped containment playbook with evidence overrides (until triage lands) and the lab's
-    leaked credentials as the proofs: the MSP private key must fail, the old password must fail."""
+    """The shipped containment playbook with the lab's leaked credentials as the proofs (the MSP private
+    key must fail, the old password must fail). When ``phases`` leaves out the ``preserve`` phase, the
+    destructive steps carry an evidence override (a test of one phase needs no evidence)."""
     data = yaml.safe_load((REPO / "playbooks/msp-breach-containment.yml").read_text())
     lab_ref = f"${{IRKIT_HOME}}/lab/{lab.msp}"
+    override = phases is not None and "preserve" not in phases
     for phase in data["phases"]:
         for step in phase["steps"]:
-            if step["action"] in ("host.isolate", "ssh_keys.revoke", "accounts.rotate"):
-                step["evidence_override"] = "test: the triage action has not landed yet"
+            if override and step["action"] in ("host.isolate", "ssh_keys.revoke", "accounts.rotate"):
+                step["evidence_override"] = "test of single phases: no evidence phase in this playbook"
             if step["action"] == "ssh_keys.revoke":
                 step["params"] = {"probe_keys": [f"file:{lab_ref}/msp_shared_ed25519"]}
             if step["action"] == "accounts.rotate":

@@ -205,3 +205,63 @@ def test_kill_9_at_random_points_then_resume_completes(lab, env):
                 assert 1 <= n <= started, (name, word, n, started)
             assert lab.exec(name, "cat /var/tmp/irkit-resume-marker").stdout == b"resumed\n"
         assert irkit(env, "audit", "verify", "--case", case).returncode == 0
+
+
+APPROVAL_PLAYBOOK = """\
+version: 1
+name: approval-test
+defaults: {timeout: 30, retries: 1, host_timeout: 120, connect_timeout: 10}
+phases:
+  - name: change
+    steps:
+      - name: write approved marker
+        action: file.write
+        params: {path: /var/tmp/irkit-approved-marker, content: "approved\\n"}
+        requires_approval: true
+"""
+
+
+def test_two_of_m_approvals_hold_a_tenant_until_signed_then_resume_finishes(lab, env, tmp_path):
+    carol = {**env, "IRKIT_HOME": str(tmp_path / "carol-home"), "IRKIT_KEY_PASSPHRASE": "carol-passphrase"}
+    irkit(carol, "keys", "init", "--name", "carol", check=0)
+    vkey = json.loads(irkit(carol, "keys", "show", "--format", "json", check=0).stdout)["verifier_key"]
+    inv = yaml.safe_load(Path(lab.inventory_path).read_text())
+    strict, lenient = inv["tenants"][0]["name"], inv["tenants"][1]["name"]
+    inv["tenants"][0]["approvals_required"] = 2
+    inv["tenants"][0]["contacts"] = [{"name": "Carol Approver", "approver": True, "approval_key": vkey},
+                                     {"name": "Mallory", "approver": False}]
+    inv_path = tmp_path / "inv.yml"
+    inv_path.write_text(yaml.safe_dump(inv))
+    pb = tmp_path / "approval.yml"
+    pb.write_text(APPROVAL_PLAYBOOK)
+    for name in host_names(lab):
+        lab.exec(name, "rm -f /var/tmp/irkit-approved-marker")
+
+    plan = json.loads(irkit(env, "plan", "--inventory", str(inv_path), "--playbook", str(pb), "--case", "ENG-APPR",
+                            "--format", "json", check=0).stdout)
+    proc = irkit(env, "apply", plan["path"], "--yes", "--format", "json", check=3)
+    summary = json.loads(proc.stdout)
+    assert summary["incomplete"] is True
+    for name, host in summary["hosts"].items():
+        tenant = next(h["tenant"] for h in lab.info["hosts"] if h["name"] == name)
+        if tenant == strict:
+            assert host["status"] == "skipped" and host["message"] == f"awaiting approval: 1 of 2 approvals for tenant {strict}"
+            assert lab.exec(name, "test -e /var/tmp/irkit-approved-marker").returncode != 0
+        else:
+            assert tenant == lenient and host["status"] == "ok"
+
+    # an approval by someone who is not an approver does not count
+    proc = irkit(carol, "approve", plan["path"], "--as", "Mallory", check=0)
+    assert irkit(env, "resume", "--case", "ENG-APPR").returncode == 3
+
+    proc = irkit(carol, "approve", plan["path"], "--as", "Carol Approver", check=0)
+    assert "approved plan" in proc.stdout
+    proc = irkit(env, "resume", "--case", "ENG-APPR", "--format", "json", check=0)
+    assert json.loads(proc.stdout)["ok"] is True
+    for name in host_names(lab):
+        assert lab.exec(name, "cat /var/tmp/irkit-approved-marker").stdout == b"approved\n"
+    recs = records(env, "ENG-APPR")
+    signed = [r for r in recs if r["action"] == "approval.given" and r["params"]["kind"] == "signed approval"]
+    assert {r["params"]["approver"] for r in signed} == {"Carol Approver"}
+    assert all(r["tenant"] == strict for r in signed)
+    assert irkit(env, "audit", "verify", "--case", "ENG-APPR").returncode == 0

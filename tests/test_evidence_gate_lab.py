@@ -1,5 +1,5 @@
-"""Evidence before destruction: destructive steps are refused on hosts without verified evidence;
-an override with a written reason lets them run and is an audit record."""
+"""Evidence before destruction: credential rotation is refused on hosts without verified evidence;
+an override with a written reason lets it run and is an audit record."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[1]
 IRKIT = str(Path(sys.executable).with_name("irkit"))
 
-ISOLATE = """\
+PLAYBOOK = """\
 version: 1
 name: gate-test
 defaults: {timeout: 60, retries: 0, host_timeout: 120, connect_timeout: 5}
@@ -26,24 +26,11 @@ phases:
       - name: collect evidence of the first host only
         action: triage.collect
         targets: {hosts: [%(first)s]}
-  - name: isolate
+  - name: rotate
     steps:
-      - name: isolate
-        action: host.isolate
+      - name: rotate the shared account
+        action: accounts.rotate
 %(override)s"""
-
-RELEASE = """\
-version: 1
-name: gate-release
-defaults: {timeout: 60, retries: 0, host_timeout: 120, connect_timeout: 5}
-phases:
-  - name: release
-    steps:
-      - name: release
-        action: host.release
-        evidence_override: test cleanup
-"""
-
 
 @pytest.fixture(scope="module")
 def gate_lab(lab_factory):
@@ -73,37 +60,38 @@ def records(env, case):
             os.environ["IRKIT_HOME"] = old
 
 
-def test_destructive_step_needs_evidence_or_an_audited_override(gate_lab, tmp_path):
+def test_rotation_needs_evidence_or_an_audited_override(gate_lab, tmp_path):
     lab, env = gate_lab
     first, second = (h["name"] for h in lab.info["hosts"])
     inv = str(lab.inventory_path)
     gated = tmp_path / "gated.yml"
-    gated.write_text(ISOLATE % {"first": first, "override": ""})
-    release = tmp_path / "release.yml"
-    release.write_text(RELEASE)
-    try:
-        proc = run(env, "contain", "--inventory", inv, "--playbook", str(gated), "--case", "GATE-1", "--yes",
-                   "--format", "json")
-        assert proc.returncode == 1, proc.stderr
-        summary = json.loads(proc.stdout)
-        assert summary["hosts"][first]["status"] == "ok"
-        assert summary["hosts"][second]["status"] == "failed"
-        assert summary["hosts"][second]["message"].startswith(f"refused: no verified evidence for {second}")
-        recs = records(env, "GATE-1")
-        refused = [r for r in recs if r["action"] == "step.refused" and r["host"] == second]
-        assert refused and "no verified evidence" in refused[0]["params"]["reason"]
-        assert not any(r["action"] == "step.start" and r["host"] == second and r["params"]["item"].startswith("isolate/")
-                       for r in recs)
+    gated.write_text(PLAYBOOK % {"first": first, "override": ""})
+    proc = run(env, "contain", "--inventory", inv, "--playbook", str(gated), "--case", "GATE-1", "--yes",
+               "--format", "json")
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["hosts"][first]["status"] == "ok"
+    assert summary["hosts"][second]["status"] == "failed"
+    assert summary["hosts"][second]["message"].startswith(f"refused: no verified evidence for {second}")
+    recs = records(env, "GATE-1")
+    refused = [r for r in recs if r["action"] == "step.refused" and r["host"] == second]
+    assert refused and "no verified evidence" in refused[0]["params"]["reason"]
+    assert not any(r["action"] == "step.start" and r["host"] == second and r["params"]["item"].startswith("rotate/")
+                   for r in recs)
+    password = lab.info["msp_shared_password"]
+    from containment_helpers import password_login
 
-        overridden = tmp_path / "override.yml"
-        overridden.write_text(ISOLATE % {"first": first, "override": "        evidence_override: 'IR lead: host is a honeypot clone, no evidence value'\n"})
-        proc = run(env, "contain", "--inventory", inv, "--playbook", str(overridden), "--case", "GATE-1", "--yes",
-                   "--format", "json")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        recs = records(env, "GATE-1")
-        overrides = [r for r in recs if r["action"] == "gate.override"]
-        assert [r["host"] for r in overrides] == [second]
-        assert overrides[0]["params"]["reason"] == "IR lead: host is a honeypot clone, no evidence value"
-        assert run(env, "audit", "verify", "--case", "GATE-1").returncode == 0
-    finally:
-        run(env, "contain", "--inventory", inv, "--playbook", str(release), "--case", "GATE-1", "--yes")
+    host2 = next(h for h in lab.info["hosts"] if h["name"] == second)
+    assert password_login(lab, host2, "mspadmin", password)  # untouched: still the shared password
+
+    overridden = tmp_path / "override.yml"
+    overridden.write_text(PLAYBOOK % {"first": first, "override": "        evidence_override: 'IR lead: host is a honeypot clone, no evidence value'\n"})
+    proc = run(env, "contain", "--inventory", inv, "--playbook", str(overridden), "--case", "GATE-1", "--yes",
+               "--format", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    recs = records(env, "GATE-1")
+    overrides = [r for r in recs if r["action"] == "gate.override"]
+    assert [r["host"] for r in overrides] == [second]
+    assert overrides[0]["params"]["reason"] == "IR lead: host is a honeypot clone, no evidence value"
+    assert run(env, "audit", "verify", "--case", "GATE-1").returncode == 0
+    assert not password_login(lab, host2, "mspadmin", password)

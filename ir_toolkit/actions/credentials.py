@@ -202,7 +202,7 @@ def ensure_case_key(case_id: str) -> tuple[Path, bool]:
             private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                         serialization.NoEncryption())
             public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-            from ir_toolkit.secrets.keystore import write_atomic
+            from ir_toolkit.fsutil import write_atomic
 
             write_atomic(pub, public + f" irkit-responder-{case_id}\n".encode(), mode=0o644)
             write_atomic(path, private, mode=0o600)

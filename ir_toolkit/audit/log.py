@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ir_toolkit import __version__
+from ir_toolkit.fsutil import fsync_dir as _fsync_dir
 from ir_toolkit.audit import layout
 from ir_toolkit.audit.keyschedule import KeySchedule
 from ir_toolkit.audit.merkle import CompactRange, leaf_hash
@@ -63,19 +64,11 @@ from ir_toolkit.audit.records import (
 )
 from ir_toolkit.errors import InputError, VerificationFailed
 from ir_toolkit.home import case_dir, validate_case_id
-from ir_toolkit.secrets.keystore import write_atomic
+from ir_toolkit.fsutil import write_atomic
 
 _ROTATION_MARK = b'"action":"' + ACTION_KEY_ROTATED.encode() + b'"'
 _registry: dict[Path, AuditLog] = {}
 _registry_lock = threading.Lock()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def system_actor() -> str:

@@ -58,7 +58,8 @@ from ir_toolkit.audit.note import (
     sign_note,
 )
 from ir_toolkit.errors import InputError, VerificationFailed
-from ir_toolkit.secrets.keystore import get_passphrase, open_private, seal_private, write_atomic
+from ir_toolkit.fsutil import write_atomic
+from ir_toolkit.secrets.keystore import get_passphrase, open_private, seal_private
 
 WITNESS_DIR_ENV = "IRKIT_WITNESS_DIR"
 WITNESS_PASSPHRASE_ENV = "IRKIT_WITNESS_PASSPHRASE"

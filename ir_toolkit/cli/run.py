@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -41,7 +42,7 @@ def approve(plan_file: str, approver: str) -> None:
 
     the_plan = load_plan(plan_file)
     signer = load_signing_key(get_passphrase())
-    path = write_approval(the_plan, approver, signer)
+    path = write_approval(the_plan, Path(plan_file), approver, signer)
     runflow.console().print(f"approved plan {the_plan.hash[:16]} as {approver}: {path}")
 
 

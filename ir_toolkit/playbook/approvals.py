@@ -36,8 +36,9 @@ def approval_message(plan_hash: str, approver: str) -> bytes:
     return f"irkit-approval\n{plan_hash}\n{approver}\n".encode()
 
 
-def approvals_dir(plan: Plan) -> Path:
-    return plan.path().with_suffix(".approvals")
+def approvals_dir(plan_file: Path) -> Path:
+    """Approvals live next to the plan file they approve (``plan-<hash>.approvals/``)."""
+    return Path(plan_file).with_suffix(".approvals")
 
 
 def parse_verifier_key(text: str) -> Ed25519PublicKey:
@@ -52,15 +53,15 @@ def parse_verifier_key(text: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw[1:])
 
 
-def write_approval(plan: Plan, approver: str, signer: object) -> Path:
-    """Sign and store an approval of ``plan`` by ``approver`` with ``signer`` (a keystore Signer)."""
+def write_approval(plan: Plan, plan_file: Path, approver: str, signer: object) -> Path:
+    """Sign and store, next to ``plan_file``, an approval of ``plan`` by ``approver`` (a keystore Signer)."""
     signature = signer.sign(approval_message(plan.hash, approver))  # type: ignore[attr-defined]
     approval = {
         "approver": approver, "plan": plan.hash,
         "verifier_key": signer.verifier_key(),  # type: ignore[attr-defined]
         "signature": base64.b64encode(signature).decode(),
     }
-    directory = approvals_dir(plan)
+    directory = approvals_dir(plan_file)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / f"{_safe(approver)}.json"
     tmp = path.with_suffix(".tmp")
@@ -83,7 +84,7 @@ def valid_approvals(plan: Plan, inventory: Inventory) -> tuple[dict[str, set[str
     """Approvers per tenant with a valid signature on this plan, plus problems found."""
     found: dict[str, set[str]] = {t: set() for t in plan.tenants()}
     problems: list[str] = []
-    directory = approvals_dir(plan)
+    directory = approvals_dir(plan.path())
     if not directory.is_dir():
         return found, problems
     for path in sorted(directory.glob("*.json")):

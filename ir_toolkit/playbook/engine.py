@@ -190,6 +190,10 @@ class Engine:
         self._hosts = {h.name: h for h in inventory.hosts()}
         self.summary = RunSummary()
         self._tenant_stopped: set[str] = set()
+        #: hosts held back (missing approvals, a safety stop): their steps stay pending for `resume`
+        self._held: set[str] = set()
+        #: a wave went over max_fail_percentage: no further waves or phases
+        self._stopped = False
         self._actions: dict[str, Action] = {}
 
     def cancel(self) -> None:
@@ -217,7 +221,7 @@ class Engine:
                                           "resumed": bool(self.options.finished)})
         try:
             for pi, phase in enumerate(self.playbook.phases):
-                if self._cancel.is_set() or self.summary.incomplete:
+                if self._cancel.is_set() or self._stopped:
                     break
                 self._run_phase(pi, phase)
         finally:
@@ -239,23 +243,30 @@ class Engine:
         hosts = [self._hosts[name] for name in items_by_host if name in self._hosts]
         runnable = [h for h in hosts if self.summary.hosts[h.name].status == OK]
         for host in hosts:
-            if host not in runnable:
+            if host not in runnable and host.name not in self._held:
                 self._skip(items_by_host[host.name], f"host already {self.summary.hosts[host.name].status}")
         waves = make_waves(runnable, phase.wave)
         self.on_event("phase.start", {"phase": phase.name, "hosts": len(runnable), "waves": len(waves)})
         for wi, wave in enumerate(waves):
             if self._cancel.is_set():
                 return
+            for host in wave:
+                if host.tenant in self._tenant_stopped:
+                    self._hold(host, f"not started: tenant {host.tenant} went over tenant_max_fail_percentage")
             wave = [h for h in wave if h.tenant not in self._tenant_stopped]
             results = self._run_wave(phase, wave, items_by_host)
             failed = sum(1 for s in results.values() if s in (FAILED, TIMED_OUT_STATUS))
             if wave and failed * 100 / len(wave) > phase.max_fail_percentage:
+                self._stopped = True
                 self.summary.incomplete = True
                 self.summary.reason = (f"phase {phase.name} wave {wi + 1}: {failed}/{len(wave)} hosts failed, over "
                                        f"max_fail_percentage {phase.max_fail_percentage:g}")
                 self._record("run.stopped", params={"phase": phase.name, "wave": wi + 1, "reason": self.summary.reason},
                              outcome="stopped")
                 self.on_event("stopped", {"reason": self.summary.reason})
+                for later in waves[wi + 1:]:
+                    for host in later:
+                        self._hold(host, "not started: the run stopped (max_fail_percentage)")
                 return
             self._check_tenants(phase, hosts)
         self.on_event("phase.end", {"phase": phase.name})
@@ -308,6 +319,12 @@ class Engine:
                         results[host.name] = FAILED
         return results
 
+    def _hold(self, host: Host, reason: str) -> None:
+        """Leave a host's steps pending (not skipped): ``irkit resume`` runs them later."""
+        self._held.add(host.name)
+        self.summary.incomplete = True
+        self._set(host, SKIPPED, reason)
+
     def _set(self, host: Host, status: str, message: str = "") -> None:
         result = self.summary.hosts[host.name]
         result.status, result.message = status, message
@@ -330,6 +347,8 @@ class Engine:
             status, message = self._run_item(host, item, deadline)
             if status != OK:
                 self._set(host, status, message)
+                if host.name in self._held:
+                    return status  # not skipped: pending until the approvals arrive
                 self._skip(todo[index + 1:], f"earlier step {item.id} {status}")
                 return status
         self._set(host, OK, self.summary.hosts[host.name].message)
@@ -345,6 +364,9 @@ class Engine:
             if have < needed:
                 msg = f"awaiting approval: {have} of {needed} approvals for tenant {host.tenant}"
                 self._record("step.refused", item, params={"reason": msg}, outcome="refused")
+                self._held.add(host.name)
+                self.summary.incomplete = True
+                self.summary.reason = "steps await approvals (irkit approve PLAN --as NAME, then irkit resume)"
                 return SKIPPED, msg
         if action.destructive and self.options.evidence_gate is not None:
             if not self.options.evidence_gate(host.tenant, host.name):

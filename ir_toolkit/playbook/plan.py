@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import rfc8785
 
 from ir_toolkit.errors import InputError
+from ir_toolkit.fsutil import write_atomic
 from ir_toolkit.home import case_dir
 from ir_toolkit.secrets.redaction import redact
 
@@ -76,16 +76,8 @@ class Plan:
 
     def save(self) -> Path:
         path = self.path()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = {**self.body(), "hash": self.hash}
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), mode=0o600)
         return path
 
 
@@ -98,14 +90,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def file_sha256(path: Path) -> str:

@@ -29,7 +29,6 @@ import os
 import re
 import socket
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ir_toolkit.audit.note import ALG_ED25519, NoteError, Signer, Verifier, b64encode, parse_vkey
 from ir_toolkit.errors import InputError
+from ir_toolkit.fsutil import fsync_dir as _fsync_dir
+from ir_toolkit.fsutil import write_atomic
 from ir_toolkit.home import keys_dir
 from ir_toolkit.secrets.redaction import register_secret
 
@@ -145,38 +146,6 @@ def open_private(doc: dict[str, Any], passphrase: str, path: Path) -> bytes:
         return AESGCM(kek).decrypt(nonce, ciphertext, _aad(header))
     except InvalidTag:
         raise InputError(f"wrong passphrase for {path} (or the key file was modified)") from None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, overwrite: bool = True) -> None:
-    """Write ``data`` to ``path`` via a temporary file: fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def _read_doc(path: Path) -> dict[str, Any]:

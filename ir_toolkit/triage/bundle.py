@@ -33,6 +33,7 @@ from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from ir_toolkit.fsutil import fsync_dir as _fsync_dir
 from ir_toolkit.errors import InputError, VerificationFailed
 from ir_toolkit.home import case_dir
 from ir_toolkit.triage.crypto import DecryptingReader, EncryptingWriter, fingerprint
@@ -77,14 +78,6 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(_COPY_BUF):
             sha.update(chunk)
     return sha.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _HashingWriter(io.RawIOBase):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import io
 import shlex
-import tarfile
 import threading
 import time
 from collections.abc import Callable
