@@ -1,3 +1,3 @@
-from ir_toolkit.cli.main import main
+from ir_toolkit.cli.entry import run
 
-main()
+run()

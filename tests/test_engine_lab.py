@@ -265,3 +265,33 @@ def test_two_of_m_approvals_hold_a_tenant_until_signed_then_resume_finishes(lab,
     assert {r["params"]["approver"] for r in signed} == {"Carol Approver"}
     assert all(r["tenant"] == strict for r in signed)
     assert irkit(env, "audit", "verify", "--case", "ENG-APPR").returncode == 0
+
+
+def test_ctrl_c_stops_between_steps_exit_3_then_resume_finishes(lab, env):
+    names = host_names(lab)
+    for name in names:
+        lab.exec(name, "rm -f /var/tmp/irkit-resume-count /var/tmp/irkit-resume-marker")
+    plan = json.loads(irkit(env, "plan", "--inventory", str(lab.inventory_path), "--playbook", RESUME,
+                            "--case", "ENG-INT", "--format", "json", check=0).stdout)
+    child = subprocess.Popen([IRKIT, "apply", plan["path"], "--yes"], env=env, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until steps are running, then press Ctrl-C
+        try:
+            if any(r["action"] == "step.start" for r in records(env, "ENG-INT")):
+                break
+        except (AssertionError, OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 3, out + err
+    assert "finish with: irkit resume --case ENG-INT" in err
+    assert "Traceback" not in err
+    ends = [r for r in records(env, "ENG-INT") if r["action"] == "run.end"]
+    assert ends and ends[-1]["params"]["status"] == "incomplete"
+    proc = irkit(env, "resume", "--case", "ENG-INT", check=0)
+    for name in names:
+        assert lab.exec(name, "cat /var/tmp/irkit-resume-marker").stdout == b"resumed\n"
+        assert _count_lines(lab, name, "first") == 1 and _count_lines(lab, name, "second") == 1
+    assert irkit(env, "audit", "verify", "--case", "ENG-INT").returncode == 0

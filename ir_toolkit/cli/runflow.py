@@ -207,28 +207,41 @@ def execute(plan: Plan, loaded: LoadedPlaybook, inventory: Inventory, *, forks: 
 
 
 def _run_interruptible(engine: Engine) -> RunSummary:
-    """Run the engine; Ctrl-C or SIGTERM stop it between steps, leaving a resumable journal."""
+    """Run the engine; Ctrl-C or SIGTERM stop it between steps, leaving a resumable journal.
+
+    The engine runs in a thread and the main thread only waits on an Event: signal
+    handlers (not KeyboardInterrupt, which can corrupt ``Thread.join`` state) ask the
+    engine to stop; the steps already running finish and are recorded.
+    """
     result: dict[str, RunSummary] = {}
     error: list[BaseException] = []
+    done = threading.Event()
+    presses = [0]
 
     def target() -> None:
         try:
             result["summary"] = engine.run()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             error.append(exc)
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=target, name="irkit-engine")
-    previous = signal.signal(signal.SIGTERM, lambda *_: engine.cancel())
-    thread.start()
+    def stop(signum: int, _frame: object) -> None:
+        presses[0] += 1
+        engine.cancel()
+        what = "interrupt" if signum == signal.SIGINT else "terminate"
+        note = "finishing the running steps, then stopping" if presses[0] == 1 else "still finishing the running steps"
+        console(stderr=True).print(f"{what}: {note}; `irkit resume` completes the run")
+
+    thread = threading.Thread(target=target, name="irkit-engine", daemon=True)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while thread.is_alive():
-            try:
-                thread.join(0.2)
-            except KeyboardInterrupt:
-                console(stderr=True).print("interrupt: finishing running steps, then stopping (Ctrl-C again waits too)")
-                engine.cancel()
+        thread.start()
+        while not done.wait(0.2):
+            pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if error:
         raise error[0]
     return result["summary"]

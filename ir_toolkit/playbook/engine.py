@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, get_action
@@ -148,15 +149,9 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
     return Plan(
         case=case_id, msp=inventory.msp.name,
         playbook_path=str(loaded.path), playbook_sha256=file_sha256(loaded.path),
-        inventory_path=str(inventory_path), inventory_sha256=file_sha256(_path(inventory_path)),
+        inventory_path=str(inventory_path), inventory_sha256=file_sha256(Path(inventory_path)),
         items=items,
     )
-
-
-def _path(text: str) -> Any:
-    from pathlib import Path
-
-    return Path(text)
 
 
 # --------------------------------------------------------------------------- execution
