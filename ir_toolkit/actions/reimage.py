@@ -50,6 +50,7 @@ from ir_toolkit.actions.reimage_providers import (
     provider_for,
 )
 from ir_toolkit.errors import IrkitError
+from ir_toolkit.fsutil import write_atomic
 from ir_toolkit.inventory.model import Host
 from ir_toolkit.playbook.fleet import case_known_hosts
 from ir_toolkit.secrets.references import is_reference, parse_ref, resolve
@@ -110,6 +111,22 @@ def last_reimage(case_id: str, tenant: str, host: str) -> dict[str, Any] | None:
     """The newest ``reimage.done`` record of the host in this case (the host irkit reimaged), or None."""
     done = [r for r in host_records(case_id, tenant, host, (RECORD_DONE,)) if r.get("outcome") == "ok"]
     return done[-1] if done else None
+
+
+def unfinished_reimage(case_id: str, tenant: str, host: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(``reimage.start``, ``reimage.provider``) of a reimage whose provider finished (ok) but that never
+    reached ``reimage.done`` ok: the host was reinstalled, the re-keying is what is left."""
+    start: dict[str, Any] | None = None
+    pending: tuple[dict[str, Any], dict[str, Any]] | None = None
+    for record in host_records(case_id, tenant, host, (RECORD_START, RECORD_PROVIDER, RECORD_DONE)):
+        action, ok = record.get("action"), record.get("outcome") == "ok"
+        if action == RECORD_START:
+            start, pending = record, None
+        elif action == RECORD_PROVIDER:
+            pending = (start, record) if ok and start is not None else None
+        elif action == RECORD_DONE and ok:
+            pending = None
+    return pending
 
 
 def reimaged_here(ctx: ActionContext) -> dict[str, Any] | None:
@@ -188,18 +205,7 @@ def write_case_pin(case_id: str, address: str, port: int, key: paramiko.PKey) ->
             kept = [line for line in lines
                     if not line.strip() or line.lstrip().startswith("#") or pattern not in line.split()[0].split(",")]
             kept.append(f"{pattern} {key.get_name()} {key.get_base64()}")
-            tmp = path.with_name(path.name + f".tmp.{os.getpid()}.{threading.get_ident()}")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write("\n".join(kept) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            write_atomic(path, ("\n".join(kept) + "\n").encode(), mode=0o600)
         finally:
             os.close(fd)
     return path
@@ -358,20 +364,35 @@ class ReimageHost(Action):
         fleet = ctx.services.get("fleet")
         if fleet is None:
             raise ActionFailed("a reimage needs the engine's fleet (run it through the engine)")
+        pending = None if params.force else unfinished_reimage(ctx.case_id, host.tenant, host.name)
+        if pending is not None:
+            # The provider finished in an earlier run that stopped before the new key was pinned
+            # (crash, kill -9): never reinstall again for that; finish the re-keying instead.
+            start, provider_record = pending
+            sp, pp = start.get("params") or {}, provider_record.get("params") or {}
+            facts = pp.get("facts") or {}
+            return self._guarded(ctx, sp.get("old_host_key_fingerprint"), sp.get("started_at") or start["ts"],
+                                 lambda t0: self._rekey(ctx, fleet, str(pp.get("provider")), provider_record["seq"],
+                                                        facts.get("new_host_key_fingerprint"),
+                                                        sp.get("old_host_key_fingerprint"),
+                                                        sp.get("started_at") or start["ts"], t0, resumed=True))
         try:
             provider = provider_for(host, self._options(ctx, params))
         except IrkitError as exc:
             raise ActionFailed(str(exc)) from None
         old_fp = ctx.conn.host_key_fingerprint
         started = _now()
-        t0 = time.monotonic()
         _record(ctx, RECORD_START, {"provider": provider.name, "reason": params.reason, "image_url": params.image_url,
                                     "boot_target": params.boot_target, "old_host_key_fingerprint": old_fp,
                                     "forced": params.force, "started_at": started}, outcome="intent")
-        # From here on the host is being destroyed: nothing may raise a TransportError, which the
-        # engine would retry (a retry would reimage the host a second time).
+        return self._guarded(ctx, old_fp, started,
+                             lambda t0: self._reimage(ctx, params, provider, fleet, old_fp, started, t0))
+
+    def _guarded(self, ctx: ActionContext, old_fp: str | None, started: str, body: Any) -> Outcome:
+        """Run ``body``: once the host is being destroyed nothing may raise a TransportError, which the
+        engine would retry (a retry would reimage the host a second time)."""
         try:
-            return self._reimage(ctx, params, provider, fleet, old_fp, started, t0)
+            return body(time.monotonic())
         except TransportError as exc:
             _record(ctx, RECORD_DONE, {"old_host_key_fingerprint": old_fp, "error": str(exc),
                                        "started_at": started, "finished_at": _now()}, outcome="failed")
@@ -392,25 +413,32 @@ class ReimageHost(Action):
                                        "error": why, "started_at": started, "finished_at": _now()},
                     outcome="failed")
             raise ActionFailed(f"reimage failed: {why}")
+        return self._rekey(ctx, fleet, provider.name, provider_seq, result.facts.get("new_host_key_fingerprint"),
+                           old_fp, started, t0)
+
+    def _rekey(self, ctx: ActionContext, fleet: Any, provider: str, provider_seq: int, reported_fp: str | None,
+               old_fp: str | None, started: str, t0: float, *, resumed: bool = False) -> Outcome:
+        """Accept the reinstalled host's key (audited rule), pin it, prove responder access over it."""
+        host = ctx.host
+        fleet.drop(host)
         key = wait_for_host_key(host, ctx.deadline)
         accepted = accept_reimaged_host_key(ctx, key, old_fp=old_fp, reimage_seq=provider_seq,
-                                            reported_fp=result.facts.get("new_host_key_fingerprint"))
+                                            reported_fp=reported_fp)
         new_fp = accepted["new_host_key_fingerprint"]
         # Responder access through the provider's path, over the new pin only (a fresh connection).
         conn = fleet.connection(host, ctx.deadline)
         if conn.host_key_fingerprint != new_fp or not conn.run("true", timeout=max(1.0, ctx.remaining())).ok:
             raise ActionFailed(f"{host.name}: reimaged, but the responder login over the new pin failed")
-        finished = _now()
-        details = {"provider": provider.name, "old_host_key_fingerprint": old_fp,
+        details = {"provider": provider, "old_host_key_fingerprint": old_fp,
                    "new_host_key_fingerprint": new_fp, "host_key_changed": old_fp != new_fp,
                    "responder_user": conn.endpoint.user, "reimage_record": provider_seq,
-                   "host_key_record": accepted["seq"], "started_at": started, "finished_at": finished,
-                   "seconds": int(round(time.monotonic() - t0))}
-        seq = _record(ctx, RECORD_DONE, details)
-        details["done_record"] = seq
+                   "host_key_record": accepted["seq"], "started_at": started, "finished_at": _now(),
+                   "seconds": int(round(time.monotonic() - t0)), "resumed": resumed}
+        details["done_record"] = _record(ctx, RECORD_DONE, details)
         note = "" if old_fp != new_fp else " (the host key did NOT change: was the host really reinstalled?)"
-        return Outcome(True, f"reimaged via {provider.name}: host key {old_fp} -> {new_fp}{note}; "
-                             "new key pinned for this case; responder login proven", details, verified=True)
+        how = "re-keying finished after an interrupted run" if resumed else f"reimaged via {provider}"
+        return Outcome(True, f"{how}: host key {old_fp} -> {new_fp}{note}; new key pinned for this case; "
+                             "responder login proven", details, verified=True)
 
     def verify(self, ctx: ActionContext, params: ReimageParams) -> Outcome:
         done = reimaged_here(ctx)
@@ -458,6 +486,10 @@ class ProvisionAccounts(Action):
         names = _wanted_accounts(ctx, params)
         if not names:
             return Outcome(False, "no local admin accounts to provision")
+        if reimaged_here(ctx) is not None:
+            missing = _missing(ctx, names)
+            return Outcome(bool(missing), f"would create {', '.join(missing)} (password locked)" if missing
+                           else "local admin accounts present")
         return Outcome(True, "after the reimage: create " + ", ".join(names) + " if missing (password locked)")
 
     def apply(self, ctx: ActionContext, params: ProvisionParams) -> Outcome:

@@ -481,4 +481,7 @@ class Lab:
             netns.ip_batch(netns.host_lines(h.netns, h.veth, state.bridge))
             prefix = int(state.network.split("/")[1])
             self._start_hosts(state, [h], prefix, read_public(self.paths.msp_key))
+            # The rebuilt host's eth0 has a new MAC: drop the controller's cached neighbour entry,
+            # or connections go to the old MAC until it expires (~40 s). A real NIC keeps its MAC.
+            netns.ip_batch([f"neigh flush to {h.address} dev {state.bridge}"], force=True)
         return next(x for x in self.info()["hosts"] if x["name"] == host)
