@@ -295,3 +295,39 @@ def test_ctrl_c_stops_between_steps_exit_3_then_resume_finishes(lab, env):
         assert lab.exec(name, "cat /var/tmp/irkit-resume-marker").stdout == b"resumed\n"
         assert _count_lines(lab, name, "first") == 1 and _count_lines(lab, name, "second") == 1
     assert irkit(env, "audit", "verify", "--case", "ENG-INT").returncode == 0
+
+
+def test_disk_full_mid_run_is_one_line_exit_4_and_nothing_is_lost(lab, env):
+    case = "ENG-DISK"
+    case_dir = Path(env["IRKIT_HOME"]) / "cases" / case
+    case_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(case_dir)], check=True)
+    try:
+        for name in host_names(lab):
+            lab.exec(name, "rm -f /var/tmp/irkit-engine-marker")
+        plan = json.loads(irkit(env, "plan", "--inventory", str(lab.inventory_path), "--playbook", BASIC,
+                                "--case", case, "--format", "json", check=0).stdout)
+        filler = case_dir / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)  # fill the case's disk up, then give a little back
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        os.truncate(filler, max(0, filler.stat().st_size - 12 * 1024))
+        proc = irkit(env, "apply", plan["path"], "--yes")
+        assert proc.returncode == 4, proc.stdout + proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("irkit: error: disk full")
+        assert "Traceback" not in proc.stderr
+        filler.unlink()
+        proc = irkit(env, "resume", "--case", case)
+        if "no run to resume" in proc.stderr:  # the disk filled before the run's first record
+            proc = irkit(env, "apply", plan["path"], "--yes")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        done = {r["params"]["item"] for r in records(env, case) if r["action"] == "step.done" and r["outcome"] == "ok"}
+        assert done == {item["id"] for item in plan["items"]}
+        assert irkit(env, "audit", "verify", "--case", case).returncode == 0
+    finally:
+        subprocess.run(["umount", str(case_dir)], check=False)

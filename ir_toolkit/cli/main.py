@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(msg + hint, exc.exit_code if exc.exit_code != 1 else EXIT_FAILED)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            _fail(f"disk full: {exc.filename or ''} ({exc.strerror})", EXIT_ENVIRONMENT)
+            where = f" writing {exc.filename}" if exc.filename else " writing irkit's state ($IRKIT_HOME)"
+            _fail(f"disk full{where}: free space, then run the command again "
+                  "(`irkit resume --case ID` finishes an interrupted run)", EXIT_ENVIRONMENT)
         if exc.errno == errno.EPIPE:
             sys.exit(0)
         _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_FAILED)

@@ -10,6 +10,7 @@ steps that did not finish.
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import threading
@@ -189,6 +190,8 @@ class Engine:
         self._held: set[str] = set()
         #: a wave went over max_fail_percentage: no further waves or phases
         self._stopped = False
+        #: set when the journal's disk filled up; the run stops and the error is raised at the end
+        self.disk_full: OSError | None = None
         self._actions: dict[str, Action] = {}
 
     def cancel(self) -> None:
@@ -224,10 +227,13 @@ class Engine:
             if self._cancel.is_set() and not self.summary.incomplete:
                 self.summary.incomplete, self.summary.reason = True, "interrupted"
             counts = Counter(r.status for r in self.summary.hosts.values())
-            self._record("run.end", params={"plan": self.plan.hash, "status": status, **dict(counts)},
-                         outcome="ok" if self.summary.all_ok else status if status == "incomplete" else "failed")
-            self.journal.checkpoint()
             self.fleet.close()
+            if self.disk_full is None:
+                self._record("run.end", params={"plan": self.plan.hash, "status": status, **dict(counts)},
+                             outcome="ok" if self.summary.all_ok else status if status == "incomplete" else "failed")
+                self.journal.checkpoint()
+        if self.disk_full is not None:
+            raise self.disk_full
         return self.summary
 
     def _run_phase(self, pi: int, phase: Phase) -> None:
@@ -309,6 +315,14 @@ class Engine:
                     host = futures[fut]
                     try:
                         results[host.name] = fut.result()
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                            self._set(host, FAILED, f"internal error: {type(exc).__name__}: {exc}")
+                        else:  # the journal cannot be written: stop everything, resume later
+                            self._set(host, FAILED, "disk full: the journal could not be written")
+                            self.disk_full = exc
+                            self.cancel()
+                        results[host.name] = FAILED
                     except Exception as exc:  # noqa: BLE001 - a bug in one action must not stop the fleet
                         self._set(host, FAILED, f"internal error: {type(exc).__name__}: {exc}")
                         results[host.name] = FAILED
