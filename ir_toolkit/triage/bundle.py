@@ -33,11 +33,12 @@ from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from ir_toolkit.fsutil import fsync_dir as _fsync_dir
 from ir_toolkit.errors import InputError, VerificationFailed
+from ir_toolkit.fsutil import fsync_dir as _fsync_dir
 from ir_toolkit.home import case_dir
 from ir_toolkit.triage.crypto import DecryptingReader, EncryptingWriter, fingerprint
 from ir_toolkit.triage.tarstream import MemberReader, TarWriter, iter_members
+from ir_toolkit.triage.transfer import HashingReader
 
 MANIFEST_FORMAT = "irkit-evidence-manifest/1"
 SEAL_FORMAT = "irkit-evidence-seal/1"
@@ -130,28 +131,6 @@ class _HashingWriter(io.RawIOBase):
             raise self._error
 
 
-class _CountingReader(io.RawIOBase):
-    def __init__(self, source: IO[bytes]) -> None:
-        self.source = source
-        self.sha = hashlib.sha256()
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
-        data = self.source.read(size)
-        if data:
-            self.sha.update(data)
-            self.count += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-
 @dataclass(frozen=True)
 class MemberMeta:
     mtime: float = 0.0
@@ -193,7 +172,7 @@ class BundleWriter:
     def add_stream(self, name: str, size: int, stream: IO[bytes], meta: MemberMeta = MemberMeta()) -> str:
         """Copy exactly ``size`` bytes from ``stream`` into member ``name``; returns their SHA-256."""
         info = self._info(name, size, meta)
-        reader = _CountingReader(stream)
+        reader = HashingReader(stream)
         self._tar.add(info, reader)  # type: ignore[arg-type]
         digest = reader.sha.hexdigest()
         self.members[name] = digest
@@ -324,7 +303,7 @@ def latest_collection(case_id: str, host: str, *, tenant: str | None = None) -> 
 class ArchiveStream:
     """The byte streams under an open archive: ``sha``/``count`` cover the file on disk."""
 
-    def __init__(self, raw: _CountingReader, source: IO[bytes]) -> None:
+    def __init__(self, raw: HashingReader, source: IO[bytes]) -> None:
         self._raw = raw
         self._source = source
 
@@ -353,7 +332,7 @@ def open_archive(collection: Collection, identities: list[X25519PrivateKey] | No
     decryption) or InputError (no recipient key) while iterating.
     """
     with open(collection.bundle_path, "rb") as fh:
-        raw = _CountingReader(fh)
+        raw = HashingReader(fh)
         source: IO[bytes]
         if collection.encrypted:
             source = io.BufferedReader(DecryptingReader(raw, list(identities or []),  # type: ignore[arg-type]

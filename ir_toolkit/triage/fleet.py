@@ -19,9 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from ir_toolkit.errors import InputError
 from ir_toolkit.inventory.model import Host, Inventory
 from ir_toolkit.log import get_logger
-from ir_toolkit.secrets.references import expand_path, parse_ref
-from ir_toolkit.transports.hostkeys import KnownHosts
-from ir_toolkit.transports.ssh import Endpoint, SshConnection, TransportError, load_private_key
+from ir_toolkit.playbook.fleet import Fleet
+from ir_toolkit.transports.ssh import Endpoint, SshConnection, TransportError
 from ir_toolkit.triage.collector import CollectionResult, HostTarget, collect_host
 from ir_toolkit.triage.custody import record_custody, record_failure
 from ir_toolkit.triage.schema import Catalog, load_catalog
@@ -55,25 +54,6 @@ def select_hosts(inventory: Inventory, tenants: tuple[str, ...] = (), hosts: tup
     return chosen
 
 
-def known_hosts_for(inventory: Inventory) -> KnownHosts:
-    """The MSP's pinned host keys (inventory ``msp.known_hosts``); never learned on first use."""
-    files = [expand_path(inventory.msp.known_hosts)] if inventory.msp.known_hosts else []
-    return KnownHosts(files)
-
-
-def responder_key(inventory: Inventory) -> Any:
-    ref = parse_ref(inventory.msp.responder.key)
-    if ref.scheme != "file":
-        raise InputError(f"msp.responder.key: triage needs a file: reference to the responder key, not {ref.scheme}:")
-    return load_private_key(ref.path)
-
-
-def endpoint_for(inventory: Inventory, host: Host, known: KnownHosts) -> Endpoint:
-    port = int(host.port or 22)
-    return Endpoint(address=host.address, port=port, user=host.user or inventory.msp.responder.user,
-                    pinned=known.expected(host.address, port, host.host_keys), name=host.name)
-
-
 Connector = Callable[[Endpoint], Any]
 
 
@@ -91,17 +71,26 @@ def run_triage(
     catalog = catalog or load_catalog()
     for os_name in {h.os for h in hosts}:
         catalog.select(options.profile, os_name, allow_modifies_state=options.allow_modifies_state)
-    known = known_hosts_for(inventory)
+    # The engine's fleet: the same strict pins (MSP known_hosts, inventory pins, and the case's own
+    # pins after an audited reimage) and the same responder keys (the case's key first).
+    fleet = Fleet(inventory, case_id)
     if connect is None:
-        pkey = responder_key(inventory)
-
         def connect(endpoint: Endpoint) -> Any:
-            return SshConnection.open(endpoint, pkey=pkey)
+            last: TransportError | None = None
+            for pkey in fleet.keys():
+                try:
+                    return SshConnection.open(endpoint, pkey=pkey)
+                except TransportError as exc:
+                    last = exc
+                    if exc.kind != "auth_failed":
+                        raise
+            assert last is not None
+            raise last
 
     log = get_logger("triage")
 
     def one(host: Host) -> CollectionResult:
-        endpoint = endpoint_for(inventory, host, known)
+        endpoint = fleet.endpoint(host)
         target = HostTarget(case=case_id, msp=inventory.msp.name, tenant=host.tenant, host=host.name,
                             address=host.address, os=host.os, ssh_user=endpoint.user)
         if host.os != "linux" or host.transport != "ssh":
