@@ -7,7 +7,7 @@ import sys
 import click
 
 from ir_toolkit.cli import runflow
-from ir_toolkit.cli.options import case_option, format_option, inventory_options
+from ir_toolkit.cli.options import case_option, format_option, inventory_options, load_selected_inventory
 from ir_toolkit.cli.run import forks_option
 from ir_toolkit.errors import EXIT_OK
 
@@ -32,6 +32,7 @@ def contain(msp: str | None, inventory_path: str | None, case_id: str | None, pl
     Makes a plan (shown), asks for confirmation (or --yes), then applies it.
     A new case id is made when --case is not given.
     """
+    load_selected_inventory(msp, inventory_path)  # bad input fails before a case directory is made
     case_id = case_id or runflow.new_case_id()
     runflow.start_case_logging(case_id)
     runflow.console(stderr=True).print(f"case {case_id}")

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, get_action
 from ir_toolkit.inventory.model import Host, Inventory
+from ir_toolkit.log import get_logger
 from ir_toolkit.playbook.fleet import Fleet
 from ir_toolkit.playbook.plan import Plan, PlanItem, file_sha256, item_id, plan_params
 from ir_toolkit.playbook.schema import LoadedPlaybook, Phase
@@ -38,6 +39,7 @@ SKIPPED = "skipped"
 STATUSES = (OK, FAILED, TIMED_OUT_STATUS, SKIPPED)
 
 DEFAULT_FORKS = 100
+_log = get_logger("engine")
 
 
 class Journal(Protocol):
@@ -204,12 +206,12 @@ class Engine:
 
     def _record(self, action: str, item: PlanItem | None = None, *, host: str | None = None, tenant: str | None = None,
                 params: dict | None = None, outcome: str = "ok") -> None:
-        self.journal.append_durable(
-            action=action, actor=self.options.actor,
-            tenant=item.tenant if item else tenant, host=item.host if item else host,
-            params={**({"item": item.id, "step_action": item.action} if item else {}), **(params or {})},
-            outcome=outcome,
-        )
+        fields = {**({"item": item.id, "step_action": item.action} if item else {}), **(params or {})}
+        where = {"tenant": item.tenant if item else tenant, "host": item.host if item else host}
+        seq = self.journal.append_durable(action=action, actor=self.options.actor, params=fields, outcome=outcome,
+                                          **where)
+        level = "debug" if action == "step.start" else "info" if outcome in ("ok", "intent") else "warning"
+        getattr(_log, level)(action, seq=seq, outcome=outcome, **where, **fields)
 
     def run(self) -> RunSummary:
         raise_fd_limit()

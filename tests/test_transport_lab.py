@@ -1,0 +1,63 @@
+"""The SSH transport against a real sshd that drops connections (MaxStartups): retried with backoff."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def busy_lab(lab_factory):
+    handle = lab_factory("maxstart", tenants=1, hosts_per_tenant=1)
+    host = handle.info["hosts"][0]["name"]
+    # One unauthenticated connection at a time: a second one is dropped at once, the way sshd sheds load
+    # (the "Error reading SSH protocol banner" that hits fleets at scale).
+    proc = handle.exec(host, ("sed -i 's/^MaxStartups .*/MaxStartups 1:100:1/' /etc/ssh/sshd_config && "
+                              "/usr/sbin/sshd -T | grep -qx 'maxstartups 1:100:1' && kill -HUP $(cat /run/sshd.pid)"))
+    assert proc.returncode == 0, proc.stderr
+    time.sleep(0.5)
+    return handle
+
+
+def test_maxstartups_drop_is_retried_with_backoff_until_the_slot_frees(busy_lab, monkeypatch):
+    from ir_toolkit.inventory import load_inventory
+    from ir_toolkit.playbook.fleet import Fleet
+
+    monkeypatch.setenv("IRKIT_HOME", str(busy_lab.home))
+    inventory = load_inventory(busy_lab.inventory_path)
+    host = inventory.hosts()[0]
+    hog = socket.create_connection((host.address, host.port), timeout=5)  # holds the only pre-auth slot
+    hog.recv(100)  # the server's banner: the slot is taken
+    threading.Timer(1.0, hog.close).start()
+    fleet = Fleet(inventory, None, max_retries=5)
+    start = time.monotonic()
+    conn = fleet.connection(host, time.monotonic() + 30)
+    waited = time.monotonic() - start
+    try:
+        assert conn.run("echo ok").text == "ok\n"
+    finally:
+        fleet.close()
+    assert waited >= 0.9  # it got in only after the hog left: the first attempts were dropped and retried
+
+
+def test_without_retries_the_drop_is_a_transient_error(busy_lab, monkeypatch):
+    from ir_toolkit.inventory import load_inventory
+    from ir_toolkit.playbook.fleet import Fleet
+    from ir_toolkit.transports.ssh import TRANSIENT, TransportError
+
+    monkeypatch.setenv("IRKIT_HOME", str(busy_lab.home))
+    inventory = load_inventory(busy_lab.inventory_path)
+    host = inventory.hosts()[0]
+    hog = socket.create_connection((host.address, host.port), timeout=5)
+    hog.recv(100)
+    try:
+        with pytest.raises(TransportError) as exc:
+            Fleet(inventory, None, max_retries=0).connection(host, time.monotonic() + 10)
+        assert exc.value.kind == TRANSIENT
+    finally:
+        hog.close()
