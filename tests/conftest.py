@@ -26,6 +26,20 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+TEST_PASSPHRASE = "test passphrase"
+
+
+@pytest.fixture
+def signer(irkit_home, monkeypatch):
+    """Responder keys in a private $IRKIT_HOME (cheap scrypt: tests only) and the loaded signing key."""
+    from ir_toolkit.secrets import keystore
+
+    monkeypatch.setenv("IRKIT_KEY_PASSPHRASE", TEST_PASSPHRASE)
+    monkeypatch.setenv(keystore.TEST_SCRYPT_ENV, "10")
+    keystore.init_keys(TEST_PASSPHRASE, name="acme-ctl/irkit-responder")
+    return keystore.load_signing_key(TEST_PASSPHRASE)
+
+
 # --------------------------------------------------------------------------- the lab
 # Session-scoped fixture `lab`: a small real-sshd lab (MSP "labtest", 2 tenants x 2 hosts,
 # 198.19.0.0/16, controller 198.19.0.1 unless another lab holds that block) in a private

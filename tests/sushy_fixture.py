@@ -254,7 +254,29 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
 
 # --------------------------------------------------------------------------- image server
 
-class ImageServer:
+class _LoopbackServer:
+    """An in-process HTTP server on 127.0.0.1 (a free port), run by a thread; stopped with shutdown()."""
+
+    def _serve(self, handler: type) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def start(self) -> Any:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+class ImageServer(_LoopbackServer):
     """Serves files from a directory over HTTP on 127.0.0.1 and records each request path."""
 
     def __init__(self, root: Path) -> None:
@@ -273,22 +295,7 @@ class ImageServer:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def start(self) -> ImageServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self._serve(Handler)
 
 
 def make_image(directory: Path, name: str = "installer.iso", size: int = 64 * 1024) -> Path:
@@ -322,7 +329,7 @@ _NOT_FOUND = {
 }
 
 
-class RedfishShim:
+class RedfishShim(_LoopbackServer):
     """A small HTTP proxy that forwards to the emulator and applies :class:`ShimRules`."""
 
     def __init__(self, upstream: str, rules: ShimRules) -> None:
@@ -353,22 +360,7 @@ class RedfishShim:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def start(self) -> RedfishShim:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self._serve(Handler)
 
     def requests_to(self, method: str, pattern: str) -> list[Any]:
         return [body for m, p, body in self.log if m == method and re.search(pattern, p)]

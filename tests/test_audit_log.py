@@ -17,23 +17,12 @@ import pytest
 
 from ir_toolkit.audit import layout
 from ir_toolkit.audit.log import AuditLog, iter_records
-from ir_toolkit.audit.note import Signer
 from ir_toolkit.audit.verify import verify_case
 from ir_toolkit.errors import InputError
-from ir_toolkit.secrets import keystore
 from ir_toolkit.secrets.redaction import forget_secrets, register_secret
 
-PASS = "test passphrase"
 CASE = "IR-L1"
 ORIGIN = f"acme/ir/{CASE}"
-
-
-@pytest.fixture
-def signer(irkit_home, monkeypatch) -> Signer:
-    monkeypatch.setenv("IRKIT_KEY_PASSPHRASE", PASS)
-    monkeypatch.setenv(keystore.TEST_SCRYPT_ENV, "10")
-    keystore.init_keys(PASS, name="acme-ctl/irkit-responder")
-    return keystore.load_signing_key(PASS)
 
 
 def test_records_are_canonical_chained_and_signed(signer):

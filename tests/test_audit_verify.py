@@ -20,19 +20,9 @@ from ir_toolkit.audit.records import build_record, encode_record
 from ir_toolkit.audit.verify import verify_case
 from ir_toolkit.audit.witness import Witness, witness_case
 from ir_toolkit.errors import VerificationFailed
-from ir_toolkit.secrets import keystore
 
-PASS = "test passphrase"
 CASE = "IR-T1"
 ORIGIN = f"acme/ir/{CASE}"
-
-
-@pytest.fixture
-def signer(irkit_home, monkeypatch) -> Signer:
-    monkeypatch.setenv("IRKIT_KEY_PASSPHRASE", PASS)
-    monkeypatch.setenv(keystore.TEST_SCRYPT_ENV, "10")
-    keystore.init_keys(PASS, name="acme-ctl/irkit-responder")
-    return keystore.load_signing_key(PASS)
 
 
 def write_log(signer: Signer | None, total: int, *, case: str = CASE, checkpoint_at: tuple[int, ...] = (),
