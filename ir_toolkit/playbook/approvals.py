@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ir_toolkit.audit.note import ALG_ED25519, NoteError, parse_vkey
 from ir_toolkit.errors import InputError
 from ir_toolkit.inventory.model import Contact, Inventory
 from ir_toolkit.playbook.plan import Plan
@@ -42,15 +43,14 @@ def approvals_dir(plan_file: Path) -> Path:
 
 
 def parse_verifier_key(text: str) -> Ed25519PublicKey:
-    """Parse ``name+hex(keyid)+base64(0x01||pub)`` into an Ed25519 public key."""
+    """The Ed25519 key of a signed-note verifier key string (``name+hex(keyid)+base64(0x01||pub)``)."""
     try:
-        _name, _keyid, b64 = text.rsplit("+", 2)
-        raw = base64.b64decode(b64, validate=True)
-    except ValueError:
-        raise InputError(f"malformed verifier key {text!r}") from None
-    if len(raw) != 33 or raw[0] != 1:
-        raise InputError(f"verifier key {text!r} is not an Ed25519 signed-note key")
-    return Ed25519PublicKey.from_public_bytes(raw[1:])
+        verifier = parse_vkey(text)
+    except NoteError as exc:
+        raise InputError(str(exc)) from None
+    if verifier.alg != ALG_ED25519:
+        raise InputError(f"verifier key {text!r} is not an Ed25519 signing key")
+    return Ed25519PublicKey.from_public_bytes(verifier.public)
 
 
 def write_approval(plan: Plan, plan_file: Path, approver: str, signer: object) -> Path:
