@@ -64,8 +64,6 @@ class RunDisplay:
                 if not self.tty and (data["status"] != "ok" or data.get("message")):
                     msg = f": {data['message']}" if data.get("message") else ""
                     self.console.print(f"  {data['tenant']}/{data['host']}: {data['status']}{msg}")
-            elif kind == "planned" and not self.tty:
-                pass
             elif kind == "stopped":
                 self.console.print(f"[bold red]stopped:[/] {data['reason']}")
             if self.live is not None:
