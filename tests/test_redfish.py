@@ -120,7 +120,8 @@ def make_host(key: str, url: str, secrets_dir: Path, *, password_file: str = "go
               system_id: str | None = "auto", name: str | None = None) -> Host:
     system = SYSTEMS[key]
     bmc = Bmc(provider="redfish", url=url, username=USER, password=f"file:{secrets_dir / password_file}",
-              verify_tls=False, system_id=system.uuid if system_id == "auto" else system_id)
+              verify_tls=False, system_id=system.uuid if system_id == "auto" else system_id,
+              allow_insecure_http=url.startswith("http://"))
     tenant = Tenant(name="globex", hosts=[Host(name=name or system.name, address="198.18.1.20", bmc=bmc)])
     return tenant.hosts[0]
 
@@ -365,7 +366,8 @@ def minimal_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sushy
 def test_missing_virtual_media_minimum_feature_set(minimal_emulator, images, secrets_dir) -> None:
     """``--feature-set minimum``: no VirtualMedia link and no Managers at all."""
     system = minimal_emulator.systems[0]
-    bmc = Bmc(url=minimal_emulator.url, username=USER, password=f"file:{secrets_dir / 'good'}")
+    bmc = Bmc(url=minimal_emulator.url, username=USER, password=f"file:{secrets_dir / 'good'}",
+              allow_insecure_http=True)
     host = Tenant(name="vandelay", hosts=[Host(name="vandelay-erp01", address="198.18.4.10", bmc=bmc)]).hosts[0]
     result = run_to_completion(provider_for(host, options(images)), host, interval=0.1)
     assert_one_line_failure(result, "no_virtual_media")
@@ -384,7 +386,7 @@ def test_unreachable_bmc_and_config_errors(images, secrets_dir, tmp_path) -> Non
     assert f"cannot reach BMC {url} while logging in: connection refused" in result.message
 
     # An unresolvable secret reference: an input error (exit 2), before any network traffic.
-    bmc = Bmc(url=url, username=USER, password=f"file:{tmp_path / 'missing'}")
+    bmc = Bmc(url=url, username=USER, password=f"file:{tmp_path / 'missing'}", allow_insecure_http=True)
     host2 = Tenant(name="globex", hosts=[Host(name="h1", address="198.18.1.9", bmc=bmc)]).hosts[0]
     result = run_to_completion(provider_for(host2, options(images)), host2, interval=0.1)
     assert_one_line_failure(result, "config")

@@ -52,7 +52,7 @@ def rf(lab_factory, tmp_path_factory):
             (shim.url, "good", systems[2].uuid),           # accepts power-on, never comes up
         ]
         for host, (url, secret, system_id) in zip(inv["tenants"][0]["hosts"], bmcs):
-            host["bmc"] = {"provider": "redfish", "url": url, "username": USER, "password": f"file:{work / secret}",
+            host["bmc"] = {"provider": "redfish", "url": url, "allow_insecure_http": True, "username": USER, "password": f"file:{work / secret}",
                            "verify_tls": False, **({"system_id": system_id} if system_id else {})}
         inventory = work / "inventory.yml"
         inventory.write_text(yaml.safe_dump(inv, sort_keys=False))

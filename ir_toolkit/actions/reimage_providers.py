@@ -33,7 +33,6 @@ import importlib
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -43,6 +42,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ir_toolkit import childenv
 from ir_toolkit.errors import (
     EXIT_ENVIRONMENT,
     EXIT_FAILED,
@@ -609,7 +609,7 @@ class CommandProvider(ReimageProvider):
 
     def __init__(self, options: ReimageOptions | None = None) -> None:
         super().__init__(options)
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: childenv.Popen[bytes] | None = None
         self._workdir: Path | None = None
         self._deadline = 0.0
 
@@ -648,21 +648,21 @@ class CommandProvider(ReimageProvider):
         if os.sep not in executable and shutil.which(executable) is None:
             self._fail("config", f"{host.name}: reimage command {executable!r} not found on PATH", EXIT_USAGE)
             return
-        env = dict(os.environ)
-        env.update(IRKIT_HOST=host.name, IRKIT_HOST_ADDRESS=host.address, IRKIT_TENANT=host.tenant,
+        # an allow-listed environment: never IRKIT_KEY_PASSPHRASE or an env: secret (security review §5)
+        env = dict(IRKIT_HOST=host.name, IRKIT_HOST_ADDRESS=host.address, IRKIT_TENANT=host.tenant,
                    IRKIT_CASE=opts.case_id or "", IRKIT_IMAGE_URL=opts.image_url or "",
                    IRKIT_SECRET_ON_STDIN="1" if secret is not None else "0")
         self._workdir = Path(tempfile.mkdtemp(prefix="irkit-reimage-"))
         try:
             with open(self._workdir / "stdout", "wb") as out, open(self._workdir / "stderr", "wb") as err:
-                self._proc = subprocess.Popen(
-                    argv, stdin=subprocess.PIPE, stdout=out, stderr=err, env=env,
+                self._proc = childenv.popen(
+                    argv, stdin=childenv.PIPE, stdout=out, stderr=err, env=env,
                     start_new_session=True, close_fds=True,
                 )
-        except OSError as exc:
+        except (OSError, childenv.UnsafeChildEnvironment) as exc:
             self._cleanup_files()
             self._fail("config", f"{host.name}: cannot run reimage command {executable!r}: "
-                       f"{exc.strerror or exc}", EXIT_USAGE)
+                       f"{getattr(exc, 'strerror', None) or exc}", EXIT_USAGE)
             return
         assert self._proc.stdin is not None
         try:
@@ -717,7 +717,7 @@ class CommandProvider(ReimageProvider):
             try:
                 proc.wait(timeout=wait)
                 return
-            except subprocess.TimeoutExpired:
+            except childenv.TimeoutExpired:
                 continue
 
     def _collect(self, code: int | None) -> None:

@@ -31,13 +31,13 @@ import datetime as _dt
 import hashlib
 import os
 import pickle
-import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ir_toolkit import childenv
 from ir_toolkit.audit import layout
 from ir_toolkit.audit.keyschedule import KeySchedule
 from ir_toolkit.audit.merkle import EMPTY_ROOT, consistency_proof, verify_consistency
@@ -230,7 +230,7 @@ def scan_log(path: Path, case_id: str, *, workers: int | None = None) -> _Scan:
     for a, b, first in zip(cuts[:-1], cuts[1:], first_seqs, strict=True):
         cmd = [sys.executable, "-m", "ir_toolkit.audit.verify", "--scan-worker", str(path), str(a), str(b),
                str(first), case_id]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        procs.append(childenv.popen(cmd, python=True, stdout=childenv.PIPE, stderr=childenv.PIPE))
     parts = []
     for proc in procs:
         out, err = proc.communicate()

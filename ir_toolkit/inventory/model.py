@@ -146,6 +146,8 @@ class Bmc(_Model):
     username: str | None = None
     password: SecretRefStr | None = None
     verify_tls: bool = True
+    #: plain ``http://`` BMC URLs send the BMC credentials in cleartext: refused unless this is true
+    allow_insecure_http: bool = False
     system_id: str | None = None
     command: list[str] | None = None
 

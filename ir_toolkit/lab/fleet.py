@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ir_toolkit import childenv
 from ir_toolkit.errors import EnvironmentProblem, InputError, VerificationFailed
 from ir_toolkit.home import lab_dir
 from ir_toolkit.inventory.model import Inventory
@@ -180,7 +180,7 @@ class Lab:
         return rows
 
     def exec(self, host: str, argv: list[str], *, input: bytes | None = None, capture: bool = True,
-             timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
+             timeout: float | None = None) -> childenv.CompletedProcess[bytes]:
         """Run ``argv`` on ``host`` out of band (works when the host is network-isolated)."""
         require_root()
         h = self.host(host)
@@ -415,7 +415,7 @@ class Lab:
             if target.startswith(root) or target in ours:
                 targets.append(target)
         for target in reversed(targets):
-            subprocess.run(["umount", "-l", target], capture_output=True)
+            childenv.run(["umount", "-l", target], capture_output=True)
 
     def _delete_bridge(self, state: LabState) -> None:
         with machine_lock():

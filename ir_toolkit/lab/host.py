@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
+from ir_toolkit import childenv
 from ir_toolkit.errors import EnvironmentProblem
 from ir_toolkit.lab import procs
 from ir_toolkit.lab.image import bind_dirs
@@ -120,7 +120,7 @@ class Spawner:
             (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
             (os.POSIX_SPAWN_DUP2, 1, 2),
         ]
-        return os.posix_spawn(self.nsenter, argv, self.env, file_actions=actions, setsid=True)
+        return childenv.spawn(self.nsenter, argv, self.env, file_actions=actions, setsid=True)
 
 
 def find_init(spawn_pid: int) -> int | None:
@@ -176,9 +176,9 @@ def exec_argv(init_pid: int, argv: list[str]) -> list[str]:
 
 
 def run_in_host(init_pid: int, argv: list[str], *, input: bytes | None = None, capture: bool = True,
-                timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
+                timeout: float | None = None) -> childenv.CompletedProcess[bytes]:
     """Run ``argv`` inside a host (all its namespaces, its root), like a console."""
-    return subprocess.run(
-        exec_argv(init_pid, argv), input=input, env=exec_env(), timeout=timeout,
-        stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None,
+    return childenv.run(
+        exec_argv(init_pid, argv), input=input, env=exec_env(), inherit=False, timeout=timeout,
+        stdout=childenv.PIPE if capture else None, stderr=childenv.PIPE if capture else None,
     )

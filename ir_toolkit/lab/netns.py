@@ -10,9 +10,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import subprocess
 from pathlib import Path
 
+from ir_toolkit import childenv
 from ir_toolkit.errors import EnvironmentProblem, InputError
 from ir_toolkit.lab.layout import NETNS_DIR
 from ir_toolkit.lab.state import registered
@@ -27,7 +27,7 @@ def ip_batch(lines: list[str], *, force: bool = False) -> None:
         return
     argv = ["ip", "-force", "-batch", "-"] if force else ["ip", "-batch", "-"]
     try:
-        proc = subprocess.run(argv, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=600)
+        proc = childenv.run(argv, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=600)
     except FileNotFoundError:
         raise EnvironmentProblem("`ip` (iproute2) is not installed") from None
     if proc.returncode != 0 and not force:
@@ -56,7 +56,7 @@ def bridge_address(name: str) -> str | None:
     """``addr/prefix`` of the bridge's IPv4 address, or None."""
     if not link_exists(name):
         return None
-    proc = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", name], capture_output=True, text=True)
+    proc = childenv.run(["ip", "-j", "-4", "addr", "show", "dev", name], capture_output=True, text=True)
     try:
         for link in json.loads(proc.stdout or "[]"):
             for info in link.get("addr_info", []):
@@ -97,8 +97,8 @@ def delete_lines(netns: list[str], veths: list[str], bridge: str | None = None) 
 def conflicts(network: ipaddress.IPv4Network, own_bridge: str) -> str | None:
     """Why ``network`` cannot be used here (an overlapping address or route), or None."""
     seen: list[tuple[str, ipaddress.IPv4Network]] = []
-    addrs = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True)
-    routes = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True)
+    addrs = childenv.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True)
+    routes = childenv.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True)
     try:
         for link in json.loads(addrs.stdout or "[]"):
             for info in link.get("addr_info", []):

@@ -11,13 +11,13 @@ import hashlib
 import os
 import secrets
 import string
-import subprocess
 import warnings
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ir_toolkit import childenv
 from ir_toolkit.errors import EnvironmentProblem
 from ir_toolkit.secrets.redaction import register_secret
 
@@ -118,10 +118,10 @@ def sha512_crypt(password: str) -> str:
     except ImportError:
         pass
     try:
-        proc = subprocess.run(
+        proc = childenv.run(
             ["openssl", "passwd", "-6", "-salt", salt, "-stdin"],
             input=password + "\n", capture_output=True, text=True, check=True, timeout=30,
         )
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, childenv.SubprocessError) as exc:
         raise EnvironmentProblem(f"cannot hash the lab password (no crypt module, openssl failed: {exc})") from None
     return proc.stdout.strip()

@@ -150,9 +150,13 @@ class RedfishClient:
         *,
         verify_tls: bool = True,
         timeouts: RedfishTimeouts = RedfishTimeouts(),
+        allow_insecure_http: bool = False,
     ) -> None:
         if not re.match(r"^https?://[^/\s]+", url or ""):
             raise BmcError("config", f"BMC url {url!r} is not an http(s) URL", exit_code=EXIT_USAGE)
+        if url.lower().startswith("http://") and not allow_insecure_http:
+            raise BmcError("config", f"BMC {url}: plain http would send the BMC credentials in cleartext; "
+                           "use https, or set bmc.allow_insecure_http: true", exit_code=EXIT_USAGE)
         if (username is None) != (password is None):
             raise BmcError("config", f"BMC {url}: give both bmc.username and bmc.password, or neither",
                            exit_code=EXIT_USAGE)
@@ -184,7 +188,8 @@ class RedfishClient:
                 password = (resolve_secret or default_secret_resolver)(bmc.password)
             except IrkitError as exc:
                 raise BmcError("config", f"BMC {bmc.url}: password: {exc}", exit_code=exc.exit_code) from None
-        return cls(bmc.url, bmc.username, password, verify_tls=bmc.verify_tls, timeouts=timeouts)
+        return cls(bmc.url, bmc.username, password, verify_tls=bmc.verify_tls, timeouts=timeouts,
+                   allow_insecure_http=bool(getattr(bmc, "allow_insecure_http", False)))
 
     # ------------------------------------------------------------------ error mapping
     @contextmanager
