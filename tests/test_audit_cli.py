@@ -310,11 +310,11 @@ def test_audit_witness_cli_refuses_rollback(env, capsys, tmp_path):
     assert code == 2 and "IRKIT_WITNESS_DIR" in err
 
 
-def test_audit_report_is_listed_but_not_implemented(env, capsys):
+def test_audit_report_is_listed_and_needs_a_log(env, capsys):
     code, out, _ = run(["audit", "--help"], capsys)
     assert {"verify", "show", "checkpoint", "witness", "report"} <= set(out.split())
     code, _, err = run(["audit", "report", "--case", CASE], capsys)
-    assert code == 2 and "not implemented yet" in err
+    assert code == 2 and "has no audit log" in err
 
 
 def test_console_script_verify_without_traceback(env):

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from ir_toolkit.cli.options import case_option, format_option
 from ir_toolkit.cli.output import console, emit, emit_json
-from ir_toolkit.errors import InputError, NotImplementedYet, VerificationFailed
+from ir_toolkit.errors import InputError, VerificationFailed
 
 
 @click.group("audit")
@@ -180,8 +180,6 @@ def witness(case_id: str | None, witness_dir: str | None, log_keys: tuple[str, .
     click.echo(info["cosigned"], nl=False)
 
 
-@audit.command("report")
-@case_option()
-def report(**_: object) -> None:
-    """Write a per-tenant report of what was done."""
-    raise NotImplementedYet("irkit audit report: not implemented yet (planned for a later issue)")
+from ir_toolkit.cli.audit_review import report as _report  # noqa: E402 - the review commands live there
+
+audit.add_command(_report)

@@ -195,6 +195,8 @@ class Engine:
         #: set when the journal's disk filled up; the run stops and the error is raised at the end
         self.disk_full: OSError | None = None
         self._actions: dict[str, Action] = {}
+        #: host -> its wave (1-based) in the current phase; recorded with each step (the report's timeline)
+        self._wave_of: dict[str, int] = {}
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -207,6 +209,8 @@ class Engine:
     def _record(self, action: str, item: PlanItem | None = None, *, host: str | None = None, tenant: str | None = None,
                 params: dict | None = None, outcome: str = "ok") -> None:
         fields = {**({"item": item.id, "step_action": item.action} if item else {}), **(params or {})}
+        if item is not None and item.host in self._wave_of:
+            fields.setdefault("wave", self._wave_of[item.host])
         where = {"tenant": item.tenant if item else tenant, "host": item.host if item else host}
         seq = self.journal.append_durable(action=action, actor=self.options.actor, params=fields, outcome=outcome,
                                           **where)
@@ -257,6 +261,7 @@ class Engine:
                 if host.tenant in self._tenant_stopped:
                     self._hold(host, f"not started: tenant {host.tenant} went over tenant_max_fail_percentage")
             wave = [h for h in wave if h.tenant not in self._tenant_stopped]
+            self._wave_of.update((h.name, wi + 1) for h in wave)
             results = self._run_wave(phase, wave, items_by_host)
             failed = sum(1 for s in results.values() if s in (FAILED, TIMED_OUT_STATUS))
             if wave and failed * 100 / len(wave) > phase.max_fail_percentage:
