@@ -1,0 +1,5 @@
+import sys
+
+from ir_toolkit.lab.winrs.server import main
+
+sys.exit(main())
