@@ -12,8 +12,9 @@ block rule (here every packet is filtered, which is stricter).
 from __future__ import annotations
 
 import shutil
-import subprocess
 from typing import Any
+
+from ir_toolkit import childenv
 
 TABLE = "irkit_winfw"
 
@@ -63,6 +64,6 @@ def apply(rules: list[dict[str, Any]]) -> None:
     nft = shutil.which("nft", path="/usr/sbin:/sbin:/usr/bin:/bin")
     if nft is None:
         raise RuntimeError("nft (nftables) is not installed")
-    proc = subprocess.run([nft, "-f", "-"], input=ruleset(rules), capture_output=True, text=True, timeout=30)
+    proc = childenv.run([nft, "-f", "-"], input=ruleset(rules), capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
         raise RuntimeError(f"nft failed: {' '.join(proc.stderr.split())[:300]}")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import ir_toolkit
+from ir_toolkit import childenv
 from ir_toolkit.lab.winrs import ca
 from ir_toolkit.lab.winrs.model import WindowsModel, seed
 
@@ -77,7 +78,7 @@ def spawn(directory: Path, argv: list[str]) -> int:
         (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
-    return os.posix_spawn(argv[0], argv, serve_env(), file_actions=actions, setsid=True)
+    return childenv.spawn(argv[0], argv, serve_env(), file_actions=actions, setsid=True)
 
 
 def ready(directory: Path, pid: int | None) -> bool:
