@@ -46,7 +46,7 @@ def child_env(extra: Mapping[str, str] | None = None, *, python: bool = False,
     env = {name: source[name] for name in names if name in source}
     env.setdefault("PATH", DEFAULT_PATH)
     if extra:
-        from ir_toolkit.secrets.redaction import redact_text
+        from ir_toolkit.redaction import redact_text
 
         for name, value in extra.items():
             value = str(value)

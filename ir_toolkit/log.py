@@ -3,7 +3,7 @@
 * People get short human lines on stderr (rich styling when it is a terminal).
 * Machines get JSON lines in a per-run file (``configure(json_path=...)``),
   typically ``$IRKIT_HOME/cases/<case>/logs/<run>.jsonl``.
-* Every event passes :func:`ir_toolkit.secrets.redaction.redaction_processor`
+* Every event passes :func:`ir_toolkit.redaction.redaction_processor`
   before any renderer sees it, so a secret passed as a field by mistake is
   replaced by ``[REDACTED]`` in both outputs.
 """
@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import structlog
 
-from ir_toolkit.secrets.redaction import redaction_processor
+from ir_toolkit.redaction import redaction_processor
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 

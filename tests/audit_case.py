@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ir_toolkit.audit.log import AuditLog
-from ir_toolkit.audit.merkle import leaf_hash
+from ir_toolkit.tlog.merkle import leaf_hash
 from ir_toolkit.audit import layout
 
 HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)>\x1b[31m\u202eevil'

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from ir_toolkit.audit.note import Signer
+from ir_toolkit.tlog.note import Signer
 from ir_toolkit.inventory import load_inventory
 from ir_toolkit.playbook.approvals import valid_approvals, write_approval
 from ir_toolkit.playbook.plan import Plan, PlanItem

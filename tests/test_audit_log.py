@@ -19,7 +19,7 @@ from ir_toolkit.audit import layout
 from ir_toolkit.audit.log import AuditLog, iter_records
 from ir_toolkit.audit.verify import verify_case
 from ir_toolkit.errors import InputError
-from ir_toolkit.secrets.redaction import forget_secrets, register_secret
+from ir_toolkit.redaction import forget_secrets, register_secret
 
 CASE = "IR-L1"
 ORIGIN = f"acme/ir/{CASE}"

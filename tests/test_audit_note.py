@@ -10,7 +10,7 @@ import base64
 
 import pytest
 
-from ir_toolkit.audit.note import (
+from ir_toolkit.tlog.note import (
     ALG_COSIGNATURE_V1,
     COSIGNATURE_MAX_SKEW,
     InvalidNoteSignature,

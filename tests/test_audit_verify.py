@@ -14,8 +14,8 @@ import pytest
 
 from ir_toolkit.audit import layout
 from ir_toolkit.audit.log import AuditLog, iter_records
-from ir_toolkit.audit.merkle import CompactRange, leaf_hash
-from ir_toolkit.audit.note import Signer, format_checkpoint, sign_note
+from ir_toolkit.tlog.merkle import CompactRange, leaf_hash
+from ir_toolkit.tlog.note import Signer, format_checkpoint, sign_note
 from ir_toolkit.audit.records import build_record, encode_record
 from ir_toolkit.audit.verify import verify_case
 from ir_toolkit.audit.witness import Witness, witness_case

@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 
 from ir_toolkit.actions import sshd
-from ir_toolkit.actions.credentials import PASSWORD_SYMBOLS, RotateParams, generate_password
-from ir_toolkit.actions.revocation import RevokeParams
+from ir_toolkit.actions.credentials import (
+    PASSWORD_SYMBOLS,
+    RotateParams,
+    generate_password,
+)
 from ir_toolkit.actions.isolation import IsolateParams, ruleset
-from ir_toolkit.secrets.redaction import redact_text
+from ir_toolkit.actions.revocation import RevokeParams
+from ir_toolkit.redaction import redact_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,9 +125,12 @@ def test_playbook_with_plaintext_password_is_refused_with_line(tmp_path):
 
 
 def test_generated_playbooks_load(tmp_path, irkit_home):
-    from ir_toolkit.cli.isolate import isolation_playbook
-    from ir_toolkit.cli.rotate import rotation_playbook, write_generated_playbook
     from ir_toolkit.playbook.schema import load_playbook
+    from ir_toolkit.run.generated import (
+        isolation_playbook,
+        rotation_playbook,
+        write_generated_playbook,
+    )
 
     data = rotation_playbook(tenants=["globex"], hosts=[], accounts=["mspadmin"], mode="lock", due_after_days=30,
                              since=None, old_password="env:OLD", evidence_override="routine")

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa, x25519
 
 from ir_toolkit.errors import InputError
 from ir_toolkit.secrets import escrow as esc
-from ir_toolkit.secrets.redaction import forget_secrets, redact_text
+from ir_toolkit.redaction import forget_secrets, redact_text
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from containment_helpers import home, irkit, key_login, keyed_env, tcp_reach
 
 pytestmark = pytest.mark.lab
@@ -39,7 +38,7 @@ def _ruleset(lab, name: str) -> bytes:
 
 def test_isolate_then_release_restores_exactly(iso, env):
     from ir_toolkit.inventory import load_inventory
-    from ir_toolkit.playbook.fleet import Fleet
+    from ir_toolkit.transports.pool import ConnectionPool
 
     a, b, c = iso.info["hosts"]
     responder = iso.info["responder_private_key"]
@@ -50,7 +49,7 @@ def test_isolate_then_release_restores_exactly(iso, env):
     # an established session from the controller, opened before isolation, must survive it
     with home(env):
         inventory = load_inventory(iso.inventory_path)
-        fleet = Fleet(inventory, None)
+        fleet = ConnectionPool(inventory, None)
         conn = fleet.connection(inventory.host(a["name"]), time.monotonic() + 30)
     try:
         # isolation is destructive: refused without collected evidence
@@ -111,12 +110,12 @@ def test_watchdog_releases_a_host_irkit_cannot_confirm(iso, env):
     from ir_toolkit.actions.base import ActionContext
     from ir_toolkit.actions.isolation import IsolateHost, IsolateParams, ruleset
     from ir_toolkit.inventory import load_inventory
-    from ir_toolkit.playbook.fleet import Fleet
+    from ir_toolkit.transports.pool import ConnectionPool
 
     c = iso.info["hosts"][2]
     with home(env):
         inventory = load_inventory(iso.inventory_path)
-        fleet = Fleet(inventory, None)
+        fleet = ConnectionPool(inventory, None)
         host = inventory.host(c["name"])
         conn = fleet.connection(host, time.monotonic() + 30)
         try:

@@ -6,7 +6,7 @@ import io
 import json
 
 from ir_toolkit import log
-from ir_toolkit.secrets.redaction import REDACTED, forget_secrets, redact, register_secret
+from ir_toolkit.redaction import REDACTED, forget_secrets, redact, register_secret
 
 PASSWORD = "Tr0ub4dor&3-horse-battery"
 PEM = (

@@ -16,7 +16,7 @@ import random
 
 import pytest
 
-from ir_toolkit.audit.merkle import (
+from ir_toolkit.tlog.merkle import (
     EMPTY_ROOT,
     CompactRange,
     consistency_proof,

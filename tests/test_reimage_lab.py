@@ -26,8 +26,8 @@ from types import SimpleNamespace
 import paramiko
 import pytest
 import yaml
-
 from containment_helpers import home, irkit, key_login, keyed_env, password_login
+
 from ir_toolkit.actions.base import ActionContext, ActionFailed
 from ir_toolkit.actions.reimage import (
     RECORD_DONE,
@@ -41,10 +41,11 @@ from ir_toolkit.actions.reimage import (
     write_case_pin,
 )
 from ir_toolkit.cli.main import main
-from ir_toolkit.cli.reimage import default_playbook, reimage_playbook
+from ir_toolkit.cli.reimage import default_playbook
 from ir_toolkit.inventory import load_inventory
-from ir_toolkit.playbook.fleet import Fleet, case_known_hosts
+from ir_toolkit.run.generated import reimage_playbook
 from ir_toolkit.transports.hostkeys import KnownHosts, fingerprint
+from ir_toolkit.transports.pool import ConnectionPool, case_known_hosts
 
 REPO = Path(__file__).resolve().parents[1]
 ACME = REPO / "inventories" / "acme.yml"
@@ -104,11 +105,11 @@ def test_fleet_uses_the_case_pin_instead_of_older_pins(irkit_home):
     lab_dir = irkit_home / "lab" / "acme"
     lab_dir.mkdir(parents=True)
     (lab_dir / "known_hosts").write_text(_line(host.address, old))
-    assert Fleet(inventory, "CASE-PIN").endpoint(host).pinned == {_fp(old)}
+    assert ConnectionPool(inventory, "CASE-PIN").endpoint(host).pinned == {_fp(old)}
     write_case_pin("CASE-PIN", host.address, 22, new)
-    assert Fleet(inventory, "CASE-PIN").endpoint(host).pinned == {_fp(new)}
-    assert Fleet(inventory, None).endpoint(host).pinned == {_fp(old)}
-    assert Fleet(inventory, "OTHER-CASE").endpoint(host).pinned == {_fp(old)}
+    assert ConnectionPool(inventory, "CASE-PIN").endpoint(host).pinned == {_fp(new)}
+    assert ConnectionPool(inventory, None).endpoint(host).pinned == {_fp(old)}
+    assert ConnectionPool(inventory, "OTHER-CASE").endpoint(host).pinned == {_fp(old)}
 
 
 def test_write_case_pin_replaces_only_that_host_and_is_thread_safe(irkit_home):
@@ -217,9 +218,9 @@ def test_an_interrupted_reimage_is_finished_not_repeated(audit):
 
 def test_shipped_playbook_targets_no_host_and_the_command_fills_it_in(irkit_home):
     from ir_toolkit.actions.base import registry
-    from ir_toolkit.cli.rotate import write_generated_playbook
     from ir_toolkit.playbook.schema import load_playbook
     from ir_toolkit.playbook.targets import select_hosts
+    from ir_toolkit.run.generated import write_generated_playbook
     from ir_toolkit.yamlfile import load
 
     inventory = load_inventory(ACME)

@@ -60,7 +60,7 @@ def test_f05_reimage_command_gets_no_secret_in_its_environment(tmp_path, secret_
 
 
 def test_f05_child_env_refuses_secrets_passed_explicitly(secret_env):
-    from ir_toolkit.secrets.redaction import register_secret
+    from ir_toolkit.redaction import register_secret
 
     env = childenv.child_env({"IRKIT_HOST": "web01"}, python=True)
     assert "IRKIT_KEY_PASSPHRASE" not in env and env["IRKIT_HOST"] == "web01"

@@ -26,7 +26,7 @@ def busy_lab(lab_factory):
 
 def test_maxstartups_drop_is_retried_with_backoff_until_the_slot_frees(busy_lab, monkeypatch):
     from ir_toolkit.inventory import load_inventory
-    from ir_toolkit.playbook.fleet import Fleet
+    from ir_toolkit.transports.pool import ConnectionPool
 
     monkeypatch.setenv("IRKIT_HOME", str(busy_lab.home))
     inventory = load_inventory(busy_lab.inventory_path)
@@ -34,7 +34,7 @@ def test_maxstartups_drop_is_retried_with_backoff_until_the_slot_frees(busy_lab,
     hog = socket.create_connection((host.address, host.port), timeout=5)  # holds the only pre-auth slot
     hog.recv(100)  # the server's banner: the slot is taken
     threading.Timer(1.0, hog.close).start()
-    fleet = Fleet(inventory, None, max_retries=5)
+    fleet = ConnectionPool(inventory, None, max_retries=5)
     start = time.monotonic()
     conn = fleet.connection(host, time.monotonic() + 30)
     waited = time.monotonic() - start
@@ -47,7 +47,7 @@ def test_maxstartups_drop_is_retried_with_backoff_until_the_slot_frees(busy_lab,
 
 def test_without_retries_the_drop_is_a_transient_error(busy_lab, monkeypatch):
     from ir_toolkit.inventory import load_inventory
-    from ir_toolkit.playbook.fleet import Fleet
+    from ir_toolkit.transports.pool import ConnectionPool
     from ir_toolkit.transports.ssh import TRANSIENT, TransportError
 
     monkeypatch.setenv("IRKIT_HOME", str(busy_lab.home))
@@ -57,7 +57,7 @@ def test_without_retries_the_drop_is_a_transient_error(busy_lab, monkeypatch):
     hog.recv(100)
     try:
         with pytest.raises(TransportError) as exc:
-            Fleet(inventory, None, max_retries=0).connection(host, time.monotonic() + 10)
+            ConnectionPool(inventory, None, max_retries=0).connection(host, time.monotonic() + 10)
         assert exc.value.kind == TRANSIENT
     finally:
         hog.close()

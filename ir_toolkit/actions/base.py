@@ -18,7 +18,12 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from ir_toolkit.inventory.model import Host, Inventory
-from ir_toolkit.transports.ssh import TIMED_OUT, CommandResult, SshConnection, TransportError
+from ir_toolkit.transports.base import (
+    TIMED_OUT,
+    CommandResult,
+    Connection,
+    TransportError,
+)
 
 
 class Params(BaseModel):
@@ -51,7 +56,7 @@ class ActionContext:
     host: Host
     inventory: Inventory
     case_id: str
-    conn: SshConnection
+    conn: Connection
     deadline: float
     services: dict[str, Any] = field(default_factory=dict)
 

@@ -37,10 +37,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, field_validator
 
 from ir_toolkit.actions import sshd
-from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
-from ir_toolkit.home import case_dir
+from ir_toolkit.actions.base import (
+    Action,
+    ActionContext,
+    ActionFailed,
+    Outcome,
+    Params,
+    register,
+)
+from ir_toolkit.cases import CaseLayout
+from ir_toolkit.redaction import register_secret
 from ir_toolkit.secrets import escrow as esc
-from ir_toolkit.secrets.redaction import register_secret
 from ir_toolkit.secrets.references import expand_path, is_reference, parse_ref, resolve
 from ir_toolkit.transports.hostkeys import fingerprint
 from ir_toolkit.transports.ssh import (
@@ -53,7 +60,6 @@ from ir_toolkit.transports.ssh import (
     probe_login,
 )
 
-CASE_KEY_NAME = "responder_ed25519"
 _PROBE_TIMEOUTS = Timeouts(connect=5, banner=5, auth=10, command=20)
 
 
@@ -116,7 +122,7 @@ def responder_pkeys(ctx: ActionContext) -> list[paramiko.PKey]:
     fleet = ctx.services.get("fleet")
     if fleet is not None:
         return list(fleet.keys())
-    from ir_toolkit.playbook.fleet import responder_key_paths
+    from ir_toolkit.transports.pool import responder_key_paths
 
     return [load_private_key(p) for p in responder_key_paths(ctx.inventory, ctx.case_id) if p.exists()]
 
@@ -180,7 +186,7 @@ _case_key_lock = threading.Lock()
 
 
 def case_key_path(case_id: str) -> Path:
-    return case_dir(case_id) / "keys" / CASE_KEY_NAME
+    return CaseLayout.of(case_id).responder_key
 
 
 def public_line(path: Path) -> str:

@@ -41,7 +41,14 @@ from typing import Any, Literal
 import paramiko
 from pydantic import Field, field_validator
 
-from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.actions.base import (
+    Action,
+    ActionContext,
+    ActionFailed,
+    Outcome,
+    Params,
+    register,
+)
 from ir_toolkit.actions.reimage_providers import (
     ReimageOptions,
     ReimageProvider,
@@ -52,10 +59,10 @@ from ir_toolkit.actions.reimage_providers import (
 from ir_toolkit.errors import IrkitError
 from ir_toolkit.fsutil import write_atomic
 from ir_toolkit.inventory.model import Host
-from ir_toolkit.playbook.fleet import case_known_hosts
 from ir_toolkit.secrets.references import is_reference, parse_ref, resolve
+from ir_toolkit.transports.base import TIMED_OUT, UNREACHABLE, Endpoint, TransportError
 from ir_toolkit.transports.hostkeys import fingerprint, read_known_hosts
-from ir_toolkit.transports.ssh import TIMED_OUT, UNREACHABLE, Endpoint, TransportError
+from ir_toolkit.transports.pool import case_known_hosts
 
 RECORD_START = "reimage.start"
 RECORD_PROVIDER = "reimage.provider"
@@ -285,8 +292,8 @@ def _resolver(case_id: str) -> Any:
         ref = parse_ref(reference)
         if ref.scheme == "escrow":
             from ir_toolkit.actions.credentials import escrow_private_key
+            from ir_toolkit.redaction import register_secret
             from ir_toolkit.secrets.escrow import resolve_reference
-            from ir_toolkit.secrets.redaction import register_secret
 
             value = resolve_reference(case_id, ref.target, escrow_private_key())
             register_secret(value)
@@ -630,7 +637,11 @@ class VerifyClean(Action):
         return outcome
 
     def verify(self, ctx: ActionContext, params: VerifyCleanParams) -> Outcome:
-        from ir_toolkit.actions.credentials import fresh_login, login_with_password, responder_pkeys
+        from ir_toolkit.actions.credentials import (
+            fresh_login,
+            login_with_password,
+            responder_pkeys,
+        )
 
         problems: list[str] = []
         notes: list[str] = []
@@ -672,7 +683,11 @@ class VerifyClean(Action):
         else:
             notes.append("old shared password not checked (no old_password reference given)")
         if params.check_msp_keys:
-            from ir_toolkit.actions.revocation import RevokeParams, inspect_revocation, revoke_targets
+            from ir_toolkit.actions.revocation import (
+                RevokeParams,
+                inspect_revocation,
+                revoke_targets,
+            )
 
             targets = revoke_targets(ctx, RevokeParams())
             if targets:

@@ -20,8 +20,9 @@ Providers:
   power cycle through the host's BMC, see :mod:`ir_toolkit.transports.redfish`.
 * ``command`` (:class:`CommandProvider`): runs ``host.bmc.command`` (a provisioning
   system's CLI: MAAS, Foreman, a cloud API) with the host as argument.
-* ``lab``: registered by the lab part (module ``ir_toolkit.lab.reimage``, imported
-  on first use) with :func:`register_provider`.
+* ``lab``: registered by the lab part (module ``ir_toolkit.lab.reimage``, which the
+  lab's CLI group imports) with :func:`register_provider`; the action layer never
+  imports the lab.
 
 Providers are not thread-safe: one caller drives one provider.
 """
@@ -29,7 +30,6 @@ Providers are not thread-safe: one caller drives one provider.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import os
 import shutil
 import signal
@@ -54,7 +54,7 @@ from ir_toolkit.errors import (
 )
 from ir_toolkit.inventory.model import Host
 from ir_toolkit.log import get_logger
-from ir_toolkit.secrets.redaction import redact, redact_text
+from ir_toolkit.redaction import redact, redact_text
 from ir_toolkit.transports.redfish import (
     BOOT_TARGETS,
     BmcError,
@@ -236,8 +236,6 @@ class ReimageProvider(ABC):
 
 ProviderFactory = Callable[[ReimageOptions], ReimageProvider]
 _REGISTRY: dict[str, ProviderFactory] = {}
-_LAZY_MODULES: dict[str, str] = {"lab": "ir_toolkit.lab.reimage"}
-"""Providers that live elsewhere: importing the module registers them."""
 
 
 def register_provider(name: str, factory: ProviderFactory) -> ProviderFactory:
@@ -251,18 +249,11 @@ def register_provider(name: str, factory: ProviderFactory) -> ProviderFactory:
 
 
 def provider_names() -> list[str]:
-    return sorted(set(_REGISTRY) | set(_LAZY_MODULES))
+    return sorted(_REGISTRY)
 
 
 def get_provider(name: str, options: ReimageOptions | None = None) -> ReimageProvider:
     """A fresh provider by name; unknown or unavailable providers raise :class:`InputError`."""
-    if name not in _REGISTRY and name in _LAZY_MODULES:
-        try:
-            importlib.import_module(_LAZY_MODULES[name])
-        except ModuleNotFoundError as exc:
-            if exc.name and _LAZY_MODULES[name].startswith(exc.name):
-                raise InputError(f"reimage provider {name!r} is not available in this installation") from None
-            raise
     factory = _REGISTRY.get(name)
     if factory is None:
         raise InputError(f"unknown reimage provider {name!r} (known: {', '.join(provider_names())})")

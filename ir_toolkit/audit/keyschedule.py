@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ir_toolkit.audit.note import NoteError, Verifier, parse_vkey
+from ir_toolkit.tlog.note import NoteError, Verifier, parse_vkey
 from ir_toolkit.audit.records import ACTION_CREATED, ACTION_KEY_ROTATED, RecordError
 
 

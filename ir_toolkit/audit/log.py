@@ -37,8 +37,8 @@ from ir_toolkit import __version__
 from ir_toolkit.fsutil import fsync_dir as _fsync_dir
 from ir_toolkit.audit import layout
 from ir_toolkit.audit.keyschedule import KeySchedule
-from ir_toolkit.audit.merkle import CompactRange, leaf_hash
-from ir_toolkit.audit.note import (
+from ir_toolkit.tlog.merkle import CompactRange, leaf_hash
+from ir_toolkit.tlog.note import (
     Checkpoint,
     NoteError,
     Signer,

@@ -33,7 +33,7 @@ from typing import Any
 
 import rfc8785
 
-from ir_toolkit.secrets.redaction import redact, redact_text
+from ir_toolkit.redaction import redact, redact_text
 
 VERSION = 1
 GENESIS_PREV = "0" * 64

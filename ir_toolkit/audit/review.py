@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ir_toolkit.audit import layout
-from ir_toolkit.audit.merkle import leaf_hash
-from ir_toolkit.audit.note import NoteError, parse_vkey
+from ir_toolkit.tlog.merkle import leaf_hash
+from ir_toolkit.tlog.note import NoteError, parse_vkey
 from ir_toolkit.errors import InputError
 from ir_toolkit.home import validate_case_id
 

@@ -40,8 +40,8 @@ from typing import Any
 from ir_toolkit import childenv
 from ir_toolkit.audit import layout
 from ir_toolkit.audit.keyschedule import KeySchedule
-from ir_toolkit.audit.merkle import EMPTY_ROOT, consistency_proof, verify_consistency
-from ir_toolkit.audit.note import (
+from ir_toolkit.tlog.merkle import EMPTY_ROOT, consistency_proof, verify_consistency
+from ir_toolkit.tlog.note import (
     Checkpoint,
     InvalidNoteSignature,
     NoteError,

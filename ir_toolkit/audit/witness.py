@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from ir_toolkit.audit import layout
-from ir_toolkit.audit.merkle import consistency_proof, verify_consistency
-from ir_toolkit.audit.note import (
+from ir_toolkit.tlog.merkle import consistency_proof, verify_consistency
+from ir_toolkit.tlog.note import (
     ALG_COSIGNATURE_V1,
     NoteError,
     Signer,

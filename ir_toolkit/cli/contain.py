@@ -6,10 +6,15 @@ import sys
 
 import click
 
-from ir_toolkit.cli import runflow
-from ir_toolkit.cli.options import case_option, format_option, inventory_options, load_selected_inventory
+from ir_toolkit.cli.frontend import CliFrontend
+from ir_toolkit.cli.options import (
+    case_option,
+    format_option,
+    inventory_options,
+    load_selected_inventory,
+)
 from ir_toolkit.cli.run import forks_option
-from ir_toolkit.errors import EXIT_OK
+from ir_toolkit.run import session
 
 DEFAULT_PLAYBOOK = "playbooks/msp-breach-containment.yml"
 
@@ -33,18 +38,9 @@ def contain(msp: str | None, inventory_path: str | None, case_id: str | None, pl
     A new case id is made when --case is not given.
     """
     load_selected_inventory(msp, inventory_path)  # bad input fails before a case directory is made
-    case_id = case_id or runflow.new_case_id()
-    runflow.start_case_logging(case_id)
-    runflow.console(stderr=True).print(f"case {case_id}")
-    plan, loaded, inventory, fleet = runflow.make_plan(msp, inventory_path, playbook, case_id, forks=forks,
-                                                       keep_fleet=not dry_run)
-    if fmt == "table" or dry_run:
-        runflow.show_plan(plan, fmt)
-    if dry_run or fleet is None:
-        runflow.console(stderr=True).print("dry run: nothing was changed")
-        sys.exit(EXIT_OK)
-    if not runflow.confirm(plan, yes):
-        fleet.close()
-        sys.exit(EXIT_OK)
-    sys.exit(runflow.execute(plan, loaded, inventory, forks=forks, responder_confirmed=True,
-                             approval_wait=approval_wait, fmt=fmt, fleet=fleet))
+    case_id = case_id or session.new_case_id()
+    session.start_case_logging(case_id)
+    frontend = CliFrontend(fmt, yes=yes)
+    frontend.err.print(f"case {case_id}")
+    sys.exit(session.run_playbook(msp, inventory_path, case_id, playbook, frontend=frontend, dry_run=dry_run,
+                                  forks=forks, approval_wait=approval_wait))

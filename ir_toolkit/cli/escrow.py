@@ -129,7 +129,7 @@ def get(case_id: str, host: str, account: str, tenant: str | None, entry_id: str
 def _audit_read(case_id: str, entry: esc.EscrowEntry) -> None:
     """Record who read which secret (best effort: a running contain holds the log)."""
     try:
-        from ir_toolkit.cli.runflow import journal_actor, open_journal
+        from ir_toolkit.run.session import journal_actor, open_journal
 
         journal = open_journal(case_id, entry.msp)
         try:

@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sys
 
 import click
 
-from ir_toolkit.cli import runflow
-from ir_toolkit.cli.options import case_option, format_option, inventory_options, load_selected_inventory
-from ir_toolkit.cli.rotate import run_generated, write_generated_playbook
+from ir_toolkit.cli.frontend import CliFrontend
+from ir_toolkit.cli.options import (
+    case_option,
+    format_option,
+    inventory_options,
+    load_selected_inventory,
+)
 from ir_toolkit.cli.run import forks_option
 from ir_toolkit.errors import InputError
-
-
-def isolation_playbook(*, tenants: list[str], hosts: list[str], release: bool, allow: list[str],
-                       evidence_override: str | None) -> dict[str, Any]:
-    targets: dict[str, Any] = {"os": ["linux"]}
-    if tenants:
-        targets["tenants"] = tenants
-    if hosts:
-        targets["hosts"] = hosts
-    if release:
-        step: dict[str, Any] = {"name": "release isolation", "action": "host.release", "targets": targets}
-    else:
-        step = {"name": "isolate", "action": "host.isolate", "targets": targets,
-                "params": {"allow": allow} if allow else {}}
-        if evidence_override:
-            step["evidence_override"] = evidence_override
-    return {
-        "version": 1,
-        "name": "release-isolation" if release else "isolation",
-        "description": "undo host.isolate" if release else "responder access, then isolate with nftables",
-        "phases": ([] if release else [{"name": "access", "steps": [
-            {"name": "per-case responder key", "action": "responder.ensure_access", "targets": targets}]}])
-        + [{"name": "release" if release else "isolate", "steps": [step]}],
-    }
+from ir_toolkit.run import session
+from ir_toolkit.run.generated import isolation_playbook, write_generated_playbook
 
 
 @click.command("isolate")
@@ -82,8 +64,9 @@ def isolate(msp: str | None, inventory_path: str | None, case_id: str, hosts: tu
             ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise InputError(f"--allow {item!r}: not an address or network") from None
-    runflow.start_case_logging(case_id)
+    session.start_case_logging(case_id)
     data = isolation_playbook(tenants=list(tenants), hosts=list(hosts), release=release, allow=list(allow),
                               evidence_override=evidence_override)
     path = write_generated_playbook(case_id, "release" if release else "isolate", data)
-    run_generated(msp, inventory_path, case_id, path, yes=yes, dry_run=dry_run, forks=forks, fmt=fmt)
+    sys.exit(session.run_playbook(msp, inventory_path, case_id, path, frontend=CliFrontend(fmt, yes=yes),
+                                  dry_run=dry_run, forks=forks, stop_if_empty=True))

@@ -12,6 +12,7 @@ from ir_toolkit.cli.output import emit_json, emit_table
 from ir_toolkit.errors import EXIT_FAILED, InputError
 from ir_toolkit.inventory import load_inventory, resolve_inventory_path
 from ir_toolkit.inventory.model import _SLUG
+from ir_toolkit.lab import reimage as _lab_reimage  # noqa: F401 - registers the `lab` reimage provider
 from ir_toolkit.lab.fleet import Lab, require_root
 
 

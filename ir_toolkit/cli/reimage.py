@@ -8,23 +8,25 @@ flow as ``contain`` (``irkit resume`` finds the copy again).
 
 from __future__ import annotations
 
-import copy
+import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from ir_toolkit.cli import runflow
-from ir_toolkit.cli.options import case_option, format_option, inventory_options, load_selected_inventory
-from ir_toolkit.cli.rotate import run_generated, write_generated_playbook
+from ir_toolkit.cli.frontend import CliFrontend
+from ir_toolkit.cli.options import (
+    case_option,
+    format_option,
+    inventory_options,
+    load_selected_inventory,
+)
 from ir_toolkit.cli.run import forks_option
 from ir_toolkit.errors import FileInputError, InputError
+from ir_toolkit.run import session
+from ir_toolkit.run.generated import reimage_playbook, write_generated_playbook
 from ir_toolkit.yamlfile import load
 
 DEFAULT_PLAYBOOK = "playbooks/reimage.yml"
-REIMAGE_ACTION = "host.reimage"
-#: steps that take the old shared password reference (to prove it dead)
-_OLD_PASSWORD_ACTIONS = ("accounts.rotate", "host.verify_clean")
 
 
 def default_playbook() -> Path:
@@ -33,45 +35,6 @@ def default_playbook() -> Path:
     if here.exists():
         return here
     return Path(__file__).resolve().parents[2] / DEFAULT_PLAYBOOK
-
-
-def _plain(value: Any) -> Any:
-    """Line-annotated YAML containers -> plain dicts/lists (deep copies: no shared anchors)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return copy.copy(value)
-
-
-def reimage_playbook(template: dict[str, Any], *, hosts: list[str], image_url: str | None, reason: str | None,
-                     old_password: str | None, evidence_override: str | None,
-                     destructive: set[str]) -> dict[str, Any]:
-    """The template with every step targeted at ``hosts`` and the command's options filled in."""
-    data = _plain(template)
-    found = False
-    for phase in data.get("phases", []):
-        for step in phase.get("steps", []):
-            targets = dict(step.get("targets") or {})
-            targets["hosts"] = list(hosts)
-            targets.setdefault("os", ["linux"])
-            step["targets"] = targets
-            params = dict(step.get("params") or {})
-            if step.get("action") == REIMAGE_ACTION:
-                found = True
-                if image_url:
-                    params["image_url"] = image_url
-                if reason:
-                    params["reason"] = reason
-            if old_password and step.get("action") in _OLD_PASSWORD_ACTIONS:
-                params["old_password"] = old_password
-            if params:
-                step["params"] = params
-            if evidence_override and step.get("action") in destructive:
-                step["evidence_override"] = evidence_override
-    if not found:
-        raise InputError(f"the reimage playbook has no {REIMAGE_ACTION} step")
-    return data
 
 
 @click.command("reimage")
@@ -138,7 +101,9 @@ def reimage(msp: str | None, inventory_path: str | None, case_id: str, hosts: tu
     destructive = {name for name, cls in registry().items() if cls.destructive}
     data = reimage_playbook(template, hosts=chosen, image_url=image_url, reason=reason, old_password=old_password,
                             evidence_override=evidence_override, destructive=destructive)
-    runflow.start_case_logging(case_id)
-    runflow.console(stderr=True).print(f"case {case_id}")
+    session.start_case_logging(case_id)
+    frontend = CliFrontend(fmt, yes=yes)
+    frontend.err.print(f"case {case_id}")
     path = write_generated_playbook(case_id, "reimage", data)
-    run_generated(msp, inventory_path, case_id, path, yes=yes, dry_run=dry_run, forks=forks, fmt=fmt)
+    sys.exit(session.run_playbook(msp, inventory_path, case_id, path, frontend=frontend, dry_run=dry_run,
+                                  forks=forks, stop_if_empty=True))

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import click
 
-from ir_toolkit.cli import runflow
+from ir_toolkit.cli.frontend import CliFrontend, confirm, show_plan
 from ir_toolkit.cli.options import case_option, format_option, inventory_options
+from ir_toolkit.cli.output import console
 from ir_toolkit.errors import EXIT_OK
 from ir_toolkit.playbook.engine import DEFAULT_FORKS
 from ir_toolkit.playbook.plan import load_plan
+from ir_toolkit.run import session
 
 
 def forks_option(func):  # type: ignore[no-untyped-def]
@@ -27,9 +29,10 @@ def forks_option(func):  # type: ignore[no-untyped-def]
 @format_option
 def plan(msp: str | None, inventory_path: str | None, case_id: str, playbook: str, forks: int, fmt: str) -> None:
     """Inspect every targeted host and write a deterministic, content-hashed plan (changes nothing)."""
-    runflow.start_case_logging(case_id)
-    the_plan, _, _, _ = runflow.make_plan(msp, inventory_path, playbook, case_id, forks=forks)
-    runflow.show_plan(the_plan, fmt)
+    session.start_case_logging(case_id)
+    the_plan, _, _, _ = session.make_plan(msp, inventory_path, playbook, case_id, forks=forks,
+                                          frontend=CliFrontend(fmt))
+    show_plan(the_plan, fmt)
 
 
 @click.command("approve")
@@ -43,7 +46,7 @@ def approve(plan_file: str, approver: str) -> None:
     the_plan = load_plan(plan_file)
     signer = load_signing_key(get_passphrase())
     path = write_approval(the_plan, Path(plan_file), approver, signer)
-    runflow.console().print(f"approved plan {the_plan.hash[:16]} as {approver}: {path}")
+    console().print(f"approved plan {the_plan.hash[:16]} as {approver}: {path}")
 
 
 @click.command("apply")
@@ -56,12 +59,12 @@ def approve(plan_file: str, approver: str) -> None:
 def apply(plan_file: str, yes: bool, approval_wait: float, forks: int, fmt: str) -> None:
     """Execute exactly the steps of PLAN (refused if its playbook or inventory changed)."""
     the_plan = load_plan(plan_file)
-    runflow.start_case_logging(the_plan.case)
-    loaded, inventory = runflow.load_plan_context(the_plan)
-    if not runflow.confirm(the_plan, yes):
+    session.start_case_logging(the_plan.case)
+    loaded, inventory = session.load_plan_context(the_plan)
+    if not confirm(the_plan, yes):
         sys.exit(EXIT_OK)
-    sys.exit(runflow.execute(the_plan, loaded, inventory, forks=forks, responder_confirmed=True,
-                             approval_wait=approval_wait, fmt=fmt))
+    sys.exit(session.execute(the_plan, loaded, inventory, forks=forks, responder_confirmed=True,
+                             approval_wait=approval_wait, frontend=CliFrontend(fmt, yes=yes)))
 
 
 @click.command("resume")
@@ -71,5 +74,5 @@ def apply(plan_file: str, yes: bool, approval_wait: float, forks: int, fmt: str)
 @format_option
 def resume(case_id: str, retry_failed: bool, forks: int, fmt: str) -> None:
     """Finish the unfinished steps of an interrupted run (Ctrl-C, crash, kill -9)."""
-    runflow.start_case_logging(case_id)
-    sys.exit(runflow.resume_case(case_id, forks=forks, retry_failed=retry_failed, fmt=fmt))
+    session.start_case_logging(case_id)
+    sys.exit(session.resume_case(case_id, forks=forks, retry_failed=retry_failed, frontend=CliFrontend(fmt)))

@@ -8,7 +8,7 @@ from typing import Any
 
 from ir_toolkit.errors import FileInputError, InputError
 from ir_toolkit.inventory.model import Inventory
-from ir_toolkit.secrets.redaction import is_secret_key
+from ir_toolkit.redaction import is_secret_key
 from ir_toolkit.secrets.references import is_reference
 from ir_toolkit.yamlfile import LDict, LList, field_name, line_of, load, validate
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ir_toolkit import childenv
 from ir_toolkit.errors import EnvironmentProblem
-from ir_toolkit.secrets.redaction import register_secret
+from ir_toolkit.redaction import register_secret
 
 PASSWORD_ALPHABET = string.ascii_letters + string.digits
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ir_toolkit.audit.note import ALG_ED25519, NoteError, parse_vkey
+from ir_toolkit.tlog.note import ALG_ED25519, NoteError, parse_vkey
 from ir_toolkit.errors import InputError
 from ir_toolkit.inventory.model import Contact, Inventory
 from ir_toolkit.playbook.plan import Plan

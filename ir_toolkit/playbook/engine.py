@@ -22,14 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, get_action
+from ir_toolkit.actions.base import (
+    Action,
+    ActionContext,
+    ActionFailed,
+    Outcome,
+    get_action,
+)
 from ir_toolkit.inventory.model import Host, Inventory
 from ir_toolkit.log import get_logger
-from ir_toolkit.playbook.fleet import Fleet
 from ir_toolkit.playbook.plan import Plan, PlanItem, file_sha256, item_id, plan_params
 from ir_toolkit.playbook.schema import LoadedPlaybook, Phase
 from ir_toolkit.playbook.targets import make_waves, select_hosts
-from ir_toolkit.transports.ssh import TIMED_OUT, TransportError
+from ir_toolkit.transports.base import TIMED_OUT, TransportError
+from ir_toolkit.transports.pool import ConnectionPool
 
 # Host / step statuses.
 OK = "ok"
@@ -101,7 +107,7 @@ def actor_name() -> str:
 # --------------------------------------------------------------------------- planning
 
 
-def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str, case_id: str, fleet: Fleet,
+def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str, case_id: str, pool: ConnectionPool,
                *, forks: int = DEFAULT_FORKS, on_event: EventSink | None = None) -> Plan:
     """Inspect every targeted host with each step's ``plan`` and return the (unsaved) plan."""
     raise_fd_limit()
@@ -129,7 +135,7 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
         host = hosts[host_name]
         deadline = time.monotonic() + playbook.defaults.host_timeout
         try:
-            conn = fleet.connection(host, deadline)
+            conn = pool.connection(host, deadline)
         except TransportError as exc:
             for item, _, _ in per_host[host_name]:
                 item.change = {"changed": None, "summary": f"unknown: {exc}", "error": exc.kind}
@@ -147,8 +153,8 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
         if on_event:
             on_event("planned", {"host": host_name, "tenant": host.tenant})
 
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(per_host) or 1))) as pool:
-        list(pool.map(inspect, list(per_host)))
+    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(per_host) or 1))) as executor:
+        list(executor.map(inspect, list(per_host)))
     return Plan(
         case=case_id, msp=inventory.msp.name,
         playbook_path=str(loaded.path), playbook_sha256=file_sha256(loaded.path),
@@ -174,14 +180,14 @@ class EngineOptions:
 class Engine:
     """Execute one plan. Create, then call :meth:`run`; :meth:`cancel` stops between steps."""
 
-    def __init__(self, plan: Plan, loaded: LoadedPlaybook, inventory: Inventory, journal: Journal, fleet: Fleet,
+    def __init__(self, plan: Plan, loaded: LoadedPlaybook, inventory: Inventory, journal: Journal, pool: ConnectionPool,
                  options: EngineOptions | None = None, on_event: EventSink | None = None) -> None:
         self.plan = plan
         self.loaded = loaded
         self.playbook = loaded.playbook
         self.inventory = inventory
         self.journal = journal
-        self.fleet = fleet
+        self.pool = pool
         self.options = options or EngineOptions()
         self.on_event = on_event or (lambda kind, data: None)
         self._cancel = threading.Event()
@@ -233,7 +239,7 @@ class Engine:
             if self._cancel.is_set() and not self.summary.incomplete:
                 self.summary.incomplete, self.summary.reason = True, "interrupted"
             counts = Counter(r.status for r in self.summary.hosts.values())
-            self.fleet.close()
+            self.pool.close()
             if self.disk_full is None:
                 self._record("run.end", params={"plan": self.plan.hash, "status": status, **dict(counts)},
                              outcome="ok" if self.summary.all_ok else status if status == "incomplete" else "failed")
@@ -313,8 +319,8 @@ class Engine:
 
         results: dict[str, str] = {}
         workers = max(1, min(self.options.forks, len(wave) or 1))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="irkit-host") as pool:
-            futures: dict[Future[str], Host] = {pool.submit(guarded, host): host for host in wave}
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="irkit-host") as executor:
+            futures: dict[Future[str], Host] = {executor.submit(guarded, host): host for host in wave}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -400,9 +406,9 @@ class Engine:
             attempt += 1
             step_deadline = min(deadline, time.monotonic() + timeout)
             try:
-                conn = self.fleet.connection(host, step_deadline)
+                conn = self.pool.connection(host, step_deadline)
                 ctx = ActionContext(host, self.inventory, self.plan.case, conn, step_deadline,
-                                    services={"journal": self.journal, "fleet": self.fleet, "actor": self.options.actor})
+                                    services={"journal": self.journal, "fleet": self.pool, "actor": self.options.actor})
                 applied: Outcome = action.apply(ctx, params)
                 verdict: Outcome = applied if applied.verified else action.verify(ctx, params)
                 if not verdict.ok:
@@ -410,10 +416,10 @@ class Engine:
             except TransportError as exc:
                 status = TIMED_OUT_STATUS if exc.kind == TIMED_OUT else FAILED
                 if exc.transient and attempt <= retries and time.monotonic() < deadline:
-                    self.fleet.drop(host)
+                    self.pool.drop(host)
                     time.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
                     continue
-                self.fleet.drop(host)
+                self.pool.drop(host)
                 self._record("step.done", item, params={"error": str(exc), "kind": exc.kind, "attempts": attempt},
                              outcome=status)
                 return status, str(exc)

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ir_toolkit.cases import CaseLayout
 from ir_toolkit.errors import InputError
-from ir_toolkit.home import case_dir
 
 
 @dataclass
@@ -50,7 +50,7 @@ def journal_state(records: Iterable[dict[str, Any]], plan_hash: str | None = Non
 
 
 def plan_path_for(case_id: str, plan_hash: str) -> Any:
-    path = case_dir(case_id) / "journal" / f"plan-{plan_hash[:16]}.json"
+    path = CaseLayout.of(case_id).plan_file(plan_hash)
     if not path.exists():
         raise InputError(f"case {case_id}: plan {plan_hash[:16]} named in the journal is missing ({path})")
     return path

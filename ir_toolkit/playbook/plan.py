@@ -16,10 +16,10 @@ from typing import Any
 
 import rfc8785
 
+from ir_toolkit.cases import CaseLayout
 from ir_toolkit.errors import InputError
 from ir_toolkit.fsutil import write_atomic
-from ir_toolkit.home import case_dir
-from ir_toolkit.secrets.redaction import redact
+from ir_toolkit.redaction import redact
 
 PLAN_VERSION = 1
 
@@ -72,7 +72,7 @@ class Plan:
         return sorted({item.tenant for item in self.items})
 
     def path(self) -> Path:
-        return case_dir(self.case) / "journal" / f"plan-{self.hash[:16]}.json"
+        return CaseLayout.of(self.case).plan_file(self.hash)
 
     def save(self) -> Path:
         path = self.path()

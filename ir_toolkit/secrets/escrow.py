@@ -46,9 +46,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ir_toolkit.cases import CaseLayout
 from ir_toolkit.errors import FileInputError, InputError
-from ir_toolkit.home import case_dir, irkit_home
-from ir_toolkit.secrets.redaction import register_secret
+from ir_toolkit.home import irkit_home
+from ir_toolkit.redaction import register_secret
 
 PENDING = "pending"
 APPLIED = "applied"
@@ -328,7 +329,7 @@ class Escrow:
 
     def __init__(self, case_id: str) -> None:
         self.case_id = case_id
-        self.root = case_dir(case_id) / "escrow"
+        self.root = CaseLayout.of(case_id).escrow
 
     # ---- paths
     def path(self, tenant: str, host: str, account: str) -> Path:

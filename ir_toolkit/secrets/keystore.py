@@ -38,12 +38,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from ir_toolkit.audit.note import ALG_ED25519, NoteError, Signer, Verifier, b64encode, parse_vkey
+from ir_toolkit.tlog.note import ALG_ED25519, NoteError, Signer, Verifier, b64encode, parse_vkey
 from ir_toolkit.errors import InputError
 from ir_toolkit.fsutil import fsync_dir as _fsync_dir
 from ir_toolkit.fsutil import write_atomic
 from ir_toolkit.home import keys_dir
-from ir_toolkit.secrets.redaction import register_secret
+from ir_toolkit.redaction import register_secret
 
 PASSPHRASE_ENV = "IRKIT_KEY_PASSPHRASE"
 #: Lowers the scrypt cost for test suites only (value: log2 N, at least 10). Never set it in production.

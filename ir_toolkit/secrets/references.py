@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ir_toolkit.errors import InputError
-from ir_toolkit.secrets.redaction import register_secret
+from ir_toolkit.redaction import register_secret
 
 SCHEMES = ("env", "file", "escrow")
 _REF = re.compile(r"^(?P<scheme>env|file|escrow):(?P<target>\S.*)$")

@@ -32,7 +32,7 @@ from typing import Any
 
 from ir_toolkit.errors import EXIT_FAILED, EXIT_USAGE, IrkitError, InputError
 from ir_toolkit.log import get_logger
-from ir_toolkit.secrets.redaction import redact_text, register_secret
+from ir_toolkit.redaction import redact_text, register_secret
 from ir_toolkit.secrets.references import parse_ref, resolve
 
 SecretResolver = Callable[[str], str]

@@ -10,71 +10,59 @@
 
 from __future__ import annotations
 
+import io
 import select
 import socket
+import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any, ClassVar
 
 import paramiko
 
+from ir_toolkit.transports.base import (
+    AUTH_FAILED,
+    HOST_KEY_CHANGED,
+    HOST_KEY_UNKNOWN,
+    PROTOCOL,
+    TIMED_OUT,
+    TRANSIENT,
+    UNREACHABLE,
+    CommandResult,
+    Endpoint,
+    StreamResult,
+    Timeouts,
+    TransportError,
+)
 from ir_toolkit.transports.hostkeys import fingerprint
 
-# Failure kinds the engine maps to step statuses.
-UNREACHABLE = "unreachable"
-TIMED_OUT = "timed_out"
-AUTH_FAILED = "auth_failed"
-HOST_KEY_CHANGED = "host_key_changed"
-HOST_KEY_UNKNOWN = "host_key_unknown"
-TRANSIENT = "transient"
-PROTOCOL = "protocol"
+__all__ = [
+    "AUTH_FAILED", "HOST_KEY_CHANGED", "HOST_KEY_UNKNOWN", "PROTOCOL", "TIMED_OUT", "TRANSIENT", "UNREACHABLE",
+    "CommandResult", "Endpoint", "SshConnection", "SshExecStream", "Timeouts", "TransportError",
+    "load_private_key", "probe_login",
+]
+
+# A bulk-transfer channel: large packets cut paramiko's per-packet Python work; the window stays
+# moderate because paramiko's receive buffer memmoves what is left after every read.
+STREAM_WINDOW = 8 << 20
+STREAM_MAX_PACKET = 256 << 10
+STREAM_READ_SIZE = 1 << 20
+
+# paramiko rekeys after 512 MiB; a channel CLOSE that arrives while that rekey is in
+# flight deadlocks paramiko's transport thread for 30 s and then kills the connection
+# (paramiko/paramiko#822, open since 2016; reproduced here with 5 x 128 MiB streams).
+# Evidence transfers move gigabytes and close a channel per command, so the client-side
+# rekey threshold is raised to 16 GiB - far below the AES-CTR / ChaCha20 limits (RFC 4344
+# advises rekeying AES after 2^32 blocks = 64 GiB). OpenSSH servers rekey on their own
+# schedule (aes128-ctr: after 2^32 blocks), which this does not change.
+REKEY_LIMIT = 1 << 34
 
 
-class TransportError(Exception):
-    """A failure to reach or talk to a host; ``kind`` is one of the constants above."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-    @property
-    def transient(self) -> bool:
-        return self.kind in (TRANSIENT, UNREACHABLE)
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    connect: float = 10.0
-    banner: float = 10.0
-    auth: float = 15.0
-    command: float = 60.0
-
-
-@dataclass
-class CommandResult:
-    exit_status: int
-    stdout: bytes
-    stderr: bytes
-    duration: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_status == 0
-
-    @property
-    def text(self) -> str:
-        return self.stdout.decode("utf-8", "replace")
-
-
-@dataclass
-class Endpoint:
-    """Where and as whom to connect; ``pinned`` holds the acceptable host key fingerprints."""
-
-    address: str
-    port: int
-    user: str
-    pinned: set[str] = field(default_factory=set)
-    name: str = ""
+def avoid_rekey_deadlock(transport: paramiko.Transport | None) -> None:
+    packetizer = getattr(transport, "packetizer", None)
+    if packetizer is not None and getattr(packetizer, "REKEY_BYTES", 0) < REKEY_LIMIT:
+        packetizer.REKEY_BYTES = REKEY_LIMIT
+        packetizer.REKEY_PACKETS = REKEY_LIMIT
 
 
 class _QuietTransport(paramiko.Transport):
@@ -132,7 +120,9 @@ def _open_socket(endpoint: Endpoint, timeout: float) -> socket.socket:
 
 
 class SshConnection:
-    """One authenticated SSH connection to one host."""
+    """One authenticated SSH connection to one host (implements :class:`transports.base.Connection`)."""
+
+    kind: ClassVar[str] = "ssh"
 
     def __init__(self, endpoint: Endpoint, client: paramiko.SSHClient, timeouts: Timeouts) -> None:
         self.endpoint = endpoint
@@ -197,11 +187,17 @@ class SshConnection:
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(15)
+            avoid_rekey_deadlock(transport)
         return cls(endpoint, client, timeouts)
 
-    def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
+    def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            deadline: float | None = None) -> CommandResult:
         """Run ``command``; feed ``stdin`` (secrets go here, never in ``command``)."""
         limit = self.timeouts.command if timeout is None else timeout
+        if deadline is not None:
+            limit = min(limit, deadline - time.monotonic())
+            if limit <= 0:
+                raise TransportError(TIMED_OUT, f"{self.endpoint.address}: deadline reached before the command")
         start = time.monotonic()
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
@@ -247,6 +243,43 @@ class SshConnection:
         finally:
             chan.close()
 
+    def exec_stream(self, command: str, *, stdin: bytes | None = None, idle_timeout: float,
+                    deadline: float | None = None) -> SshExecStream:
+        """Start ``command`` with its stdout as a stream (stdin fed, stderr drained by helper threads)."""
+        if deadline is not None:
+            idle_timeout = max(0.001, min(idle_timeout, deadline - time.monotonic()))
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise TransportError(UNREACHABLE, f"{self.endpoint.address}: connection is closed")
+        avoid_rekey_deadlock(transport)
+        try:
+            chan = transport.open_session(window_size=STREAM_WINDOW, max_packet_size=STREAM_MAX_PACKET,
+                                          timeout=idle_timeout)
+            chan.settimeout(idle_timeout)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError) as exc:
+            raise TransportError(TRANSIENT, f"{self.endpoint.address}: cannot start remote command: {exc}") from None
+        return SshExecStream(chan, stdin, idle_timeout, deadline)
+
+    def put(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+        """Write ``data`` to ``path`` (created with ``mode``, replaced atomically on the host)."""
+        quoted = _sh_quote(path)
+        tmp = _sh_quote(path + ".irkit-tmp")
+        result = self.run(f"umask 077 && cat > {tmp} && chmod {mode:o} {tmp} && mv -f {tmp} {quoted}", stdin=data)
+        if not result.ok:
+            err = result.stderr.decode("utf-8", "replace").strip()[:200]
+            raise TransportError(PROTOCOL, f"{self.endpoint.address}: cannot write {path}: {err}")
+
+    def get(self, path: str, *, max_bytes: int) -> bytes:
+        """Read ``path`` (at most ``max_bytes``: more is refused, never buffered)."""
+        result = self.run(f"head -c {int(max_bytes) + 1} -- {_sh_quote(path)}")
+        if not result.ok:
+            err = result.stderr.decode("utf-8", "replace").strip()[:200]
+            raise TransportError(PROTOCOL, f"{self.endpoint.address}: cannot read {path}: {err}")
+        if len(result.stdout) > max_bytes:
+            raise TransportError(PROTOCOL, f"{self.endpoint.address}: {path} is larger than {max_bytes} bytes")
+        return result.stdout
+
     @property
     def alive(self) -> bool:
         transport = self.client.get_transport()
@@ -260,6 +293,89 @@ class SshConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sh_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+class _ChannelReader(io.RawIOBase):
+    """A paramiko channel's stdout as a raw binary stream (paramiko errors surface as ``OSError``)."""
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self.chan.recv(len(buffer))
+        except paramiko.SSHException as exc:
+            raise ConnectionError(str(exc)) from None
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+
+class SshExecStream:
+    """An exec channel with stdin fed and stderr drained by helper threads (no window deadlock)."""
+
+    def __init__(self, chan: paramiko.Channel, stdin: bytes | None, idle_timeout: float,
+                 deadline: float | None = None) -> None:
+        self.chan = chan
+        self.idle_timeout = idle_timeout
+        self.deadline = deadline
+        self._stderr = bytearray()
+        self._errors: list[BaseException] = []
+        self._stdout: IO[bytes] = io.BufferedReader(_ChannelReader(chan), STREAM_READ_SIZE)
+        self._threads = [threading.Thread(target=self._drain_stderr, daemon=True),
+                         threading.Thread(target=self._feed, args=(stdin or b"",), daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                sent = self.chan.send(view[:STREAM_READ_SIZE])
+                view = view[sent:]
+            self.chan.shutdown_write()
+        except (TimeoutError, OSError, paramiko.SSHException) as exc:
+            self._errors.append(exc)
+
+    def _drain_stderr(self) -> None:
+        try:
+            while True:
+                data = self.chan.recv_stderr(65536)
+                if not data:
+                    break
+                self._stderr += data
+        except (TimeoutError, OSError, paramiko.SSHException) as exc:
+            self._errors.append(exc)
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        return self._stdout
+
+    def finish(self) -> StreamResult:
+        """Wait (at most ``idle_timeout``) for the exit status; raises ``TransportError(TIMED_OUT)``."""
+        for thread in self._threads:
+            thread.join(self.idle_timeout)
+        deadline = time.monotonic() + self.idle_timeout
+        while not self.chan.exit_status_ready():
+            if time.monotonic() > deadline:
+                self.chan.close()
+                raise TransportError(TIMED_OUT, f"no exit status within {self.idle_timeout:g}s")
+            self.chan.status_event.wait(0.5)
+        status = self.chan.recv_exit_status()
+        self.chan.close()
+        return StreamResult(status, bytes(self._stderr))
+
+    def close(self) -> None:
+        self.chan.close()
 
 
 def probe_login(

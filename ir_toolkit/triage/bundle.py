@@ -31,8 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
+    X25519PrivateKey,
+    X25519PublicKey,
+)
 
+from ir_toolkit.cases import CaseLayout
 from ir_toolkit.errors import InputError, VerificationFailed
 from ir_toolkit.fsutil import fsync_dir as _fsync_dir
 from ir_toolkit.home import case_dir
@@ -61,7 +65,7 @@ def new_collection_id() -> str:
 
 
 def evidence_root(case_id: str) -> Path:
-    return case_dir(case_id) / "evidence"
+    return CaseLayout.of(case_id).evidence
 
 
 def host_dir(case_id: str, tenant: str, host: str) -> Path:

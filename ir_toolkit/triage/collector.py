@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from ir_toolkit import __version__
 from ir_toolkit.log import get_logger
-from ir_toolkit.transports.ssh import TransportError
+from ir_toolkit.transports.base import TransportError
 from ir_toolkit.triage import remote
 from ir_toolkit.triage.bundle import (
     MANIFEST_FORMAT,
@@ -46,7 +46,13 @@ from ir_toolkit.triage.bundle import (
     utc_now,
 )
 from ir_toolkit.triage.schema import USER_HOME, Artifact, Selection
-from ir_toolkit.triage.transfer import TransferError, run_capped, sftp_fetch, tar_fetch, tee_fetch
+from ir_toolkit.triage.transfer import (
+    TransferError,
+    run_capped,
+    sftp_fetch,
+    tar_fetch,
+    tee_fetch,
+)
 
 # Statuses of a manifest file entry.
 COLLECTED = "collected"          # copied; host and receipt hashes agree (or command output kept)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from ir_toolkit.errors import InputError
 from ir_toolkit.inventory.model import Host, Inventory
 from ir_toolkit.log import get_logger
-from ir_toolkit.playbook.fleet import Fleet
+from ir_toolkit.transports.pool import ConnectionPool
 from ir_toolkit.transports.ssh import Endpoint, SshConnection, TransportError
 from ir_toolkit.triage.collector import CollectionResult, HostTarget, collect_host
 from ir_toolkit.triage.custody import record_custody, record_failure
@@ -73,7 +73,7 @@ def run_triage(
         catalog.select(options.profile, os_name, allow_modifies_state=options.allow_modifies_state)
     # The engine's fleet: the same strict pins (MSP known_hosts, inventory pins, and the case's own
     # pins after an audited reimage) and the same responder keys (the case's key first).
-    fleet = Fleet(inventory, case_id)
+    fleet = ConnectionPool(inventory, case_id)
     if connect is None:
         def connect(endpoint: Endpoint) -> Any:
             last: TransportError | None = None

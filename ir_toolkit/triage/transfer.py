@@ -12,8 +12,8 @@
 * :func:`run_capped` - a command whose output is kept up to a cap (the rest
   is counted, not silently dropped).
 
-All functions take the connection object of :mod:`ir_toolkit.transports.ssh`
-(anything with ``.client``, a connected ``paramiko.SSHClient``).
+All functions take a :class:`ir_toolkit.transports.base.Connection` and stream through
+its ``exec_stream`` (``sftp_fetch`` alone needs an SSH connection).
 """
 
 from __future__ import annotations
@@ -21,25 +21,17 @@ from __future__ import annotations
 import hashlib
 import io
 import shlex
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import paramiko
 
+from ir_toolkit.transports.base import Connection, TransportError
 from ir_toolkit.triage import remote, tarstream
 
 READ_SIZE = 1 << 20
-# A bulk-transfer channel: large packets cut paramiko's per-packet Python work; the window stays
-# moderate because paramiko's receive buffer memmoves what is left after every read.
-WINDOW = 8 << 20
-MAX_PACKET = 256 << 10
-
-
-class Connection(Protocol):
-    client: paramiko.SSHClient
 
 
 class TransferError(Exception):
@@ -50,22 +42,6 @@ class TransferError(Exception):
 Sink = Callable[[str, int, IO[bytes], "tarfile.TarInfo | None"], None]
 
 
-class ChannelReader(io.RawIOBase):
-    """A paramiko channel's stdout as a raw binary stream."""
-
-    def __init__(self, chan: paramiko.Channel) -> None:
-        self.chan = chan
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.chan.recv(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        return n
-
-
 @dataclass
 class StreamOutcome:
     exit_status: int
@@ -73,84 +49,28 @@ class StreamOutcome:
     received: set[str] = field(default_factory=set)
 
 
-# paramiko rekeys after 512 MiB; a channel CLOSE that arrives while that rekey is in
-# flight deadlocks paramiko's transport thread for 30 s and then kills the connection
-# (paramiko/paramiko#822, open since 2016; reproduced here with 5 x 128 MiB streams).
-# Evidence transfers move gigabytes and close a channel per command, so the client-side
-# rekey threshold is raised to 16 GiB - far below the AES-CTR / ChaCha20 limits (RFC 4344
-# advises rekeying AES after 2^32 blocks = 64 GiB). OpenSSH servers rekey on their own
-# schedule (aes128-ctr: after 2^32 blocks), which this does not change.
-REKEY_LIMIT = 1 << 34
-
-
-def avoid_rekey_deadlock(conn: Connection) -> None:
-    transport = conn.client.get_transport()
-    packetizer = getattr(transport, "packetizer", None)
-    if packetizer is not None and getattr(packetizer, "REKEY_BYTES", 0) < REKEY_LIMIT:
-        packetizer.REKEY_BYTES = REKEY_LIMIT
-        packetizer.REKEY_PACKETS = REKEY_LIMIT
-
-
 class _Exec:
-    """An exec channel with stdin fed and stderr drained by helper threads (no window deadlock)."""
+    """The transport's streaming exec (``Connection.exec_stream``), with failures as :class:`TransferError`."""
 
     def __init__(self, conn: Connection, command: str, stdin: bytes | None, idle_timeout: float) -> None:
-        transport = conn.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise TransferError("connection is closed")
-        avoid_rekey_deadlock(conn)
-        try:
-            self.chan = transport.open_session(window_size=WINDOW, max_packet_size=MAX_PACKET, timeout=idle_timeout)
-            self.chan.settimeout(idle_timeout)
-            self.chan.exec_command(command)
-        except (paramiko.SSHException, OSError) as exc:
-            raise TransferError(f"cannot start remote command: {exc}") from None
         self.idle_timeout = idle_timeout
-        self._stderr = bytearray()
-        self._errors: list[BaseException] = []
-        self._threads = [threading.Thread(target=self._drain_stderr, daemon=True)]
-        self._threads.append(threading.Thread(target=self._feed, args=(stdin or b"",), daemon=True))
-        for thread in self._threads:
-            thread.start()
-
-    def _feed(self, data: bytes) -> None:
         try:
-            view = memoryview(data)
-            while view:
-                sent = self.chan.send(view[:READ_SIZE])
-                view = view[sent:]
-            self.chan.shutdown_write()
-        except (TimeoutError, OSError, paramiko.SSHException) as exc:
-            self._errors.append(exc)
+            self._job = conn.exec_stream(command, stdin=stdin, idle_timeout=idle_timeout)
+        except TransportError as exc:
+            raise TransferError(f"cannot start remote command: {exc}") from None
 
-    def _drain_stderr(self) -> None:
-        try:
-            while True:
-                data = self.chan.recv_stderr(65536)
-                if not data:
-                    break
-                self._stderr += data
-        except (TimeoutError, OSError, paramiko.SSHException) as exc:
-            self._errors.append(exc)
-
-    def stdout(self) -> io.BufferedReader:
-        return io.BufferedReader(ChannelReader(self.chan), READ_SIZE)
+    def stdout(self) -> IO[bytes]:
+        return self._job.stdout
 
     def finish(self) -> StreamOutcome:
-        for thread in self._threads:
-            thread.join(self.idle_timeout)
-        deadline = time.monotonic() + self.idle_timeout
-        while not self.chan.exit_status_ready():
-            if time.monotonic() > deadline:
-                self.chan.close()
-                raise TransferError(f"no exit status within {self.idle_timeout:g}s")
-            self.chan.status_event.wait(0.5)
-        status = self.chan.recv_exit_status()
-        self.chan.close()
-        return StreamOutcome(status, bytes(self._stderr))
+        try:
+            result = self._job.finish()
+        except TransportError as exc:
+            raise TransferError(str(exc)) from None
+        return StreamOutcome(result.exit_status, result.stderr)
 
     def close(self) -> None:
-        self.chan.close()
+        self._job.close()
 
 
 def tar_fetch(conn: Connection, paths: list[str], sink: Sink, *, idle_timeout: float = 120.0) -> StreamOutcome:
@@ -187,8 +107,7 @@ def sftp_fetch(conn: Connection, paths: list[str], sink: Sink) -> StreamOutcome:
     """Fetch ``paths`` one by one over SFTP with read-ahead (paramiko ``prefetch``)."""
     errors: list[str] = []
     received: set[str] = set()
-    avoid_rekey_deadlock(conn)
-    sftp = conn.client.open_sftp()
+    sftp = conn.client.open_sftp()  # type: ignore[attr-defined]  # SSH only (kept for the benchmark)
     try:
         for path in paths:
             try:

@@ -1,0 +1,206 @@
+"""The connection pool: one reusable, strictly pinned connection per host (and transport kind).
+
+Connections are opened lazily by the worker that first needs a host, kept for
+every later step (no new handshake per command) and reopened if they drop.
+Transient failures (sshd ``MaxStartups`` banner drops, resets) are retried with
+exponential backoff within the host's deadline.
+
+Transports plug in through a factory registry: a transport module calls
+``register_transport("winrm", factory)`` at import, where ``factory(pool, host,
+deadline)`` returns an open :class:`~ir_toolkit.transports.base.Connection` (or raises
+``TransportError``). The pool picks the factory by ``kind`` (default: the host's
+``transport`` from the inventory) and imports the built-in transport modules
+(``transports/winrm.py``, ``transports/ldap.py``) on first use, so adding a transport
+needs no edit here. Factories get the pool's inventory, case, timeouts and
+``max_retries`` and may use :meth:`ConnectionPool.retrying` for the one backoff policy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import paramiko
+
+from ir_toolkit.cases import CaseLayout
+from ir_toolkit.inventory.model import Host, Inventory
+from ir_toolkit.secrets.references import expand_path, parse_ref
+from ir_toolkit.transports.base import (
+    AUTH_FAILED,
+    PROTOCOL,
+    TIMED_OUT,
+    TRANSIENT,
+    Connection,
+    Endpoint,
+    Timeouts,
+    TransportError,
+)
+from ir_toolkit.transports.hostkeys import KnownHosts
+from ir_toolkit.transports.ssh import SshConnection, load_private_key
+
+T = TypeVar("T")
+#: factory(pool, host, deadline) -> an open connection of that transport kind
+ConnectionFactory = Callable[["ConnectionPool", Host, float], Connection]
+_FACTORIES: dict[str, ConnectionFactory] = {}
+#: transports shipped with irkit whose module registers its factory when imported
+_BUILTIN_TRANSPORTS = {"winrm": "ir_toolkit.transports.winrm", "ldap": "ir_toolkit.transports.ldap"}
+_factories_lock = threading.Lock()
+
+
+def register_transport(kind: str, factory: ConnectionFactory) -> None:
+    """Make ``kind`` connections available to every pool (called by a transport module at import)."""
+    with _factories_lock:
+        _FACTORIES[kind] = factory
+
+
+def transport_factory(kind: str) -> ConnectionFactory:
+    """The factory for ``kind``, importing a built-in transport module on first use."""
+    with _factories_lock:
+        factory = _FACTORIES.get(kind)
+    if factory is None and kind in _BUILTIN_TRANSPORTS:
+        try:
+            importlib.import_module(_BUILTIN_TRANSPORTS[kind])
+        except ModuleNotFoundError as exc:
+            if exc.name != _BUILTIN_TRANSPORTS[kind]:
+                raise
+        with _factories_lock:
+            factory = _FACTORIES.get(kind)
+    if factory is None:
+        raise TransportError(PROTOCOL, f"transport {kind!r} is not available in this irkit")
+    return factory
+
+
+def responder_key_paths(inventory: Inventory, case_id: str | None) -> list[Path]:
+    """Keys irkit logs in with, most specific first: the case's own responder key, then the MSP's."""
+    paths: list[Path] = []
+    if case_id:
+        case_key = CaseLayout.of(case_id).responder_key
+        if case_key.exists():
+            paths.append(case_key)
+    ref = parse_ref(inventory.msp.responder.key)
+    if ref.scheme == "file":
+        paths.append(ref.path)
+    return paths
+
+
+def known_hosts_files(inventory: Inventory, case_id: str | None) -> list[Path]:
+    files: list[Path] = []
+    if inventory.msp.known_hosts:
+        files.append(expand_path(inventory.msp.known_hosts))
+    if case_id:
+        files.append(case_known_hosts(case_id))
+    return files
+
+
+def case_known_hosts(case_id: str) -> Path:
+    """The case's own pins (written only by audited acceptances, e.g. after a reimage); they override."""
+    return CaseLayout.of(case_id).known_hosts
+
+
+class ConnectionPool:
+    """Connections to the hosts of one inventory, for one case (one per host and transport kind)."""
+
+    def __init__(self, inventory: Inventory, case_id: str | None, *, timeouts: Timeouts = Timeouts(),
+                 max_retries: int = 3) -> None:
+        self.inventory = inventory
+        self.case_id = case_id
+        self.timeouts = timeouts
+        self.max_retries = max_retries
+        # the case's pins override the MSP's for the hosts they name (a reimaged host's old key is refused)
+        self.known_hosts = KnownHosts(known_hosts_files(inventory, None),
+                                      override=[case_known_hosts(case_id)] if case_id else [])
+        self._keys: list[paramiko.PKey] | None = None
+        self._conns: dict[tuple[str, str], Connection] = {}
+        self._lock = threading.Lock()
+
+    def keys(self) -> list[paramiko.PKey]:
+        with self._lock:
+            if self._keys is None:
+                paths = responder_key_paths(self.inventory, self.case_id)
+                self._keys = [load_private_key(p) for p in paths if p.exists()]
+                if not self._keys:
+                    missing = ", ".join(str(p) for p in paths) or "(none configured)"
+                    raise TransportError(AUTH_FAILED, f"no responder key found: {missing}")
+            return self._keys
+
+    def reload_keys(self) -> None:
+        """Forget loaded keys (after a per-case responder key was installed)."""
+        with self._lock:
+            self._keys = None
+
+    def endpoint(self, host: Host) -> Endpoint:
+        user = host.user or self.inventory.msp.responder.user
+        pinned = self.known_hosts.expected(host.address, int(host.port or 22), host.host_keys)
+        return Endpoint(host.address, int(host.port or 22), user, pinned, host.name)
+
+    def connection(self, host: Host, deadline: float, *, kind: str | None = None) -> Connection:
+        """The open connection to ``host`` (opened or reopened as needed, within ``deadline``).
+
+        ``kind`` picks the transport (default: the host's ``transport`` in the inventory).
+        """
+        key = (host.name, kind or host.transport or "ssh")
+        conn = self._conns.get(key)
+        if conn is not None and conn.alive:
+            return conn
+        conn = transport_factory(key[1])(self, host, deadline)
+        self._conns[key] = conn
+        return conn
+
+    def retrying(self, host: Host, deadline: float, attempt_once: Callable[[], T]) -> T:
+        """Call ``attempt_once`` until it succeeds, retrying transient failures with jittered backoff.
+
+        At most ``max_retries`` retries, never past ``deadline``. The one retry policy for opening
+        connections; "transient" means ``TransportError.kind == TRANSIENT`` (a dropped banner, a reset).
+        """
+        attempt = 0
+        while True:
+            try:
+                return attempt_once()
+            except TransportError as exc:
+                last = exc
+            attempt += 1
+            if last.kind != TRANSIENT or attempt > self.max_retries:
+                raise last
+            pause = min(0.2 * 2 ** attempt, 5.0) * (0.5 + random.random())
+            if time.monotonic() + pause >= deadline:
+                raise TransportError(TIMED_OUT, f"{host.name}: deadline reached while retrying: {last}")
+            time.sleep(pause)
+
+    def drop(self, host: Host) -> None:
+        """Close and forget every connection to ``host``."""
+        for key in [k for k in self._conns if k[0] == host.name]:
+            conn = self._conns.pop(key, None)
+            if conn is not None:
+                conn.close()
+
+    def close(self) -> None:
+        for conn in list(self._conns.values()):
+            conn.close()
+        self._conns.clear()
+
+
+def _open_ssh(pool: ConnectionPool, host: Host, deadline: float) -> Connection:
+    """The SSH factory: the pinned endpoint, each responder key in turn, transient failures retried."""
+    endpoint = pool.endpoint(host)
+
+    def once() -> SshConnection:
+        last: TransportError | None = None
+        for key in pool.keys():
+            try:
+                return SshConnection.open(endpoint, pkey=key, timeouts=pool.timeouts, deadline=deadline)
+            except TransportError as exc:
+                last = exc
+                if exc.kind != AUTH_FAILED:
+                    break
+        assert last is not None
+        raise last
+
+    return pool.retrying(host, deadline, once)
+
+
+register_transport("ssh", _open_ssh)
