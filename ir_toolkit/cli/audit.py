@@ -180,6 +180,7 @@ def witness(case_id: str | None, witness_dir: str | None, log_keys: tuple[str, .
     click.echo(info["cosigned"], nl=False)
 
 
-from ir_toolkit.cli.audit_review import report as _report  # noqa: E402 - the review commands live there
+from ir_toolkit.cli import audit_review as _review  # noqa: E402 - report/export commands live there
 
-audit.add_command(_report)
+for _command in (_review.report, _review.export, _review.verify_export):
+    audit.add_command(_command)

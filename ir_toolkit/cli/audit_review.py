@@ -93,3 +93,89 @@ def report(case_id: str, tenant: str | None, fmt: str, out: str | None, msp: str
     if not verification["ok"]:
         raise VerificationFailed(f"audit log of case {case_id} is INVALID: {verification['reason']} "
                                  f"(the report says so)")
+
+
+@click.command("export")
+@case_option()
+@click.option("--tenant", metavar="T", help="The tenant to export (required for --format bundle).")
+@click.option("--format", "fmt", type=click.Choice(["bundle", "ocsf", "jsonl"]), default="bundle",
+              show_default=True,
+              help="bundle: a client-verifiable directory (records, proofs, signed manifest, verifier); "
+                   "ocsf: OCSF 1.8 events, one per line; jsonl: the raw records, one per line.")
+@click.option("--out", "out", metavar="DIR|FILE",
+              help="bundle: the directory to create (must be new or empty); ocsf/jsonl: a file (default stdout).")
+@click.option("--since", "since", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="bundle: a checkpoint the client already holds; the export proves it is consistent.")
+@click.option("--key", "keys", multiple=True, metavar="VKEY", help="Verifier key to trust when checking the log.")
+def export(case_id: str, tenant: str | None, fmt: str, out: str | None, since: tuple[Path, ...],
+           keys: tuple[str, ...]) -> None:
+    """Export a case's audit records: for a client's auditor (bundle) or for a SIEM (ocsf, jsonl).
+
+    A bundle holds one tenant's records with RFC 6962 inclusion proofs against the signed (and,
+    where a witness cosigned it, witnessed) checkpoint, consistency proofs from earlier checkpoints,
+    a manifest of the tenant's leaf indices signed with the log key, and verify_export.py, which
+    checks it all with only the public key (`irkit audit verify-export DIR --key VKEY`). No record
+    of another tenant is in it. Making one needs the signing key (the manifest is signed).
+    """
+    if fmt == "bundle":
+        from ir_toolkit.audit.export import build_export
+        from ir_toolkit.secrets.keystore import get_passphrase, load_signing_key
+
+        if not tenant or not out:
+            raise InputError("a bundle export needs --tenant T and --out DIR")
+        info = build_export(case_id, tenant, Path(out), load_signing_key(get_passphrase()), since=since,
+                            keys=keys or None)
+        out_console = console()
+        out_console.print(f"exported {info['records']} records of tenant {tenant} from {info['origin']} "
+                          f"(tree size {info['tree_size']}) to {info['directory']}", markup=False, highlight=False)
+        out_console.print(f"  client check: python3 {info['directory']}/verify_export.py {info['directory']} "
+                          f"--key '{info['verifier_key']}'", markup=False, highlight=False, soft_wrap=True)
+        return
+    from ir_toolkit.audit.ocsf import export_lines
+
+    data = b"".join(line.encode("utf-8") + b"\n" for line in export_lines(case_id, fmt, tenant=tenant))
+    where = _write(out, data)
+    if where != "-":
+        console(stderr=True).print(f"{fmt} export written: {where}", markup=False, highlight=False)
+
+
+@click.command("verify-export")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--key", "keys", multiple=True, required=True, metavar="VKEY",
+              help="The log's verifier key, obtained out of band (repeatable).")
+@click.option("--checkpoint", metavar="FILE", help="A checkpoint of this log you saved earlier.")
+@click.option("--witness-key", "witness_keys", multiple=True, metavar="VKEY",
+              help="Require a cosignature by this witness (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def verify_export(directory: Path, keys: tuple[str, ...], checkpoint: str | None, witness_keys: tuple[str, ...],
+                  fmt: str) -> None:
+    """Check a tenant export with only the public key (what the client runs; exit 0 ok, 1 failed).
+
+    The same code ships in the export as verify_export.py, runnable without irkit.
+    """
+    from ir_toolkit.audit.clientverify import Unusable
+    from ir_toolkit.audit.clientverify import verify_export as check
+    from ir_toolkit.cli.output import emit_json
+
+    try:
+        result = check(directory, list(keys), checkpoint=checkpoint, witness_keys=list(witness_keys))
+    except Unusable as exc:
+        raise InputError(str(exc)) from None
+    if fmt == "json":
+        emit_json(result)
+    else:
+        out = console()
+        status = "VERIFIED" if result["ok"] else "FAILED"
+        out.print(f"{status}: tenant {result.get('tenant')}, {result.get('records', 0)} records in "
+                  f"{result.get('origin')} (tree size {result.get('tree_size')}, root {result.get('root')})",
+                  markup=False, highlight=False, soft_wrap=True)
+        for key, fp in zip(result.get("signed_by", []), result.get("key_fingerprints", []), strict=False):
+            out.print(f"  signed by: {key} ({fp})", markup=False, highlight=False, soft_wrap=True)
+        for w in result.get("cosigned_by", []):
+            out.print(f"  cosigned by: {w}", markup=False, highlight=False, soft_wrap=True)
+        if result.get("consistent_with"):
+            out.print(f"  consistent with your checkpoint of size {result['consistent_with']}", markup=False)
+        for problem in result["problems"]:
+            out.print(f"  problem: {problem}", markup=False, highlight=False, soft_wrap=True)
+    if not result["ok"]:
+        raise VerificationFailed(f"export {directory} does NOT verify: {result['problems'][0]}")
