@@ -17,8 +17,8 @@ import pytest
 
 from ir_toolkit.audit import clientverify, layout
 from ir_toolkit.audit.export import _levels, inclusion_from_levels
-from ir_toolkit.audit.merkle import inclusion_proof, leaf_hash, verify_inclusion
-from ir_toolkit.audit.note import Signer, b64encode, format_checkpoint, sign_note
+from ir_toolkit.tlog.merkle import inclusion_proof, leaf_hash, verify_inclusion
+from ir_toolkit.tlog.note import Signer, b64encode, format_checkpoint, sign_note
 from ir_toolkit.cli.main import main
 from tests.audit_case import TENANTS, secrets_of_others, write_case
 
@@ -183,7 +183,7 @@ def test_client_checkpoint_consistency_rollback_and_fork(case, capsys, tmp_path)
     signer = case["signer"]
     meta = json.loads((directory / "export.json").read_text())
     log_lines = layout.log_path(CASE).read_bytes().split(b"\n")[:-1]
-    from ir_toolkit.audit.merkle import root_hash
+    from ir_toolkit.tlog.merkle import root_hash
 
     bigger = tmp_path / "bigger.note"
     leaves = [leaf_hash(x) for x in log_lines] + [leaf_hash(b"later")]
@@ -267,7 +267,7 @@ def test_bad_export_requests_are_one_line(case, capsys, tmp_path):
 def test_proofs_from_levels_match_the_rfc_paths(size):
     leaves = [leaf_hash(str(i).encode()) for i in range(size)]
     levels = _levels(leaves)
-    from ir_toolkit.audit.merkle import root_hash
+    from ir_toolkit.tlog.merkle import root_hash
 
     assert levels[-1][0] == root_hash(leaves)
     for i in range(size):
@@ -278,7 +278,7 @@ def test_proofs_from_levels_match_the_rfc_paths(size):
 
 
 def test_standalone_primitives_agree_with_irkit():
-    from ir_toolkit.audit.merkle import consistency_proof, root_hash, verify_consistency
+    from ir_toolkit.tlog.merkle import consistency_proof, root_hash, verify_consistency
     from ir_toolkit.audit.records import canonical
 
     rng = random.Random(6962)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ir_toolkit.audit import clientverify, layout
-from ir_toolkit.audit.merkle import consistency_proof, leaf_hash, node_hash
-from ir_toolkit.audit.note import NoteError, Signer, b64encode, parse_checkpoint, parse_note, sign_note
+from ir_toolkit.tlog.merkle import consistency_proof, leaf_hash, node_hash
+from ir_toolkit.tlog.note import NoteError, Signer, b64encode, parse_checkpoint, parse_note, sign_note
 from ir_toolkit.errors import InputError, VerificationFailed
 from ir_toolkit.fsutil import write_atomic
 from ir_toolkit.home import validate_case_id
