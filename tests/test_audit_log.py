@@ -222,9 +222,16 @@ def test_writer_killed_with_sigkill_leaves_a_log_that_verifies(signer, irkit_hom
 def test_unsigned_tail_is_signed_on_reopen_with_a_recovery_record(signer):
     with AuditLog.open(CASE, origin=ORIGIN, signer=signer) as log:
         log.append(action="a", actor="x")
-    with AuditLog.open(CASE, signer=None) as log:  # e.g. a writer that died before signing
-        log.append_durable(action="b", actor="x")
-        log.append_durable(action="c", actor="x")
+    # a writer with the key that died after fsync but before signing: its lines carry its MACs
+    log = AuditLog.open(CASE, signer=signer)
+    log.append(action="b", actor="x")
+    log.append(action="c", actor="x")
+    log._commit()                                 # fsynced (and signed) ...
+    (log.directory / "checkpoint.note").write_bytes(
+        (log.directory / "checkpoints" / "2.note").read_bytes())   # ... as if the signature never landed
+    log._release()
+    from ir_toolkit.audit import log as logmod
+    logmod._registry.pop(log.directory.resolve(), None)
     assert not verify_case(CASE).ok
     with AuditLog.open(CASE, signer=signer):
         pass
@@ -232,7 +239,23 @@ def test_unsigned_tail_is_signed_on_reopen_with_a_recovery_record(signer):
     recovery = records[-1]
     assert recovery["action"] == "audit.recovered"
     assert (recovery["params"]["first_seq"], recovery["params"]["last_seq"]) == (3, 4)
+    assert "unauthenticated" not in recovery["params"]
     assert verify_case(CASE).ok
+
+
+def test_lines_written_without_the_key_stay_flagged_after_recovery(signer):
+    with AuditLog.open(CASE, origin=ORIGIN, signer=signer) as log:
+        log.append(action="a", actor="x")
+    with AuditLog.open(CASE, signer=None) as log:  # no key: no MAC, nothing signed
+        log.append_durable(action="b", actor="x")
+    with AuditLog.open(CASE, signer=signer) as log:
+        assert log.untrusted == [(3, 3)]
+        assert [r["action"] for r in log.verified_records()][:3] == ["audit.log_created", "a", "audit.recovered"]
+    result = verify_case(CASE)
+    assert not result.ok and result.first_bad_seq == 3 and result.unauthenticated == [[3, 3]]
+    with AuditLog.open(CASE, signer=signer):
+        pass
+    assert verify_case(CASE).unauthenticated == [[3, 3]]
 
 
 def test_damage_in_the_signed_range_refuses_to_open(signer):

@@ -107,11 +107,15 @@ def _record(ctx: ActionContext, action: str, params: dict[str, Any], outcome: st
 
 
 def host_records(case_id: str, tenant: str, host: str, actions: tuple[str, ...]) -> list[dict[str, Any]]:
-    """This host's records of the given actions in the case's audit log, oldest first."""
-    from ir_toolkit.audit.log import iter_records
+    """This host's records of the given actions in the verified, signed audit log, oldest first.
 
-    return [r for r in iter_records(case_id)
-            if r.get("action") in actions and r.get("host") == host and r.get("tenant") == tenant]
+    Never a record appended without the key (``audit.log.signed_records``): these
+    records decide "already reimaged" and "accept the reinstalled host's key".
+    """
+    from ir_toolkit.audit.log import signed_records
+
+    return [r for r in signed_records(case_id, actions=tuple(actions)) or []
+            if r.get("host") == host and r.get("tenant") == tenant]
 
 
 def last_reimage(case_id: str, tenant: str, host: str) -> dict[str, Any] | None:

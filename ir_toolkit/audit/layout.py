@@ -1,6 +1,7 @@
 """Where a case's audit log lives (``$IRKIT_HOME/cases/<case>/audit/``)::
 
     log.jsonl                one canonical JSON record per line
+    log.mac                  the writer's per-line MACs ("<seq> <hex>", keyed from the signing key)
     checkpoint.note          the latest signed checkpoint (replaced atomically)
     checkpoints/<size>.note  checkpoints kept for good: key rotations, phase ends, close
     witnessed/<witness>-<size>.note   cosigned copies returned by witnesses
@@ -16,6 +17,7 @@ from pathlib import Path
 from ir_toolkit.home import case_dir
 
 LOG_FILE = "log.jsonl"
+MAC_FILE = "log.mac"
 CHECKPOINT_FILE = "checkpoint.note"
 CHECKPOINTS_DIR = "checkpoints"
 WITNESSED_DIR = "witnessed"

@@ -19,7 +19,15 @@ final line beyond the signed range (recording ``audit.recovered``) and refuses
 (``VerificationFailed``) when the damage is inside the signed range. Complete
 records beyond the last checkpoint (a crash between fsync and signing) are
 checked, then covered by a new checkpoint and an ``audit.recovered`` record
-that names them.
+that names them - but only the lines this writer itself produced:
+
+Every line the writer appends also gets a MAC in ``log.mac`` (HMAC-SHA256 keyed
+from the signing key, over origin, seq and the line's leaf hash), fsynced with
+the line. Recovery signs an unsigned line only if its MAC is valid. A line
+without one was appended by someone without the key: it is named (seq ranges,
+``params.unauthenticated``) in the ``audit.recovered`` record, stays in the file
+(removing it would hide the tampering), is excluded from every control decision
+(:func:`signed_records`) and is reported by every later ``irkit audit verify``.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import hmac
+import json
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -67,6 +77,8 @@ from ir_toolkit.home import case_dir, validate_case_id
 from ir_toolkit.fsutil import write_atomic
 
 _ROTATION_MARK = b'"action":"' + ACTION_KEY_ROTATED.encode() + b'"'
+_RECOVERED_MARK = b'"action":"' + ACTION_RECOVERED.encode() + b'"'
+_MAC_KEY_INFO = b"irkit audit line MAC key v1"
 _registry: dict[Path, AuditLog] = {}
 _registry_lock = threading.Lock()
 
@@ -92,6 +104,56 @@ def valid_origin_for(case_id: str, origin: str) -> bool:
     )
 
 
+def line_mac_key(signer: Signer) -> bytes:
+    """The writer's secret per-line MAC key, derived from the signing key's seed."""
+    return hmac.new(signer.seed(), _MAC_KEY_INFO, hashlib.sha256).digest()
+
+
+def line_mac(key: bytes, origin: str, seq: int, leaf: bytes) -> str:
+    """HMAC-SHA256 over origin, seq and the leaf hash of one line (hex)."""
+    msg = b"irkit-audit-line-v1\n" + origin.encode() + b"\n" + str(seq).encode() + b"\n" + leaf
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def unauthenticated_ranges(record: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """The seq ranges an ``audit.recovered`` record flags as appended without the key."""
+    if record.get("action") != ACTION_RECOVERED:
+        return []
+    out = []
+    for item in (record.get("params") or {}).get("unauthenticated") or []:
+        if (isinstance(item, list) and len(item) == 2 and all(isinstance(x, int) for x in item)
+                and 1 <= item[0] <= item[1]):
+            out.append((item[0], item[1]))
+    return out
+
+
+def _ranges(seqs: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for seq in seqs:
+        if out and out[-1][1] == seq - 1:
+            out[-1][1] = seq
+        else:
+            out.append([seq, seq])
+    return out
+
+
+def _in_ranges(seq: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(a <= seq <= b for a, b in ranges)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end == 0:
+            return True
+        fh.seek(end - 1)
+        return fh.read(1) == b"\n"
+
+
+def describe_ranges(ranges: list[tuple[int, int]] | list[list[int]]) -> str:
+    return ", ".join(f"seq {a}" if a == b else f"seq {a}..{b}" for a, b in ranges)
+
+
 class AuditLog:
     """A case's signed, append-only audit log, open for appending."""
 
@@ -104,6 +166,10 @@ class AuditLog:
         self._schedule = KeySchedule()
         self._cond = threading.Condition(threading.Lock())
         self._fd = -1
+        self._mac_fd = -1
+        self._mac_key = line_mac_key(signer) if signer is not None else None
+        self._leaves = bytearray()      # leaf hash of every complete record (32 bytes each)
+        self._untrusted: list[tuple[int, int]] = []   # seq ranges never to be used for decisions
         self._lock_fd = -1
         self._refs = 1
         self._acc = CompactRange()
@@ -173,6 +239,11 @@ class AuditLog:
         self._lock()
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            if self._signer is not None:
+                self._mac_fd = os.open(self.directory / layout.MAC_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                       0o600)
+                if not _ends_with_newline(self.directory / layout.MAC_FILE):
+                    os.write(self._mac_fd, b"\n")      # a MAC line torn by a crash: start a fresh line
             if created or os.fstat(self._fd).st_size == 0:
                 if (self.directory / layout.CHECKPOINT_FILE).exists():
                     raise VerificationFailed(
@@ -201,6 +272,7 @@ class AuditLog:
         """Rebuild state from the file, check it against the latest checkpoint, repair a torn tail."""
         torn: bytes | None = None
         last_line = b""
+        recovered: list[tuple[int, Any]] = []
         with open(self.path, "rb") as fh:
             for raw in fh:
                 if not raw.endswith(b"\n"):
@@ -209,10 +281,16 @@ class AuditLog:
                 line = raw[:-1]
                 h = leaf_hash(line)
                 self._acc.append(h)
+                self._leaves += h
                 self._size += 1
                 self._offset += len(raw)
                 self._last_hash = h
                 last_line = line
+                if _RECOVERED_MARK in line:
+                    try:
+                        recovered.append((self._size, json.loads(line)))
+                    except ValueError:
+                        pass
                 if self._size == 1 or _ROTATION_MARK in line:
                     try:
                         self._schedule.observe(decode_line(line))
@@ -253,6 +331,17 @@ class AuditLog:
             self._check_unsigned_tail(signed)
         if self._size:
             self._verify_key_matches()  # before changing anything: a repair must be recorded
+        # Ranges flagged by earlier recoveries (inside the signed range: the writer wrote those records).
+        for seq, record in recovered:
+            if seq <= signed and isinstance(record, dict):
+                self._untrusted.extend(r for r in unauthenticated_ranges(record) if r[1] < seq)
+        foreign: list[int] = []
+        if unsigned and self._signer is not None:
+            foreign = self._unauthenticated_lines(signed)
+            self._untrusted.extend((a, b) for a, b in _ranges(foreign))
+        elif unsigned:
+            # Without the key nothing can be authenticated: not for decisions in this process.
+            self._untrusted.append(unsigned)
         if torn is not None:
             os.ftruncate(self._fd, self._offset)
             os.fsync(self._fd)
@@ -267,11 +356,24 @@ class AuditLog:
                 "reason": "torn final line (a write interrupted by a crash) beyond the signed range",
                 "torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest(),
                 "signed_size": signed})
-        if unsigned and self._signer is not None:
+        if unsigned and self._signer is not None and not foreign:
             self._append_internal(ACTION_RECOVERED, {
                 "reason": "complete records beyond the last signed checkpoint (the writer stopped before "
-                          "signing them); they are signed now",
+                          "signing them; every line carries the writer's MAC); they are signed now",
                 "first_seq": unsigned[0], "last_seq": unsigned[1], "signed_size": signed})
+        elif unsigned and self._signer is not None:
+            ranges = _ranges(foreign)
+            self._append_internal(ACTION_RECOVERED, {
+                "reason": "records beyond the last signed checkpoint without the writer's MAC: appended by "
+                          "someone without the signing key; they are flagged, never trusted, and reported by "
+                          "every irkit audit verify",
+                "first_seq": unsigned[0], "last_seq": unsigned[1], "signed_size": signed,
+                "unauthenticated": ranges, "authenticated": (unsigned[1] - unsigned[0] + 1) - len(foreign)})
+            from ir_toolkit.log import get_logger
+
+            get_logger("irkit.audit").warning(
+                f"case {self.case_id}: audit records appended without the signing key: {describe_ranges(ranges)}; "
+                "they are flagged in the log (irkit audit verify reports them) and not trusted")
         if torn is not None or (unsigned and self._signer is not None):
             self.sync()
 
@@ -290,6 +392,31 @@ class AuditLog:
                 last = leaf_hash(raw[:-1])
                 acc.append(last)
         self._acc, self._last_hash = acc, last
+        del self._leaves[self._size * 32:]
+
+    def _read_macs(self) -> dict[int, set[str]]:
+        macs: dict[int, set[str]] = {}
+        try:
+            with open(self.directory / layout.MAC_FILE, "rb") as fh:
+                for raw in fh:
+                    parts = raw.split()
+                    if len(parts) == 2 and parts[0].isdigit() and len(parts[1]) == 64:
+                        macs.setdefault(int(parts[0]), set()).add(parts[1].decode("ascii", "replace"))
+        except FileNotFoundError:
+            pass
+        return macs
+
+    def _unauthenticated_lines(self, signed: int) -> list[int]:
+        """Seqs beyond ``signed`` whose line has no valid MAC by this writer's key."""
+        assert self._mac_key is not None
+        macs = self._read_macs()
+        foreign = []
+        for seq in range(signed + 1, self._size + 1):
+            leaf = bytes(self._leaves[(seq - 1) * 32: seq * 32])
+            want = line_mac(self._mac_key, self.origin, seq, leaf)
+            if not any(hmac.compare_digest(want, got) for got in macs.get(seq, ())):
+                foreign.append(seq)
+        return foreign
 
     def _check_latest_checkpoint(self) -> int:
         path = self.directory / layout.CHECKPOINT_FILE
@@ -424,6 +551,15 @@ class AuditLog:
         record["ts"] = now_ts()
         line = encode_record(record)
         data = line + b"\n"
+        h = leaf_hash(line)
+        if self._mac_fd >= 0 and self._mac_key is not None:
+            # The MAC goes first: a MAC without its line is harmless, a line without its MAC is "foreign".
+            mac = f"{seq} {line_mac(self._mac_key, self.origin, seq, h)}\n".encode()
+            try:
+                os.write(self._mac_fd, mac)
+            except OSError as exc:
+                self._broken = exc
+                raise
         try:
             view = memoryview(data)
             while view:
@@ -434,8 +570,8 @@ class AuditLog:
             except OSError as exc2:
                 self._broken = exc2
             raise
-        h = leaf_hash(line)
         self._acc.append(h)
+        self._leaves += h
         self._last_hash = h
         self._size = seq
         self._offset += len(data)
@@ -462,6 +598,8 @@ class AuditLog:
         note: str | None = None
         try:
             try:
+                if self._mac_fd >= 0:
+                    os.fsync(self._mac_fd)
                 os.fsync(self._fd)
             except OSError as exc:
                 self._broken = exc
@@ -538,6 +676,7 @@ class AuditLog:
                                                "new_key": new_signer.verifier_key()}})
             with self._cond:
                 self._signer = new_signer
+                self._mac_key = line_mac_key(new_signer)
                 seq2 = self._append_locked(action=ACTION_KEY_ACTIVATED, actor=actor, tenant=None, host=None,
                                            params={"key": new_signer.verifier_key()}, outcome="ok", internal=True)
                 os.fsync(self._fd)
@@ -548,6 +687,45 @@ class AuditLog:
             with self._cond:
                 self._syncing = False
                 self._cond.notify_all()
+
+    # ------------------------------------------------------------------ reading for decisions
+
+    @property
+    def untrusted(self) -> list[tuple[int, int]]:
+        """Seq ranges this writer does not vouch for (flagged as appended without the key)."""
+        return list(self._untrusted)
+
+    def verified_records(self, actions: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """The records this writer vouches for, read back from disk and checked line by line.
+
+        Everything appended so far is made durable (and signed) first. A line is
+        returned only if its leaf hash is the one this writer holds for it (so the
+        file cannot be edited underneath a running process), and never a line
+        flagged as appended without the key. ``actions`` filters by action.
+        """
+        self._commit()
+        with self._cond:
+            size = self._size
+            leaves = bytes(self._leaves[: size * 32])
+            untrusted = list(self._untrusted)
+        marks = [b'"action":"' + a.encode() + b'"' for a in actions] if actions else None
+        out: list[dict[str, Any]] = []
+        with open(self.path, "rb") as fh:
+            for seq, raw in enumerate(fh, start=1):
+                if seq > size:
+                    break
+                line = raw[:-1]
+                if not raw.endswith(b"\n") or leaf_hash(line) != leaves[(seq - 1) * 32: seq * 32]:
+                    raise VerificationFailed(
+                        f"audit log of case {self.case_id} was changed on disk at seq {seq} while irkit had it open")
+                if untrusted and _in_ranges(seq, untrusted):
+                    continue
+                if marks is not None and not any(m in line for m in marks):
+                    continue
+                record = json.loads(line)
+                if actions is None or record.get("action") in actions:
+                    out.append(record)
+        return out
 
     # ------------------------------------------------------------------ closing
 
@@ -569,6 +747,9 @@ class AuditLog:
                 _registry.pop(self.directory.resolve(), None)
 
     def _release(self) -> None:
+        if self._mac_fd >= 0:
+            os.close(self._mac_fd)
+            self._mac_fd = -1
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -596,14 +777,40 @@ def _split_note(text: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- reading
 
 
+def open_instance(case_id: str) -> AuditLog | None:
+    """The case's log if this process has it open for writing, else None."""
+    directory = layout.audit_dir(validate_case_id(case_id))
+    key = directory.resolve() if directory.exists() else directory.absolute()
+    with _registry_lock:
+        log = _registry.get(key)
+    return log if log is not None and log._fd >= 0 else None
+
+
+def signed_records(case_id: str, actions: tuple[str, ...] | None = None) -> list[dict[str, Any]] | None:
+    """Records for control decisions: only the verified, signed history, never a flagged record.
+
+    When this process has the log open, its writer vouches for the records (see
+    :meth:`AuditLog.verified_records`); otherwise the log is verified
+    (:func:`ir_toolkit.audit.verify.verified_records`) and only the signed prefix
+    before the first problem is used. None when the case has no audit log.
+    """
+    log = open_instance(case_id)
+    if log is not None:
+        return log.verified_records(actions)
+    if not layout.log_path(validate_case_id(case_id)).exists():
+        return None
+    from ir_toolkit.audit.verify import verified_records
+
+    return verified_records(case_id, actions=actions).records
+
+
 def iter_records(case_id: str) -> Iterator[dict]:
     """Yield the parsed records of a case's log in order (no verification; a torn tail is skipped).
 
-    A case without an audit log yields nothing. Use :func:`ir_toolkit.audit.verify.verify_case`
-    to check the log.
+    For display only: decisions use :func:`signed_records`. A case without an
+    audit log yields nothing. Use :func:`ir_toolkit.audit.verify.verify_case` to
+    check the log.
     """
-    import json
-
     path = layout.log_path(validate_case_id(case_id))
     try:
         fh = open(path, "rb")

@@ -11,14 +11,25 @@ What is checked, in this order of evidence:
    ``checkpoint_file``) has the log's origin, a valid signature by the key valid
    for its size, and the Merkle root of the records at its size;
 4. at least one of them is signed by a *trusted* key (``key`` given by the
-   auditor, else the responder's own public keys in ``$IRKIT_HOME/keys``);
+   auditor, else the log keys a witness pinned (``witness_dir``), else the
+   responder's current ``$IRKIT_HOME/keys/signing.vkey`` and the keys the signed
+   rotation chain links to it - that last one is *self-attested*: a file next to
+   the log, and the verdict says so);
 5. no record is beyond the largest valid checkpoint (an unsigned tail is what a
-   record appended without the key looks like);
+   record appended without the key looks like), and no record is one that a
+   recovery flagged as appended without the key (``audit.recovered`` with
+   ``unauthenticated`` ranges: the line had no valid writer MAC);
 6. external checkpoints (a witness's or an auditor's saved copy) anchor the log:
    a log shorter than one of them was truncated or rolled back; a validly signed
    checkpoint that disagrees with the records while another one agrees is a fork,
    and both notes plus the consistency proof are written out as evidence. Records
-   beyond every external checkpoint are reported as an *unanchored tail*.
+   beyond every external checkpoint are reported as an *unanchored tail*. With
+   ``require_anchor`` a missing external checkpoint (or witness state) is a
+   problem, not a note.
+
+A valid result names what it is anchored to (:attr:`VerifyResult.anchors`).
+:func:`verified_records` gives the records of the verified, signed prefix for
+decisions (custody, the evidence gate) made outside a writing process.
 
 Large logs are scanned by one worker process per core (parse, canonical check
 and leaf hash per line); the chain and the Merkle tree are then checked in the
@@ -93,6 +104,9 @@ class VerifyResult:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     evidence_dir: str | None = None
+    anchors: list[str] = field(default_factory=list)       # what a VALID verdict rests on
+    self_attested: bool = False                             # trust only from files next to the log
+    unauthenticated: list[list[int]] = field(default_factory=list)   # flagged seq ranges
 
     @property
     def ok(self) -> bool:
@@ -122,9 +136,14 @@ class VerifyResult:
     def add(self, seq: int | None, kind: str, message: str) -> None:
         self.problems.append(Problem(seq, kind, message))
 
+    def anchor_text(self) -> str:
+        return "; ".join(self.anchors) if self.anchors else "nothing"
+
     def summary(self) -> str:
         if self.ok:
-            return f"audit log of case {self.case} is valid ({self.size} records)"
+            what = "self-attested" if self.self_attested else "anchored"
+            return (f"audit log of case {self.case} is valid ({self.size} records), {what}: "
+                    f"{self.anchor_text()}")
         return f"audit log of case {self.case} is INVALID: {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -438,6 +457,17 @@ def _write_fork_evidence(base: Path, origin: str, bad: _Cp, good: _Cp, proof: li
 # --------------------------------------------------------------------------- main entry
 
 
+def _key_text(text: str) -> str:
+    """A verifier key string, or ``@FILE``/a path of a file holding one."""
+    candidate = text[1:] if text.startswith("@") else text
+    if text.startswith("@") or ("/" in candidate and "+" not in candidate) or candidate.endswith(".vkey"):
+        try:
+            return Path(candidate).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise InputError(f"--key {candidate}: cannot read: {exc.strerror}") from None
+    return text
+
+
 def _trusted(key: str | Sequence[str] | None) -> list[Verifier]:
     from ir_toolkit.secrets.keystore import trusted_verifiers
 
@@ -449,7 +479,7 @@ def _trusted(key: str | Sequence[str] | None) -> list[Verifier]:
         return found
     keys = [key] if isinstance(key, str) else list(key)
     out = []
-    for text in keys:
+    for text in (_key_text(k) for k in keys):
         try:
             verifier = parse_vkey(text)
         except NoteError as exc:
@@ -476,12 +506,40 @@ def _witnesses(witness_keys: str | Sequence[str] | None) -> list[Verifier]:
     return out
 
 
+def _witness_anchor(witness_dir: Path | str, case_id: str) -> tuple[str, _Cp | None, list[str]]:
+    """(witness verifier key, the witness's latest cosigned checkpoint of this log, its pinned log keys)."""
+    from ir_toolkit.audit.log import log_key_schedule
+    from ir_toolkit.audit.witness import VKEY_FILE
+
+    wdir = Path(witness_dir).expanduser()
+    try:
+        wkey = (wdir / VKEY_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        raise InputError(f"--witness-dir {wdir}: no witness key ({VKEY_FILE}) there") from None
+    origin = log_key_schedule(case_id).origin
+    if origin is None:
+        return wkey, None, []
+    log_dir = wdir / "logs" / layout.safe_name(origin)
+    pinned: list[str] = []
+    try:
+        import json
+
+        pinned = [str(k) for k in json.loads((log_dir / "log_keys.json").read_text())]
+        state = json.loads((log_dir / "state.json").read_text())
+        text = str(state["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return wkey, None, pinned
+    return wkey, _Cp(f"witness {wdir} (size {state.get('size')})", text, True), pinned
+
+
 def verify_case(
     case_id: str,
     *,
     checkpoint_file: Path | str | Sequence[Path | str] | None = None,
     key: str | Sequence[str] | None = None,
     witness_keys: str | Sequence[str] | None = None,
+    witness_dir: Path | str | None = None,
+    require_anchor: bool = False,
     evidence_dir: Path | None = None,
     workers: int | None = None,
 ) -> VerifyResult:
@@ -489,17 +547,59 @@ def verify_case(
 
     ``checkpoint_file``: external checkpoint(s) (a witness's or an auditor's
     copy) that anchor the log. ``key``: verifier key(s) to trust; default: the
-    responder's own keys in ``$IRKIT_HOME/keys``. ``witness_keys``: when given,
-    every external checkpoint must carry a valid cosignature by one of them.
+    log keys pinned by the witness in ``witness_dir``, else the responder's
+    current key and its signed rotation chain in ``$IRKIT_HOME/keys``
+    (self-attested). ``witness_keys``: when given, every external checkpoint
+    must carry a valid cosignature by one of them. ``witness_dir``: a witness's
+    state directory: its latest cosigned checkpoint of this log is an external
+    checkpoint and its key a witness key. ``require_anchor``: no external
+    checkpoint (or no witness state for this log) is a problem.
     Usage errors (no log, unreadable file, malformed key string) raise
     :class:`InputError`.
     """
+    return _verify(case_id, checkpoint_file=checkpoint_file, key=key, witness_keys=witness_keys,
+                   witness_dir=witness_dir, require_anchor=require_anchor, evidence_dir=evidence_dir,
+                   workers=workers)[0]
+
+
+def _verify(
+    case_id: str,
+    *,
+    checkpoint_file: Path | str | Sequence[Path | str] | None = None,
+    key: str | Sequence[str] | None = None,
+    witness_keys: str | Sequence[str] | None = None,
+    witness_dir: Path | str | None = None,
+    require_anchor: bool = False,
+    evidence_dir: Path | None = None,
+    workers: int | None = None,
+) -> tuple[VerifyResult, _Scan]:
     validate_case_id(case_id)
     directory = layout.audit_dir(case_id)
     path = directory / layout.LOG_FILE
     if not path.exists():
         raise InputError(f"case {case_id} has no audit log ({path})")
+    witness_cp: _Cp | None = None
+    dir_witness: list[Verifier] = []
+    anchors: list[str] = []
+    self_attested = False
+    if witness_dir is not None:
+        wkey, witness_cp, pinned = _witness_anchor(witness_dir, case_id)
+        dir_witness = _witnesses([wkey])
+        if key is None:
+            if not pinned:
+                raise InputError(f"--witness-dir {witness_dir}: the witness pinned no log key for this case "
+                                 "(pass --key VKEY)")
+            key = pinned
+            anchors.append("log key(s) pinned by the witness: " + ", ".join(pinned))
+    if key is not None and not anchors:
+        anchors.append("key(s) given with --key")
     trusted = _trusted(key)
+    if key is None:
+        from ir_toolkit.home import keys_dir
+
+        self_attested = True
+        anchors.append(f"the responder's key file {keys_dir() / 'signing.vkey'} (and its signed rotation "
+                       "chain), which lies next to the log: self-attested")
     witnesses = _witnesses(witness_keys)
     if checkpoint_file is None:
         external: list[Path] = []
@@ -508,8 +608,10 @@ def verify_case(
     else:
         external = [Path(p) for p in checkpoint_file]
     cps = _load_checkpoints(directory, external)
+    if witness_cp is not None:
+        cps.insert(0, witness_cp)
 
-    result = VerifyResult(case=case_id, trusted_keys=[t.vkey for t in trusted])
+    result = VerifyResult(case=case_id, trusted_keys=[t.vkey for t in trusted], self_attested=self_attested)
     scan = scan_log(path, case_id, workers=workers)
     result.size = scan.count
 
@@ -553,7 +655,8 @@ def verify_case(
             if Path(cp.label).stem != str(cp.checkpoint.size):
                 cp.error = f"kept checkpoint file name says size {Path(cp.label).stem}, content {cp.checkpoint.size}"
                 continue
-        _check_signature(cp, schedule, witnesses if cp.external else [])
+        _check_signature(cp, schedule, (witnesses + dir_witness) if cp is witness_cp else
+                         witnesses if cp.external else [])
     roots = _roots_at(scan.hashes, [cp.checkpoint.size for cp in cps
                                     if cp.checkpoint and cp.checkpoint.size <= scan.count] + [scan.count])
     result.root = b64encode(roots[scan.count])
@@ -621,7 +724,22 @@ def verify_case(
         result.add(signed_any + 1, "unsigned",
                    f"records {signed_any + 1}..{scan.count} are not covered by any signed checkpoint "
                    "(appended without the signing key, or the writer stopped before signing; reopening the "
-                   "log with the key signs them and records the recovery)")
+                   "log with the key signs only the lines its writer wrote, the others stay flagged)")
+    # 6b. records a recovery found without the writer's MAC: appended without the key, flagged for good
+    from ir_toolkit.audit.log import unauthenticated_ranges
+
+    for record in scan.specials:
+        if record["seq"] > result.signed_size:
+            continue
+        for a, b in unauthenticated_ranges(record):
+            if b >= record["seq"]:
+                continue
+            result.unauthenticated.append([a, b])
+            result.add(a, "unauthenticated",
+                       f"{'record' if a == b else 'records'} {a if a == b else f'{a}..{b}'} appended to the log "
+                       "without the signing key (no valid "
+                       f"writer MAC when the log was recovered, audit.recovered at seq {record['seq']}); "
+                       "not part of the signed history")
     if scan.torn is not None:
         if scan.count + 1 <= max((cp.checkpoint.size for cp in valid if cp.checkpoint), default=0):
             result.add(scan.count + 1, "torn", f"seq {scan.count + 1} is damaged (incomplete line) inside the "
@@ -639,8 +757,28 @@ def verify_case(
                 result.add(None, "witness", f"external checkpoint {cp.label} has no valid cosignature by "
                                             "the given witness key(s)")
         ext_ok = [cp for cp in ext_ok if cp.cosigners]
+    if witness_cp is not None:
+        if witness_cp.valid_signature and not witness_cp.error and not any(c in dir_witness for c in witness_cp.cosigners):
+            result.add(None, "witness", f"{witness_cp.label}: the checkpoint is not cosigned by the witness key")
+        ext_ok = [cp for cp in ext_ok if cp is not witness_cp or any(c in dir_witness for c in cp.cosigners)]
     result.anchored_size = max((cp.checkpoint.size for cp in ext_ok if cp.checkpoint), default=0)
-    if not external:
+    for cp in ext_ok:
+        assert cp.checkpoint is not None
+        cosigned = f", cosigned by {', '.join(c.vkey for c in cp.cosigners)}" if cp.cosigners else ""
+        anchors.append(f"external checkpoint {cp.label} (size {cp.checkpoint.size}{cosigned})")
+    if ext_ok:
+        result.self_attested = False
+    result.anchors = anchors
+    if require_anchor and not ext_ok:
+        if witness_dir is not None and witness_cp is None:
+            why = f"the witness in {witness_dir} has no cosigned checkpoint of this log"
+        elif external or witness_cp is not None:
+            why = "no given external checkpoint is valid for this log"
+        else:
+            why = "no external checkpoint or witness given"
+        result.add(None, "anchor", f"--require-anchor: {why} (pass --checkpoint FILE or --witness-dir DIR); "
+                                   "truncation or rollback could not be detected")
+    if not external and witness_cp is None:
         result.notes.append(
             "UNANCHORED: no external checkpoint given (--checkpoint): the records are signed, but truncation "
             "or rollback to an older signed state cannot be detected without a checkpoint kept elsewhere "
@@ -650,7 +788,62 @@ def verify_case(
         result.notes.append(f"UNANCHORED TAIL: records {a}..{b} are beyond the external checkpoint(s) "
                             f"(anchored through {result.anchored_size})")
     result.problems.sort(key=lambda p: (p.seq is None, p.seq or 0))
-    return result
+    return result, scan
+
+
+@dataclass
+class VerifiedRecords:
+    records: list[dict[str, Any]]          # the verified, signed prefix, flagged records left out
+    size: int                               # records in that prefix
+    result: VerifyResult
+
+    @property
+    def problem(self) -> str | None:
+        """Why the log (or part of it) cannot be trusted, or None."""
+        return None if self.result.ok else self.result.reason
+
+
+_DAMAGE = frozenset({"record", "chain", "checkpoint", "fork", "rotation", "torn"})
+
+
+def verified_records(case_id: str, *, key: str | Sequence[str] | None = None,
+                     actions: tuple[str, ...] | None = None) -> VerifiedRecords:
+    """The records of the verified, signed prefix of a case's log (for decisions and custody).
+
+    The prefix ends at the largest checkpoint that is validly signed and matches
+    the records, and before the first damaged record; nothing counts when no
+    checkpoint is signed by a trusted key. Records flagged as appended without the
+    key are left out. Every line is re-hashed against the verified scan.
+    """
+    import json
+
+    from ir_toolkit.audit.log import _in_ranges
+
+    result, scan = _verify(case_id, key=key)
+    size = result.signed_size
+    if any(p.kind == "trust" for p in result.problems):
+        size = 0
+    for problem in result.problems:
+        if problem.kind in _DAMAGE and problem.seq is not None:
+            size = min(size, problem.seq - 1)
+    size = min(size, scan.good)
+    flagged = [(a, b) for a, b in result.unauthenticated]
+    wanted = set(actions) if actions else None
+    out: list[dict[str, Any]] = []
+    with open(layout.log_path(case_id), "rb") as fh:
+        for seq, raw in enumerate(fh, start=1):
+            if seq > size:
+                break
+            line = raw[:-1]
+            if hashlib.sha256(b"\x00" + line).digest() != scan.hashes[(seq - 1) * 32: seq * 32]:
+                size = seq - 1     # changed since the scan: stop trusting here
+                break
+            if flagged and _in_ranges(seq, flagged):
+                continue
+            record = json.loads(line)
+            if wanted is None or record.get("action") in wanted:
+                out.append(record)
+    return VerifiedRecords(out, size, result)
 
 
 def _first_uncovered(matching: list[_Cp], size: int) -> int | None:

@@ -24,34 +24,46 @@ def audit() -> None:
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="FILE",
               help="External checkpoint (a witness's or a saved copy) that anchors the log; repeatable.")
 @click.option("--key", "keys", multiple=True, metavar="VKEY",
-              help="Verifier key to trust (name+keyid+key), repeatable; default: the responder keys in "
-                   "$IRKIT_HOME/keys.")
+              help="Verifier key to trust (name+keyid+key, or @FILE holding one), repeatable; default: the log "
+                   "keys the --witness-dir witness pinned, else the responder's current key in $IRKIT_HOME/keys "
+                   "and its signed rotation chain (self-attested: a file next to the log).")
 @click.option("--witness-key", "witness_keys", multiple=True, metavar="VKEY",
               help="Require every --checkpoint to be cosigned by this witness; repeatable.")
+@click.option("--witness-dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="A witness's state directory: its latest cosigned checkpoint of this log anchors it "
+                   "(truncation or rollback below it fails) and its pinned log keys are trusted.")
+@click.option("--require-anchor", is_flag=True,
+              help="Fail (exit 1) unless an external checkpoint or witness anchors the log (for auditors, CI "
+                   "and scheduled runs).")
 @click.option("--evidence-dir", type=click.Path(path_type=Path), metavar="DIR",
               help="Where fork evidence goes (default: the case's audit/forks/).")
 @format_option
 def verify(case_id: str, checkpoints: tuple[str, ...], keys: tuple[str, ...], witness_keys: tuple[str, ...],
-           evidence_dir: Path | None, fmt: str) -> None:
+           witness_dir: Path | None, require_anchor: bool, evidence_dir: Path | None, fmt: str) -> None:
     """Verify every record, the hash chain, the Merkle tree and the signed checkpoints.
 
     Exit 0 when valid (an unanchored tail is reported, not hidden), 1 when
-    invalid (naming the first bad record and why), 2 on usage errors.
+    invalid (naming the first bad record and why), 2 on usage errors. A VALID
+    verdict names what it is anchored to; without --key, --checkpoint or
+    --witness-dir it is self-attested (it rests on key files next to the log).
     """
     from ir_toolkit.audit.verify import verify_case
 
     result = verify_case(case_id, checkpoint_file=list(checkpoints) or None, key=list(keys) or None,
-                         witness_keys=list(witness_keys) or None, evidence_dir=evidence_dir)
+                         witness_keys=list(witness_keys) or None, witness_dir=witness_dir,
+                         require_anchor=require_anchor, evidence_dir=evidence_dir)
     if fmt == "json":
         emit_json(result.to_dict())
     else:
         out = console()
-        status = "[green]VALID[/green]" if result.ok else "[red]INVALID[/red]"
+        status = ("[green]VALID[/green]" + (" (self-attested)" if result.self_attested else "")
+                  if result.ok else "[red]INVALID[/red]")
         out.print(f"case {case_id} ({escape(result.origin or 'unknown origin')}): {status}")
         out.print(f"  records:   {result.size}, root {result.root}")
         signers = sorted({c['signed_by'] for c in result.checkpoints if c['signed_by'] and c['matches_records']})
         out.print(f"  signed:    through seq {result.signed_size} by {escape(', '.join(signers) or 'no valid key')}")
         out.print(f"  trusted:   {escape(', '.join(result.trusted_keys))}")
+        out.print(f"  anchored to: {escape(result.anchor_text())}", soft_wrap=True)
         if result.anchored_size:
             cosigners = sorted({w for c in result.checkpoints if c['external'] for w in c['cosigned_by']})
             extra = f" (cosigned by {', '.join(cosigners)})" if cosigners else ""

@@ -36,7 +36,10 @@ def list_cmd(case_id: str, tenant: str | None, host: str | None, fmt: str) -> No
     from ir_toolkit.triage.bundle import PARTIAL, list_collections
     from ir_toolkit.triage.custody import custody_records, find_record
 
-    records = custody_records(case_id)
+    try:
+        records = custody_records(case_id)
+    except InputError:          # no trusted key here: custody cannot be shown, the list still can
+        records = None
     rows = []
     for coll in list_collections(case_id, tenant=tenant, host=host, include_partial=True):
         if coll.id.endswith(PARTIAL):
@@ -71,17 +74,26 @@ def list_cmd(case_id: str, tenant: str | None, host: str | None, fmt: str) -> No
 @click.option("--tenant", default=None, metavar="NAME", help="Only this tenant.")
 @click.option("--host", default=None, metavar="NAME", help="Only this host.")
 @_identity_option
+@click.option("--no-custody", is_flag=True,
+              help="Check the bundles alone, without the audit log's chain of custody (a missing log is "
+                   "otherwise a failure).")
+@click.option("--key", "log_keys", multiple=True, metavar="VKEY",
+              help="Audit log verifier key to trust (as for `irkit audit verify --key`); repeatable.")
 @format_option
-def verify(case_id: str, tenant: str | None, host: str | None, identities: tuple[str, ...], fmt: str) -> None:
+def verify(case_id: str, tenant: str | None, host: str | None, identities: tuple[str, ...], no_custody: bool,
+           log_keys: tuple[str, ...], fmt: str) -> None:
     """Re-hash every bundle against its manifest, its seal and the audit log.
 
-    Exit 0 when everything matches, 1 naming each file that does not.
+    The custody records are taken only from the verified, signed part of the
+    case's audit log. Exit 0 when everything matches, 1 naming each file that
+    does not (a missing audit log fails unless --no-custody).
     """
     from ir_toolkit.triage.bundle import list_collections
     from ir_toolkit.triage.verify import verify_case
 
     keys = _load_identities(identities, list_collections(case_id, tenant=tenant, host=host))
-    reports = verify_case(case_id, identities=keys, tenant=tenant, host=host)
+    reports = verify_case(case_id, identities=keys, tenant=tenant, host=host, custody=not no_custody,
+                          key=list(log_keys) or None)
     rows = [r.row(case_id) for r in reports]
     emit(rows, fmt, ["tenant", "host", "collection", "result", "members", "contents", "custody"],
          title=f"evidence verify {case_id}")

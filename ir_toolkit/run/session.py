@@ -287,20 +287,34 @@ def gather_approvals(plan: Plan, inventory: Inventory, journal: Any, responder_c
     return counts
 
 
-def resume_case(case_id: str, *, forks: int, retry_failed: bool, frontend: Frontend) -> int:
-    """Finish the unfinished steps of the case's last plan; return the exit code."""
-    from ir_toolkit.audit.log import iter_records
+_JOURNAL_ACTIONS = ("run.start", "run.end", "step.start", "step.done", "step.skipped")
 
-    state = journal_state(iter_records(case_id))
-    if state.plan_hash is None:
+
+def resume_case(case_id: str, *, forks: int, retry_failed: bool, frontend: Frontend) -> int:
+    """Finish the unfinished steps of the case's last plan; return the exit code.
+
+    What is finished comes only from the verified, signed journal: the log is opened with the key
+    first (recovery runs; records appended without the key are flagged and never count)."""
+    from ir_toolkit.audit.layout import log_path
+    from ir_toolkit.audit.log import AuditLog
+    from ir_toolkit.secrets.keystore import get_passphrase, load_signing_key
+
+    if not log_path(case_id).exists():
         raise InputError(f"case {case_id}: no run to resume")
-    plan = load_plan(plan_path_for(case_id, state.plan_hash))
-    loaded, inventory = load_plan_context(plan)
-    finished = state.finished - (state.failed if retry_failed else set())
-    todo = [i for i in plan.items if i.id not in finished]
-    if not todo:
-        frontend.event("resume.complete", {"case": case_id, "plan": plan.hash})
-        return EXIT_OK
-    frontend.event("resume.start", {"plan": plan.hash, "todo": len(todo), "total": len(plan.items)})
-    return execute(plan, loaded, inventory, forks=forks, responder_confirmed=True, finished=finished,
-                   frontend=frontend)
+    journal = AuditLog.open(case_id, signer=load_signing_key(get_passphrase()))
+    try:
+        state = journal_state(journal.verified_records(_JOURNAL_ACTIONS))
+        if state.plan_hash is None:
+            raise InputError(f"case {case_id}: no run to resume")
+        plan = load_plan(plan_path_for(case_id, state.plan_hash))
+        loaded, inventory = load_plan_context(plan)
+        finished = state.finished - (state.failed if retry_failed else set())
+        todo = [i for i in plan.items if i.id not in finished]
+        if not todo:
+            frontend.event("resume.complete", {"case": case_id, "plan": plan.hash})
+            return EXIT_OK
+        frontend.event("resume.start", {"plan": plan.hash, "todo": len(todo), "total": len(plan.items)})
+        return execute(plan, loaded, inventory, forks=forks, responder_confirmed=True, finished=finished,
+                       frontend=frontend)
+    finally:
+        journal.close()

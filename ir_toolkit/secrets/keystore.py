@@ -9,6 +9,17 @@ Layout::
     keys/retired/<stamp>/   keys replaced by ``keys rotate`` or ``keys init --force``
                             (verifier keys and escrow keys are kept; a rotated-out
                             signing key's private half is destroyed)
+    keys/rotations/<stamp>-<old keyid>.note
+                            the signed rotation chain: one signed note per
+                            ``keys rotate`` naming the old and the new verifier key,
+                            signed by BOTH keys
+
+Trust (:func:`trusted_verifiers`): the current ``signing.vkey`` and every key
+linked to it backwards through the rotation chain. A verifier file lying in
+``retired/`` or ``signing.vkey.pending`` is never trusted by itself: anyone who
+can write ``$IRKIT_HOME`` could plant one. (The current ``signing.vkey`` is a
+file next to the log too: a verdict resting on it is *self-attested*; auditors
+pin the key with ``--key`` or anchor the log with a witness.)
 
 Private keys are encrypted at rest: a key-encryption key is derived from the
 passphrase with scrypt (N=2^17, r=8, p=1: 128 MiB and ~0.4 s per unlock on a
@@ -60,6 +71,8 @@ PENDING_VKEY = "signing.vkey.pending"
 ESCROW_KEY = "escrow.key"
 ESCROW_PUB = "escrow.pub"
 RETIRED = "retired"
+ROTATIONS = "rotations"
+_LINK_HEADER = "irkit key rotation v1"
 
 
 # --------------------------------------------------------------------------- passphrase
@@ -90,10 +103,18 @@ def get_passphrase(*, confirm: bool = False, env: str = PASSPHRASE_ENV, what: st
 # --------------------------------------------------------------------------- sealed files
 
 
+_warned_test_scrypt = False
+
+
 def _scrypt_log2n() -> int:
+    global _warned_test_scrypt
     raw = os.environ.get(TEST_SCRYPT_ENV)
     if not raw:
         return SCRYPT_LOG2N
+    if not os.environ.get("PYTEST_CURRENT_TEST") and not _warned_test_scrypt:
+        _warned_test_scrypt = True
+        sys.stderr.write(f"irkit: warning: {TEST_SCRYPT_ENV} is set: this key file is encrypted with a weak "
+                         "scrypt cost meant for test suites only; unset it and re-create the key\n")
     try:
         value = int(raw)
     except ValueError:
@@ -279,8 +300,71 @@ def signing_verifier(directory: Path | None = None) -> Verifier:
         raise InputError(f"{path}: {exc}") from None
 
 
-def trusted_verifiers(directory: Path | None = None) -> list[Verifier]:
-    """Every signing verifier key this responder has had (current, pending and retired)."""
+def rotation_link_text(old: Verifier, new: Verifier) -> str:
+    return f"{_LINK_HEADER}\nold {old.vkey}\nnew {new.vkey}\n"
+
+
+def write_rotation_link(old: Signer, new: Signer, directory: Path | None = None) -> Path:
+    """Record ``old -> new`` in the signed rotation chain (a note signed by both keys)."""
+    from ir_toolkit.audit.note import sign_note
+
+    directory = directory or keys_dir()
+    text = sign_note(rotation_link_text(old.verifier(), new.verifier()), [old, new])
+    target = directory / ROTATIONS / f"{_stamp()}-{old.key_id.hex()}-{new.key_id.hex()}.note"
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(target, text.encode(), mode=0o644)
+    return target
+
+
+def _rotation_links(directory: Path) -> list[tuple[Verifier, Verifier]]:
+    """Every (old, new) pair of the chain whose note carries valid signatures by both keys."""
+    from ir_toolkit.audit.note import open_note
+
+    links: list[tuple[Verifier, Verifier]] = []
+    for path in sorted((directory / ROTATIONS).glob("*.note")):
+        try:
+            text = path.read_text(encoding="utf-8")
+            lines = text.split("\n")
+            if lines[0] != _LINK_HEADER or not lines[1].startswith("old ") or not lines[2].startswith("new "):
+                continue
+            old, new = parse_vkey(lines[1][4:]), parse_vkey(lines[2][4:])
+            if text[: text.index("\n\n") + 1] != rotation_link_text(old, new):
+                continue
+            note = open_note(text, [old, new])
+        except (OSError, UnicodeDecodeError, ValueError, IndexError, NoteError):
+            continue
+        if old in note.verified_by and new in note.verified_by:
+            links.append((old, new))
+    return links
+
+
+def trusted_verifiers(directory: Path | None = None, anchors: list[Verifier] | None = None) -> list[Verifier]:
+    """The current verifier key (or ``anchors``) and the keys the signed rotation chain links to it.
+
+    Walks the chain backwards: a link ``old -> new`` whose ``new`` is trusted and
+    which is signed by both keys makes ``old`` trusted. Verifier files in
+    ``retired/`` or ``signing.vkey.pending`` count only through such a link.
+    """
+    directory = directory or keys_dir()
+    if anchors is None:
+        try:
+            anchors = [signing_verifier(directory)]
+        except InputError:
+            return []
+    found = list(dict.fromkeys(anchors))
+    links = _rotation_links(directory)
+    changed = True
+    while changed:
+        changed = False
+        for old, new in links:
+            if new in found and old not in found:
+                found.append(old)
+                changed = True
+    return found
+
+
+def key_files(directory: Path | None = None) -> list[Verifier]:
+    """Every signing verifier key file present (current, pending, retired): listing only, not trust."""
     directory = directory or keys_dir()
     found: list[Verifier] = []
     paths = [directory / SIGNING_VKEY, directory / PENDING_VKEY,
@@ -334,7 +418,7 @@ def show_keys(directory: Path | None = None) -> dict[str, Any]:
     doc = _read_doc(directory / SIGNING_KEY)
     escrow_raw = escrow_public_key(directory).public_bytes(serialization.Encoding.Raw,
                                                            serialization.PublicFormat.Raw)
-    retired = [v.vkey for v in trusted_verifiers(directory) if v != signing]
+    retired = [v.vkey for v in key_files(directory) if v != signing]
     return {
         "directory": str(directory),
         "name": signing.name,
@@ -354,15 +438,18 @@ def pending_signing_key(passphrase: str, *, name: str | None = None, directory: 
     """The new key of a rotation: created (and saved as pending) or resumed from a pending file."""
     directory = directory or keys_dir()
     pending = directory / PENDING_KEY
+    current_signer = load_signing_key(passphrase, directory=directory)
     if pending.exists():
-        return _load_signer_file(pending, passphrase)
-    current = signing_verifier(directory)
-    try:
-        signer = Signer.generate(name or current.name)
-    except NoteError as exc:
-        raise InputError(f"invalid key name: {exc}") from None
-    write_atomic(pending, _signing_doc(signer, passphrase))
-    write_atomic(directory / PENDING_VKEY, (signer.verifier_key() + "\n").encode(), mode=0o644)
+        signer = _load_signer_file(pending, passphrase)
+    else:
+        try:
+            signer = Signer.generate(name or current_signer.name)
+        except NoteError as exc:
+            raise InputError(f"invalid key name: {exc}") from None
+        write_atomic(pending, _signing_doc(signer, passphrase))
+        write_atomic(directory / PENDING_VKEY, (signer.verifier_key() + "\n").encode(), mode=0o644)
+    if (current_signer.verifier(), signer.verifier()) not in _rotation_links(directory):
+        write_rotation_link(current_signer, signer, directory)
     return signer
 
 
@@ -401,5 +488,5 @@ def _destroy(path: Path) -> None:
 __all__ = [
     "ALG_ED25519", "Signer", "escrow_public_key", "finish_rotation", "get_passphrase", "init_keys",
     "keys_exist", "load_escrow_private_key", "load_signing_key", "pending_signing_key", "show_keys",
-    "signing_verifier", "trusted_verifiers",
+    "signing_verifier", "trusted_verifiers", "key_files", "write_rotation_link",
 ]

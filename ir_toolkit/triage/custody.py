@@ -1,7 +1,9 @@
 """Chain of custody: each sealed bundle's hashes go into the case's signed audit log.
 
 One place writes the record (:func:`record_custody`) and one place reads them
-back (:func:`custody_records`). The record::
+back (:func:`custody_records`, :func:`custody_view`): only from the verified,
+signed history of the log (a record appended without the key, or edited, never
+counts). The record::
 
     action  evidence.collected
     tenant, host
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 import getpass
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ir_toolkit.home import case_dir
@@ -107,11 +110,39 @@ def open_audit_log(case_id: str, msp: str) -> Any | None:
 
 
 def custody_records(case_id: str) -> list[dict[str, Any]] | None:
-    """Every ``evidence.collected`` record of the case; None when there is no audit log to read."""
+    """Every trusted ``evidence.collected`` record of the case; None when there is no audit log.
+
+    Trusted: from the writer that has the log open in this process, else from the
+    verified, signed prefix of the log (``audit.log.signed_records``).
+    """
     module = audit_module()
     if module is None or not (case_dir(case_id) / "audit" / "log.jsonl").exists():
         return None
-    return [r for r in module.iter_records(case_id) if r.get("action") == ACTION_COLLECTED]
+    return module.signed_records(case_id, actions=(ACTION_COLLECTED,))
+
+
+@dataclass(frozen=True)
+class CustodyView:
+    """The custody records ``evidence verify`` may rely on, and what they rest on."""
+
+    records: list[dict[str, Any]] | None     # None: the case has no audit log
+    problem: str | None = None               # why (part of) the log is not trusted
+    signed_size: int = 0                     # records in the verified, signed prefix
+    anchor: str = ""                         # what the verification is anchored to
+
+
+def custody_view(case_id: str, *, key: str | Sequence[str] | None = None) -> CustodyView:
+    """Verify the case's audit log and take the custody records from its signed prefix only."""
+    module = audit_module()
+    if module is None or not (case_dir(case_id) / "audit" / "log.jsonl").exists():
+        return CustodyView(None, "no audit log")
+    if key is None and module.open_instance(case_id) is not None:
+        records = module.signed_records(case_id, actions=(ACTION_COLLECTED,))
+        return CustodyView(records, None, 0, "the writer holding the signing key (this process)")
+    from ir_toolkit.audit.verify import verified_records
+
+    view = verified_records(case_id, key=key, actions=(ACTION_COLLECTED,))
+    return CustodyView(view.records, view.problem, view.size, view.result.anchor_text())
 
 
 def find_record(records: Iterable[dict[str, Any]], collection: Collection) -> dict[str, Any] | None:

@@ -5,8 +5,11 @@ host (credential rotation, isolation that kills sessions, reimage). A host is
 ``ready`` when its newest sealed collection
 
 * had no hash mismatch (every copied file's host and receipt hashes agree),
+* collected at least one file when any failed (a host that fails every file
+  must not open the gate with no evidence),
 * still has the bundle SHA-256 its seal states (re-hashed now), and
-* is recorded in the case's audit log with that bundle and manifest SHA-256.
+* is recorded in the case's audit log with that bundle and manifest SHA-256 - in
+  its verified, signed history (a record appended without the key never counts).
 
 Anything else returns ``ready=False`` with a one-line reason for the operator.
 """
@@ -51,8 +54,13 @@ def host_evidence_status(
         except VerificationFailed as exc:
             reason = str(exc)
             continue
-        if seal.get("counts", {}).get("hash_mismatch"):
+        counts = seal.get("counts", {})
+        if counts.get("hash_mismatch"):
             reason = f"collection {collection.id} has hash mismatches: collect again"
+            continue
+        if not counts.get("collected") and counts.get("failed"):
+            reason = (f"collection {collection.id}: every file failed ({counts.get('failed')}), no evidence "
+                      "was collected: collect again")
             continue
         if rehash:
             actual = sha256_file(collection.bundle_path) if collection.bundle_path.exists() else None

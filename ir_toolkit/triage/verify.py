@@ -24,7 +24,7 @@ from ir_toolkit.triage.bundle import (
     open_archive,
     sha256_file,
 )
-from ir_toolkit.triage.custody import custody_records, find_record
+from ir_toolkit.triage.custody import custody_view, find_record
 from ir_toolkit.triage.tarstream import TarFormatError
 
 
@@ -218,11 +218,34 @@ def verify_case(
     identities: list[X25519PrivateKey] | None = None,
     tenant: str | None = None,
     host: str | None = None,
+    custody: bool = True,
+    key: str | list[str] | None = None,
 ) -> list[BundleReport]:
-    """Verify every sealed collection of a case (optionally one tenant/host)."""
+    """Verify every sealed collection of a case (optionally one tenant/host).
+
+    Custody records come only from the verified, signed prefix of the audit log
+    (``key``: verifier key(s) to trust, default the responder's). A case without
+    an audit log fails custody unless ``custody=False`` (``--no-custody``).
+    """
     collections = list_collections(case_id, tenant=tenant, host=host)
-    records = custody_records(case_id)
+    view = custody_view(case_id, key=key) if custody else None
+    records = view.records if view is not None else None
     reports = [verify_collection(case_id, c, identities=identities, records=records) for c in collections]
+    for report in reports:
+        if view is None:
+            report.custody = "skipped"
+            report.warnings = [w for w in report.warnings if not w.startswith("no audit log")]
+            report.warnings.append("--no-custody: the chain of custody was not checked")
+        elif view.records is None:
+            report.warnings = [w for w in report.warnings if not w.startswith("no audit log")]
+            report.problems.append("no audit log for this case: the chain of custody cannot be confirmed "
+                                   "(pass --no-custody to check the bundle alone)")
+        elif view.problem:
+            if report.custody == "missing":
+                report.problems.append(f"the audit log does not verify ({view.problem}); only its signed "
+                                       f"prefix (seq 1..{view.signed_size}) counts for custody")
+            else:
+                report.warnings.append(f"the audit log does not fully verify: {view.problem}")
     if records is not None:
         known = {(c.tenant, c.host, c.id) for c in collections}
         for record in records:
