@@ -106,7 +106,7 @@ def test_tampered_mac_file_cannot_vouch_for_a_forged_line(signer):
     macs = (path.parent / layout.MAC_FILE).read_text().splitlines()
     forged = forge_append(path, case=case, action="step.done", actor="mallory", params={"item": "p/0/h"})
     from ir_toolkit.audit.log import line_mac, line_mac_key
-    from ir_toolkit.audit.note import Signer
+    from ir_toolkit.tlog.note import Signer
 
     other_key = line_mac_key(Signer.generate("mallory/key"))
     leaf = hashlib.sha256(b"\x00" + path.read_bytes().splitlines()[-1]).digest()

@@ -25,7 +25,7 @@ import pytest
 from ir_toolkit.audit import layout
 from ir_toolkit.audit import verify as averify
 from ir_toolkit.audit.log import AuditLog
-from ir_toolkit.audit.note import Signer
+from ir_toolkit.tlog.note import Signer
 from ir_toolkit.cli.main import main
 from ir_toolkit.secrets import keystore
 
@@ -75,7 +75,7 @@ def test_poc_forged_log_with_a_planted_retired_or_pending_key_is_not_trusted(env
     assert not res.ok and "no valid checkpoint is signed by a trusted key" in res.reason
     # a forged rotation link (signed only by the attacker) does not make the key trusted
     real = keystore.load_signing_key(PASS)
-    from ir_toolkit.audit.note import sign_note
+    from ir_toolkit.tlog.note import sign_note
 
     link = sign_note(keystore.rotation_link_text(evil.verifier(), real.verifier()), [evil])
     (home / "keys" / "rotations").mkdir(exist_ok=True)

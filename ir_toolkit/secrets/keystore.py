@@ -306,7 +306,7 @@ def rotation_link_text(old: Verifier, new: Verifier) -> str:
 
 def write_rotation_link(old: Signer, new: Signer, directory: Path | None = None) -> Path:
     """Record ``old -> new`` in the signed rotation chain (a note signed by both keys)."""
-    from ir_toolkit.audit.note import sign_note
+    from ir_toolkit.tlog.note import sign_note
 
     directory = directory or keys_dir()
     text = sign_note(rotation_link_text(old.verifier(), new.verifier()), [old, new])
@@ -318,7 +318,7 @@ def write_rotation_link(old: Signer, new: Signer, directory: Path | None = None)
 
 def _rotation_links(directory: Path) -> list[tuple[Verifier, Verifier]]:
     """Every (old, new) pair of the chain whose note carries valid signatures by both keys."""
-    from ir_toolkit.audit.note import open_note
+    from ir_toolkit.tlog.note import open_note
 
     links: list[tuple[Verifier, Verifier]] = []
     for path in sorted((directory / ROTATIONS).glob("*.note")):
