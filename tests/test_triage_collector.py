@@ -131,12 +131,12 @@ def test_file_changed_between_hash_and_copy_is_copied_again(irkit_home, conn, tr
     _, paths, catalog = tree
     original = collector_mod.HostCollector._hash_on_host
 
-    def hash_then_append(self, todo):
+    def hash_then_rewrite(self, todo):
         original(self, todo)
-        with open(paths["auth_log"], "a") as fh:  # the log grows after the host hashed it
-            fh.write("Nov 26 03:15:00 web01 sshd[901]: Accepted password for mspadmin from 203.0.113.66\n")
+        data = paths["auth_log"].read_bytes()
+        paths["auth_log"].write_bytes(data.replace(b"sshd", b"SSHD", 1))  # changed in place after the hash
 
-    monkeypatch.setattr(collector_mod.HostCollector, "_hash_on_host", hash_then_append)
+    monkeypatch.setattr(collector_mod.HostCollector, "_hash_on_host", hash_then_rewrite)
     result = collect_host(conn, TARGET, catalog.select("t", "linux"))
     entry = {e["source_path"]: e for e in manifest_of(result.collection)["files"]}[str(paths["auth_log"])]
     assert entry["status"] == "collected"
@@ -146,6 +146,27 @@ def test_file_changed_between_hash_and_copy_is_copied_again(irkit_home, conn, tr
     assert "copied again" in entry["note"]
     assert result.status == "complete"
     assert verify_collection("CASE-1", result.collection, records=None).ok
+
+
+def test_file_that_grows_after_listing_keeps_the_listed_bytes(irkit_home, conn, tree, monkeypatch):
+    """A log appended to after the listing: the bytes stored never exceed the listed size (finding 4),
+    and those bytes are exactly what the host hashed, so nothing is lost and nothing is an anomaly."""
+    _, paths, catalog = tree
+    listed = paths["auth_log"].read_bytes()
+    original = collector_mod.HostCollector._hash_on_host
+
+    def hash_then_append(self, todo):
+        original(self, todo)
+        with open(paths["auth_log"], "a") as fh:  # the log grows after the host hashed it
+            fh.write("Nov 26 03:15:00 web01 sshd[901]: Accepted password for mspadmin from 203.0.113.66\n")
+
+    monkeypatch.setattr(collector_mod.HostCollector, "_hash_on_host", hash_then_append)
+    result = collect_host(conn, TARGET, catalog.select("t", "linux"))
+    entry = {e["source_path"]: e for e in manifest_of(result.collection)["files"]}[str(paths["auth_log"])]
+    assert entry["status"] == "collected" and entry["received_size"] == len(listed)
+    assert entry["sha256_received"] == entry["sha256_host"] == hashlib.sha256(listed).hexdigest()
+    assert "first" in entry["note"]
+    assert result.status == "complete", result.anomalies
 
 
 def test_bytes_corrupted_in_transit_fail_loudly(irkit_home, conn, tree, monkeypatch):

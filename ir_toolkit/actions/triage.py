@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.transports.base import TIMED_OUT, TransportError
 from ir_toolkit.triage.collector import HostTarget, collect_host
 from ir_toolkit.triage.custody import record_custody
 from ir_toolkit.triage.schema import Catalog, load_catalog
@@ -78,12 +79,20 @@ class CollectTriage(Action):
                             ssh_user=ctx.conn.endpoint.user)
         target = dataclasses.replace(target, host_key_fingerprint=ctx.conn.host_key_fingerprint)
         actor = ctx.services.get("actor")
+        # The step's deadline is absolute: every remote call and every read of the collection ends
+        # by then, however the host trickles; what was collected is sealed as `partial`.
         result = collect_host(ctx.conn, target, selection, recipients=recipients, transfer=params.transfer,
-                              idle_timeout=max(5.0, min(120.0, ctx.remaining())),
+                              idle_timeout=max(5.0, min(120.0, ctx.remaining())), deadline=ctx.deadline,
                               on_sealed=lambda collection, seal: record_custody(journal, ctx.case_id, collection,
                                                                                 seal, who=actor))
         if result.status == "failed" or result.seal is None:
             raise ActionFailed(f"triage failed: {result.error or 'no bundle'}")
+        where = result.collection.id if result.collection else "?"
+        if result.timed_out:
+            raise TransportError(TIMED_OUT, f"{ctx.host.name}: triage stopped at the step deadline; "
+                                            f"partial evidence sealed ({where})")
+        if result.error:
+            raise ActionFailed(f"triage cut short ({result.error}); partial evidence sealed ({where})")
         return Outcome(True, f"collected {result.counts.get('collected', 0)} files ({result.status})",
                        {"collection": result.collection.id if result.collection else None,
                         "bundle_sha256": result.seal.get("bundle_sha256"), "status": result.status})

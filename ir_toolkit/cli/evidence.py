@@ -117,11 +117,16 @@ def verify(case_id: str, tenant: str | None, host: str | None, identities: tuple
 @click.option("--host", required=True, metavar="NAME", help="Host whose bundle to extract.")
 @click.option("--tenant", default=None, metavar="NAME", help="Tenant of the host (if names repeat).")
 @click.option("--collection", "collection_id", default=None, metavar="ID", help="A given collection (default: latest).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Empty or new directory.")
+@click.option("--out", required=True, type=click.Path(), help="Empty or new directory (with --raw: a new .tar file).")
+@click.option("--raw", is_flag=True, help="Write the decrypted tar archive as it is, without unpacking it.")
 @_identity_option
 def extract(case_id: str, host: str, tenant: str | None, collection_id: str | None, out: str,
-            identities: tuple[str, ...]) -> None:
-    """Extract (and decrypt) a host's bundle, checking every file against the manifest."""
+            raw: bool, identities: tuple[str, ...]) -> None:
+    """Extract (and decrypt) a host's bundle, checking every file against the manifest.
+
+    Files are written read-only (0400) and never executable. With --raw the decrypted
+    tar is written to OUT unchanged (authenticated to its end), for other tools.
+    """
     from ir_toolkit.triage.bundle import latest_collection, list_collections
     from ir_toolkit.triage.extract import extract_collection
 
@@ -136,6 +141,18 @@ def extract(case_id: str, host: str, tenant: str | None, collection_id: str | No
     if coll.encrypted and not keys:
         raise InputError(f"{coll.relative(case_id)} is encrypted: give --identity FILE "
                          "(the X25519 private key of one of its recipients)")
+    if raw:
+        from ir_toolkit.triage.extract import decrypt_raw
+
+        target = Path(out)
+        if target.exists():
+            raise InputError(f"{out} exists: --raw writes a new file")
+        size = decrypt_raw(coll, target, identities=keys)
+        sys.stdout.write(f"wrote the {'decrypted ' if coll.encrypted else ''}tar of {coll.relative(case_id)} "
+                         f"to {out} ({size} bytes)\n")
+        return
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"{out} exists and is not a directory")
     result = extract_collection(coll, Path(out), identities=keys)
     sys.stdout.write(f"extracted {result.members} members of {coll.relative(case_id)} to {out}\n")
     if result.problems:

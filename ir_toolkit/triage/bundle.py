@@ -17,6 +17,7 @@ so a crash never leaves something that looks like a finished bundle.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import io
 import json
@@ -41,7 +42,7 @@ from ir_toolkit.errors import InputError, VerificationFailed
 from ir_toolkit.fsutil import fsync_dir as _fsync_dir
 from ir_toolkit.home import case_dir
 from ir_toolkit.triage.crypto import DecryptingReader, EncryptingWriter, fingerprint
-from ir_toolkit.triage.tarstream import MemberReader, TarWriter, iter_members
+from ir_toolkit.triage.tarstream import MemberReader, SourceFailed, TarWriter, iter_members
 from ir_toolkit.triage.transfer import HashingReader
 
 MANIFEST_FORMAT = "irkit-evidence-manifest/1"
@@ -135,6 +136,113 @@ class _HashingWriter(io.RawIOBase):
             raise self._error
 
 
+# --------------------------------------------------------------------------- evidence space
+
+
+GiB = 1 << 30
+#: per-member overhead reserved on top of its data (pax header, padding)
+_MEMBER_OVERHEAD = 4096
+
+
+class QuotaExceeded(OSError):
+    """Writing this member would go over a quota or below the free-space floor (nothing was written)."""
+
+
+@dataclass(frozen=True)
+class EvidenceLimits:
+    """What one host's bundle, and all evidence of a case, may take of the controller's disk.
+
+    ``min_free`` is a floor of free space that evidence never writes into, so the audit log
+    and the escrow (on the same ``$IRKIT_HOME``) stay writable when a host fills the disk.
+    """
+
+    host_quota: int = 16 * GiB
+    case_quota: int = 512 * GiB
+    min_free: int = 1 * GiB
+
+    @classmethod
+    def from_env(cls) -> EvidenceLimits:
+        """Defaults, overridden by ``IRKIT_EVIDENCE_HOST_QUOTA`` / ``_CASE_QUOTA`` / ``_MIN_FREE`` (sizes like 4G)."""
+        from ir_toolkit.triage.schema import parse_size
+
+        values: dict[str, int] = {}
+        for name, env in (("host_quota", "IRKIT_EVIDENCE_HOST_QUOTA"), ("case_quota", "IRKIT_EVIDENCE_CASE_QUOTA"),
+                          ("min_free", "IRKIT_EVIDENCE_MIN_FREE")):
+            if os.environ.get(env):
+                try:
+                    values[name] = parse_size(os.environ[env])
+                except ValueError as exc:
+                    raise InputError(f"{env}: {exc}") from None
+        return cls(**values)
+
+
+_usage_lock = threading.Lock()
+_case_usage: dict[str, int] = {}   # evidence root -> bytes (on disk at first use + written since, this process)
+_in_flight = 0                     # bytes reserved by members being written right now (all cases)
+
+
+def _disk_usage(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+class EvidenceBudget:
+    """Reserves space for each member before it is written (sizes are known up front)."""
+
+    def __init__(self, limits: EvidenceLimits, case_root: Path, directory: Path) -> None:
+        self.limits = limits
+        self.case_key = str(case_root)
+        self.directory = directory
+        self.host_used = 0
+        with _usage_lock:
+            if self.case_key not in _case_usage:
+                _case_usage[self.case_key] = _disk_usage(case_root) if case_root.is_dir() else 0
+
+    def reserve(self, size: int) -> int:
+        """Claim ``size`` (+ overhead) bytes; raises :class:`QuotaExceeded`. Returns the amount claimed."""
+        global _in_flight
+        need = size + _MEMBER_OVERHEAD
+        with _usage_lock:
+            if self.host_used + need > self.limits.host_quota:
+                raise QuotaExceeded(errno.EDQUOT, f"host evidence quota of {self.limits.host_quota} bytes reached "
+                                                  f"({self.host_used} used, {size} more asked)")
+            case_used = _case_usage.get(self.case_key, 0)
+            if case_used + need > self.limits.case_quota:
+                raise QuotaExceeded(errno.EDQUOT, f"case evidence quota of {self.limits.case_quota} bytes reached "
+                                                  f"({case_used} used, {size} more asked)")
+            st = os.statvfs(self.directory)
+            free = st.f_bavail * st.f_frsize - _in_flight
+            if free - need < self.limits.min_free:
+                raise QuotaExceeded(errno.ENOSPC, f"free space floor: only {max(free, 0)} bytes free, evidence keeps "
+                                                  f"{self.limits.min_free} free for the audit log and escrow")
+            self.host_used += need
+            _case_usage[self.case_key] = case_used + need
+            _in_flight += need
+        return need
+
+    def settle(self, claimed: int) -> None:
+        """The member is written: its bytes are on disk now, no longer in flight."""
+        global _in_flight
+        with _usage_lock:
+            _in_flight = max(0, _in_flight - claimed)
+
+
+class IncompleteMember(Exception):
+    """A member's source broke after its header was written; the archive member was completed with
+    ``padded`` zero bytes (at most the size announced, which is within the cap). ``digest`` covers the
+    member as stored, ``received`` the bytes that really came from the source."""
+
+    def __init__(self, name: str, digest: str, received: int, padded: int, cause: BaseException | None) -> None:
+        super().__init__(f"{name}: source broke after {received} bytes ({padded} zero bytes complete the member)")
+        self.name, self.digest, self.received, self.padded, self.cause = name, digest, received, padded, cause
+
+
 @dataclass(frozen=True)
 class MemberMeta:
     mtime: float = 0.0
@@ -148,14 +256,17 @@ class MemberMeta:
 class BundleWriter:
     """Streams members into one archive (optionally encrypted) and seals it."""
 
-    def __init__(self, final_dir: Path, recipients: list[X25519PublicKey] | None = None) -> None:
+    def __init__(self, final_dir: Path, recipients: list[X25519PublicKey] | None = None, *,
+                 budget: EvidenceBudget | None = None) -> None:
         self.final_dir = final_dir
+        self.budget = budget
         self.partial_dir = final_dir.with_name(final_dir.name + PARTIAL)
         self.recipients = list(recipients or [])
         final_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.partial_dir.mkdir(mode=0o700)
         self.bundle_name = ENCRYPTED_NAME if self.recipients else PLAIN_NAME
-        self._raw = open(self.partial_dir / self.bundle_name, "xb")
+        self._raw = os.fdopen(os.open(self.partial_dir / self.bundle_name,
+                                      os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
         self._hasher = _HashingWriter(self._raw)
         self._enc = EncryptingWriter(self._hasher, self.recipients) if self.recipients else None
         self._tar = TarWriter(self._enc or self._hasher)
@@ -167,7 +278,7 @@ class BundleWriter:
             raise ValueError(f"duplicate archive member {name}")
         info = tarfile.TarInfo(name)
         info.size = size
-        info.mtime = meta.mtime
+        info.mtime = min(max(meta.mtime, 0.0), 253402300799.0) if meta.mtime == meta.mtime else 0.0
         info.mode = meta.mode & 0o7777
         info.uid, info.gid = meta.uid, meta.gid
         info.uname, info.gname = meta.uname, meta.gname
@@ -176,8 +287,22 @@ class BundleWriter:
     def add_stream(self, name: str, size: int, stream: IO[bytes], meta: MemberMeta = MemberMeta()) -> str:
         """Copy exactly ``size`` bytes from ``stream`` into member ``name``; returns their SHA-256."""
         info = self._info(name, size, meta)
+        claimed = self.budget.reserve(size) if self.budget is not None else 0
         reader = HashingReader(stream)
-        self._tar.add(info, reader)  # type: ignore[arg-type]
+        try:
+            self._tar.add(info, reader)  # type: ignore[arg-type]
+        except SourceFailed as exc:
+            sha = reader.sha.copy()
+            zeros = bytes(min(exc.padded, 1 << 20))
+            left = exc.padded
+            while left > 0:
+                sha.update(zeros[:left])
+                left -= min(left, len(zeros))
+            self.members[name] = sha.hexdigest()
+            raise IncompleteMember(name, sha.hexdigest(), reader.count, exc.padded, exc.cause) from exc
+        finally:
+            if self.budget is not None:
+                self.budget.settle(claimed)
         digest = reader.sha.hexdigest()
         self.members[name] = digest
         return digest
@@ -188,6 +313,7 @@ class BundleWriter:
     def finish(self, manifest: dict[str, Any], log_bytes: bytes, seal_fields: dict[str, Any]) -> Collection:
         """Append the log and manifest, close and fsync, write the seal, rename into place."""
         now = _dt.datetime.now(_dt.timezone.utc).timestamp()
+        self.budget = None  # the log and manifest always fit: they are what makes the bundle evidence at all
         log_sha = self.add_bytes(LOG_NAME, log_bytes, MemberMeta(mtime=now))
         manifest = {**manifest, "log": {"archive_path": LOG_NAME, "sha256": log_sha, "size": len(log_bytes)}}
         manifest_bytes = json_bytes(manifest)
@@ -201,7 +327,9 @@ class BundleWriter:
         self._raw.close()
         self._closed = True
         if self._enc is None:
-            (self.partial_dir / MANIFEST_NAME).write_bytes(manifest_bytes)
+            fd = os.open(self.partial_dir / MANIFEST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(manifest_bytes)
         seal = {
             "format": SEAL_FORMAT,
             **seal_fields,
@@ -213,7 +341,7 @@ class BundleWriter:
             "recipients": [fingerprint(r) for r in self.recipients],
         }
         seal_path = self.partial_dir / SEAL_NAME
-        with open(seal_path, "xb") as fh:
+        with os.fdopen(os.open(seal_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
             fh.write(json_bytes(seal))
             fh.flush()
             os.fsync(fh.fileno())

@@ -23,7 +23,9 @@ from __future__ import annotations
 import datetime as _dt
 import getpass
 import json
+import re
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,19 +36,27 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from ir_toolkit import __version__
 from ir_toolkit.log import get_logger
-from ir_toolkit.transports.base import TransportError
+from ir_toolkit.transports.base import TIMED_OUT, TransportError
 from ir_toolkit.triage import remote
 from ir_toolkit.triage.bundle import (
     MANIFEST_FORMAT,
     BundleWriter,
     Collection,
+    EvidenceBudget,
+    EvidenceLimits,
+    IncompleteMember,
     MemberMeta,
+    QuotaExceeded,
+    evidence_root,
     host_dir,
     new_collection_id,
     utc_now,
 )
 from ir_toolkit.triage.schema import USER_HOME, Artifact, Selection
 from ir_toolkit.triage.transfer import (
+    DeadlineExceeded,
+    LimitedReader,
+    MemberRefused,
     TransferError,
     run_capped,
     sftp_fetch,
@@ -64,7 +74,32 @@ HASH_MISMATCH = "hash_mismatch"  # the bytes received differ from the host's has
 TRUNCATED = "truncated"          # command output longer than its cap: first bytes kept
 PROBLEM_STATUSES = (HASH_MISMATCH,)
 
+# Statuses of a collection.
+COMPLETE = "complete"                      # everything selected was collected as listed
+COMPLETE_WITH_ERRORS = "complete_with_errors"  # some files failed (unreadable, vanished, hash mismatch)
+PARTIAL = "partial"                        # cut short (deadline, lost connection, quota) or the host lied
+FAILED_COLLECTION = "failed"
+
 _HASH_RATE = 20 * 1024 * 1024  # bytes/s assumed when sizing the host hashing timeout
+_HASH_TIMEOUT_MAX = 900.0      # ... but never longer than this, whatever sizes the host claims
+#: a refused tar member (unrequested, duplicate, longer than listed) whose extra data is at most this
+#: is skipped and the stream goes on; anything larger stops the stream (it is not read)
+SKIP_LIMIT = 4 << 20
+#: at most this many tar streams per collection (each restart leaves out the file it broke at)
+MAX_STREAMS = 8
+#: host anomalies recorded in the manifest (the count goes on)
+MAX_ANOMALIES = 200
+#: command output and retry copies above this go to a spool file in the bundle's .partial directory
+SPOOL_IN_MEMORY = 8 << 20
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,31}")
+
+
+class CollectionCut(Exception):
+    """The collection cannot go on (deadline, lost connection); what was collected is sealed ``partial``."""
+
+    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.timed_out = timed_out
 
 
 @dataclass(frozen=True)
@@ -91,6 +126,10 @@ class CollectionResult:
     problems: list[str] = field(default_factory=list)
     error: str | None = None
     duration: float = 0.0
+    #: the step's deadline cut the collection short (the host is then ``timed_out``)
+    timed_out: bool = False
+    #: what the host did that it must not (sizes it lied about, members it was not asked for ...)
+    anomalies: list[str] = field(default_factory=list)
 
 
 class CollectionLog:
@@ -133,9 +172,14 @@ class HostCollector:
         *,
         transfer: str = "tar",
         idle_timeout: float = 120.0,
+        deadline: float | None = None,
     ) -> None:
         if transfer not in ("tar", "sftp"):
             raise ValueError(f"unknown transfer method {transfer!r}")
+        self.deadline = deadline
+        self.anomalies: list[str] = []
+        self.anomaly_count = 0
+        self.quota_reason: str | None = None
         self.conn = conn
         self.target = target
         self.selection = selection
@@ -149,6 +193,40 @@ class HostCollector:
         self._stats: dict[str, remote.FileStat] = {}
         self._inodes: dict[tuple[int, int], str] = {}
         self._homes: list[str] | None = None
+        self._limits: dict[str, int] = {}        # path -> the most bytes that may be stored for it
+        self._requested: set[str] = set()        # paths asked for in the current stream
+        self._got: set[str] = set()              # ... and already received in it
+        self._refused: dict[str, str] = {}       # path -> why its copy was refused
+
+    # ------------------------------------------------------------------ limits
+    def _timeout(self, wanted: float) -> float:
+        """``wanted`` seconds, but never past the step's deadline (which raises :class:`CollectionCut`)."""
+        if self.deadline is None:
+            return wanted
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise CollectionCut("the step's deadline passed", timed_out=True)
+        return max(0.5, min(wanted, left))
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _lost(self, exc: BaseException) -> None:
+        """After a failed remote call: a dead connection or a passed deadline ends the collection."""
+        if isinstance(exc, DeadlineExceeded) or self._past_deadline():
+            raise CollectionCut(f"the step's deadline passed: {exc}", timed_out=True) from None
+        if not _alive(self.conn):
+            raise CollectionCut(f"connection lost: {exc}") from None
+
+    def anomaly(self, text: str, **fields: Any) -> None:
+        """Record something the host did that it must not; the collection is then ``partial``."""
+        self.anomaly_count += 1
+        if len(self.anomalies) < MAX_ANOMALIES:
+            self.anomalies.append(text)
+        self.log.add("warning", "host anomaly: " + text, **fields)
+
+    def _spool(self) -> Any:
+        return tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=self.writer.partial_dir)
 
     # ------------------------------------------------------------------ steps
     def run(self) -> None:
@@ -175,7 +253,12 @@ class HostCollector:
         """Note missing tools; without tar the files come over SFTP instead."""
         if not any(a.collector != "command" for a in self.selection.artifacts):
             return
-        result = self.conn.run(remote.PREFLIGHT_COMMAND, timeout=60)
+        try:
+            result = self.conn.run(remote.PREFLIGHT_COMMAND, timeout=self._timeout(60))
+        except TransportError as exc:
+            self._lost(exc)
+            self.log.add("warning", "tool check failed", reason=str(exc))
+            return
         missing = result.stdout.decode("utf-8", "replace").split()
         if missing:
             self.log.add("warning", "tools missing on host", tools=missing)
@@ -185,9 +268,15 @@ class HostCollector:
 
     def _user_homes(self) -> list[str]:
         if self._homes is None:
-            result = self.conn.run(remote.HOMES_COMMAND, timeout=60)
+            try:
+                result = self.conn.run(remote.HOMES_COMMAND, timeout=self._timeout(60))
+            except TransportError as exc:
+                self._lost(exc)
+                self.log.add("warning", "home directories unknown", reason=str(exc))
+                self._homes = []
+                return self._homes
             homes = sorted({h for h in result.stdout.decode("utf-8", "surrogateescape").splitlines()
-                            if h.startswith("/")})
+                            if h.startswith("/") and "\0" not in h and len(h) < 4096})
             self._homes = homes
             self.log.add("info", "home directories", homes=homes)
         return self._homes
@@ -195,41 +284,58 @@ class HostCollector:
     def _command(self, artifact: Artifact) -> dict[str, Any]:
         summary: dict[str, Any] = {"name": artifact.name, "collector": "command"}
         archive = f"live/{artifact.output_name}"
+        spool = self._spool()
         try:
             res = run_capped(self.conn, remote.command_for(artifact), cap=artifact.file_cap,
-                             timeout=float(artifact.timeout))
+                             timeout=self._timeout(float(artifact.timeout)), deadline=self.deadline, spool=spool)
         except TransferError as exc:
-            if not _alive(self.conn):
-                raise
+            spool.close()
+            self._lost(exc)
             self.log.add("error", "command failed", artifact=artifact.name, reason=str(exc))
             summary.update(status="failed", reason=str(exc))
             self.outputs.append({"archive_path": None, "artifact": artifact.name, "kind": "command",
                                  "command": artifact.command, "status": FAILED, "reason": str(exc)})
             return summary
         captured = time.time()
-        digest = self.writer.add_bytes(archive, res.stdout, MemberMeta(mtime=captured, mode=0o644))
+        size = res.kept
+        try:
+            spool.seek(0)
+            digest = self.writer.add_stream(archive, size, spool, MemberMeta(mtime=captured, mode=0o644))
+        except QuotaExceeded as exc:
+            spool.close()
+            self.quota_reason = str(exc)
+            self.log.add("error", "command output not stored: evidence quota", artifact=artifact.name, reason=str(exc))
+            summary.update(status="failed", reason=str(exc))
+            self.outputs.append({"archive_path": None, "artifact": artifact.name, "kind": "command",
+                                 "command": artifact.command, "status": FAILED, "reason": str(exc)})
+            return summary
+        finally:
+            spool.close()
         entry: dict[str, Any] = {
             "archive_path": archive, "artifact": artifact.name, "kind": "command", "command": artifact.command,
-            "exit_status": res.exit_status, "size": len(res.stdout), "sha256_received": digest,
+            "exit_status": res.exit_status, "size": size, "sha256_received": digest,
             "sha256_host": None, "captured": _iso(captured), "status": COLLECTED,
         }
         if res.truncated:
             entry["status"] = TRUNCATED
             entry["reason"] = f"output {res.total_bytes} bytes > max_file_size {artifact.file_cap}; first bytes kept"
             self.log.add("warning", "command output over cap: truncated", artifact=artifact.name,
-                         total_bytes=res.total_bytes, kept=len(res.stdout))
+                         total_bytes=res.total_bytes, kept=size)
         if res.stderr:
-            err_digest = self.writer.add_bytes(archive + ".stderr", res.stderr[:1 << 20],
-                                               MemberMeta(mtime=captured, mode=0o644))
-            entry["stderr"] = {"archive_path": archive + ".stderr", "sha256_received": err_digest,
-                               "size": min(len(res.stderr), 1 << 20)}
+            try:
+                err_digest = self.writer.add_bytes(archive + ".stderr", res.stderr,
+                                                   MemberMeta(mtime=captured, mode=0o644))
+                entry["stderr"] = {"archive_path": archive + ".stderr", "sha256_received": err_digest,
+                                   "size": len(res.stderr)}
+            except QuotaExceeded as exc:
+                self.quota_reason = str(exc)
         level = "info" if res.exit_status == 0 else "warning"
         why = "tool not found on host" if res.exit_status == 127 else None
         self.log.add(level, "command ran", artifact=artifact.name, exit_status=res.exit_status,
-                     bytes=len(res.stdout), reason=why)
+                     bytes=size, reason=why)
         self.outputs.append(entry)
         summary.update(status="ok" if res.exit_status == 0 else "errors", exit_status=res.exit_status,
-                       files=1, bytes=len(res.stdout))
+                       files=1, bytes=size)
         return summary
 
     def _enumerate(self, artifact: Artifact) -> dict[str, Any]:
@@ -242,16 +348,16 @@ class HostCollector:
         command = remote.enumerate_command(artifact, [r for r, _ in roots],
                                            glob=artifact.collector in ("glob", "hash"))
         try:
-            res = self.conn.run(command, timeout=float(artifact.timeout))
+            res = self.conn.run(command, timeout=self._timeout(float(artifact.timeout)))
         except TransportError as exc:
-            if not _alive(self.conn):
-                raise
+            self._lost(exc)
             self.log.add("error", "listing failed: nothing collected for this artifact", artifact=artifact.name,
                          reason=str(exc))
             summary.update(status="failed", reason=str(exc), files=0, bytes=0)
             return summary
         errors, absent, other = remote.parse_errors(res.stderr)
-        from_home = {r for r, home in roots if home}
+        from_home = {remote.glob_unescape(r) if artifact.collector in ("glob", "hash") else r
+                     for r, home in roots if home}
         home_absent = [p for p in absent if p in from_home]
         for path in absent:
             if path not in from_home:
@@ -276,16 +382,31 @@ class HostCollector:
 
     def _add_file(self, artifact: Artifact, st: remote.FileStat) -> None:
         cap = artifact.file_cap
+        if st.problem is not None:
+            if st.path in self.files:
+                self.files[st.path]["artifacts"].append(artifact.name)
+                return
+            entry = {"source_path": st.path, "artifacts": [artifact.name], "kind": st.kind, "size": st.size,
+                     "status": FAILED, "reason": f"not collected: {st.problem}", "sha256_host": None,
+                     "sha256_received": None, "archive_path": None}
+            _check_path_encoding(entry)
+            self.files[st.path] = entry
+            self.anomaly(f"{entry['source_path']}: {st.problem}", artifact=artifact.name, path=entry["source_path"])
+            return
         existing = self.files.get(st.path)
         if existing is not None:
             existing["artifacts"].append(artifact.name)
             if existing["status"] == SKIPPED and artifact.copies_files and st.size <= cap:
                 existing.update(status="pending")
                 existing.pop("reason", None)
+                self._limits[st.path] = min(cap, self._stats[st.path].size)
                 self.log.add("info", "collected after all: within this artifact's cap", artifact=artifact.name,
                              path=st.path, size=st.size, cap=cap)
             elif existing["status"] == "pending_hash" and artifact.copies_files and st.size <= cap:
                 existing["status"] = "pending"
+                self._limits[st.path] = min(cap, self._stats[st.path].size)
+            elif existing["status"] == "pending" and artifact.copies_files:
+                self._limits[st.path] = max(self._limits.get(st.path, 0), min(cap, self._stats[st.path].size))
             return
         entry: dict[str, Any] = {
             "source_path": st.path, "artifacts": [artifact.name], "kind": st.kind, "size": st.size,
@@ -308,6 +429,7 @@ class HostCollector:
                          size=st.size, cap=cap)
         else:
             entry.update(status="pending")
+            self._limits[st.path] = min(cap, st.size)
         _check_path_encoding(entry)
         self.files[st.path] = entry
         self._stats[st.path] = st
@@ -320,10 +442,10 @@ class HostCollector:
         total = sum(self.files[p]["size"] for p in paths)
         listing = b"".join(remote.encode_path(p) + b"\0" for p in paths)
         try:
-            res = self.conn.run(remote.HASH_COMMAND, stdin=listing, timeout=120.0 + total / _HASH_RATE)
+            res = self.conn.run(remote.HASH_COMMAND, stdin=listing,
+                                timeout=self._timeout(min(_HASH_TIMEOUT_MAX, 120.0 + total / _HASH_RATE)))
         except TransportError as exc:
-            if not _alive(self.conn):
-                raise
+            self._lost(exc)
             for path in paths:
                 self.files[path].update(status=FAILED, reason=f"host hash failed: {exc}")
             self.log.add("error", "hashing on the host failed", files=len(paths), reason=str(exc))
@@ -343,27 +465,64 @@ class HostCollector:
                 self.log.add("warning", "cannot hash on host", path=path, reason=reason)
 
     def _copy(self, paths: list[str]) -> None:
+        """Bring ``paths`` over in one tar stream; a stream that breaks at a file is restarted without it."""
         if not paths:
             return
-
-        def sink(path: str, size: int, stream: IO[bytes], _info: Any) -> None:
-            self._store(path, f"files{path}", size, stream)
-
-        if self.transfer == "tar":
-            outcome = tar_fetch(self.conn, paths, sink, idle_timeout=self.idle_timeout)
-        else:
-            outcome = sftp_fetch(self.conn, paths, sink)
-        errors, _, other = remote.parse_errors(outcome.stderr, relative=self.transfer == "tar")
+        outcome_stderr = b""
+        received: set[str] = set()
+        remaining = list(paths)
+        streams = 0
+        while remaining:
+            streams += 1
+            self._requested, self._got = set(remaining), set()
+            try:
+                if self.transfer == "tar":
+                    outcome = tar_fetch(self.conn, remaining, self._sink, idle_timeout=self._timeout(self.idle_timeout),
+                                        deadline=self.deadline)
+                else:
+                    outcome = sftp_fetch(self.conn, remaining, self._sink, limits=self._limits,
+                                         deadline=self.deadline)
+            except TransferError as exc:
+                received |= exc.received
+                try:
+                    self._lost(exc)
+                except CollectionCut:
+                    self._fail_unreceived(paths, received, "not copied: the collection was cut short")
+                    raise
+                culprit = exc.culprit or next((p for p in remaining if p not in exc.received), None)
+                if self.quota_reason is None:
+                    self.anomaly(f"transfer stream broke at {culprit!r}: {exc}", path=culprit)
+                if culprit is not None and culprit not in self._refused:
+                    self._refused[culprit] = f"copy failed: {exc}"
+                if culprit is not None:
+                    self.log.add("warning", "tar stream broke at a file; restarting without it", path=culprit,
+                                 reason=str(exc))
+                remaining = [p for p in remaining if p not in received and p != culprit]
+                if self.quota_reason is not None or streams >= MAX_STREAMS:
+                    why = self.quota_reason or f"the host broke {streams} transfer streams"
+                    self._fail_unreceived(remaining, received, f"not copied: {why}")
+                    break
+                continue
+            received |= outcome.received
+            outcome_stderr += outcome.stderr
+            break
+        self._requested, self._got = set(), set()
+        errors, _, other = remote.parse_errors(outcome_stderr, relative=self.transfer == "tar")
         reasons: dict[str, str] = {}
         for path, reason in errors:
             reasons.setdefault(path, reason)
-        for line in other:
+        for line in other[:100]:
             if "Exiting with failure status" not in line:
                 self.log.add("warning", "message from tar", message=line)
         retry: list[str] = []
         for path in paths:
             entry = self.files[path]
-            if path not in outcome.received:
+            if entry["status"] == FAILED:
+                continue
+            if path in self._refused:
+                entry.update(status=FAILED, reason=self._refused[path])
+                self.log.add("warning", "copy refused", path=path, reason=self._refused[path])
+            elif path not in received:
                 reason = reasons.get(path, "not in the transfer stream")
                 entry.update(status=FAILED, reason=f"copy failed: {reason}")
                 self.log.add("warning", "copy failed", path=path, reason=reason)
@@ -376,6 +535,39 @@ class HostCollector:
         for path in retry:
             self._retry(path)
 
+    def _fail_unreceived(self, paths: list[str], received: set[str], reason: str) -> None:
+        for path in paths:
+            entry = self.files[path]
+            if path not in received and entry["status"] in ("pending", "pending_hash"):
+                entry.update(status=FAILED, reason=self._refused.get(path, reason))
+
+    def _sink(self, path: str, size: int, stream: IO[bytes], _info: Any) -> None:
+        """Store one member of the stream, after checking that the host may send it."""
+        if path not in self._requested or path in self._got:
+            what = "was not asked for" if path not in self._requested else "was sent twice"
+            self.anomaly(f"tar member {path!r} {what} ({size} bytes): not stored", path=path, size=size)
+            raise MemberRefused(f"member {what}", abort=size > SKIP_LIMIT)
+        self._got.add(path)
+        limit = self._limits.get(path, 0)
+        if size > limit:
+            listed = self._stats[path].size
+            if size - limit > SKIP_LIMIT or limit < listed:
+                # far more than listed (or more than the cap): not a log that grew, the host lies
+                self.anomaly(f"{path}: host sent {size} bytes, listed as {listed} (limit {limit}): "
+                             f"at most {limit} stored", path=path, size=size, limit=limit)
+            else:
+                self.log.add("info", "file grew after the listing: the listed bytes are stored", path=path,
+                             size=size, listed=listed)
+            if size - limit > SKIP_LIMIT:
+                self._store(path, f"files{path}", limit, LimitedReader(stream, limit))
+                self._refused[path] = (f"copy refused: the host sent {size} bytes for a file it listed as "
+                                       f"{listed} bytes (only the first {limit} stored; the rest was not read)")
+                raise MemberRefused("member larger than listed", abort=True)
+            self.files[path]["note"] = f"host sent {size} bytes; the first {limit} (the size listed) are stored"
+            self._store(path, f"files{path}", limit, LimitedReader(stream, limit))
+            return
+        self._store(path, f"files{path}", size, stream)
+
     def _retry(self, path: str) -> None:
         entry = self.files[path]
         first = {"archive_path": entry["archive_path"], "sha256_host": entry["sha256_host"],
@@ -383,16 +575,24 @@ class HostCollector:
         self.log.add("warning", "hashes differ; copying again with a single hashed read", path=path,
                       sha256_host=entry["sha256_host"], sha256_received=entry["sha256_received"])
         entry["first_attempt"] = first
-
-        def sink(p: str, size: int, stream: IO[bytes], _info: Any) -> None:
-            self._store(p, f"retry{p}", size, stream)
-
+        limit = self._limits.get(path, 0)
+        res = None
+        spool = self._spool()
         try:
-            res = tee_fetch(self.conn, path, sink, idle_timeout=self.idle_timeout)
-        except TransferError:
-            if not _alive(self.conn):
-                raise
-            res = None
+            try:
+                res = tee_fetch(self.conn, path, spool, limit=limit, idle_timeout=self._timeout(self.idle_timeout),
+                                deadline=self.deadline)
+            except TransferError as exc:
+                self._lost(exc)
+                res = None
+            if res is not None and res.host_sha256:
+                spool.seek(0)
+                try:
+                    self._store(path, f"retry{path}", res.size, spool)
+                except (MemberRefused, TransferError):
+                    res = None
+        finally:
+            spool.close()
         if res is not None and res.host_sha256 and res.host_sha256 == entry["sha256_received"] and entry[
                 "archive_path"].startswith("retry/"):
             entry.update(status=COLLECTED, sha256_host=res.host_sha256,
@@ -409,10 +609,24 @@ class HostCollector:
     def _store(self, path: str, archive: str, size: int, stream: IO[bytes]) -> None:
         entry = self.files[path]
         st = self._stats[path]
-        meta = MemberMeta(mtime=st.mtime, mode=int(st.mode, 8), uid=st.uid, gid=st.gid,
-                          uname=st.owner if not st.owner.isdigit() else "",
-                          gname=st.group if not st.group.isdigit() else "")
-        digest = self.writer.add_stream(archive, size, stream, meta)
+        meta = MemberMeta(mtime=st.mtime, mode=int(st.mode, 8) & 0o7777, uid=st.uid, gid=st.gid,
+                          uname=st.owner if _SAFE_NAME.fullmatch(st.owner) and not st.owner.isdigit() else "",
+                          gname=st.group if _SAFE_NAME.fullmatch(st.group) and not st.group.isdigit() else "")
+        try:
+            digest = self.writer.add_stream(archive, size, stream, meta)
+        except QuotaExceeded as exc:
+            self.quota_reason = str(exc)
+            self._refused[path] = f"not copied: {exc}"
+            self.log.add("error", "evidence quota reached: file not stored", path=path, reason=str(exc))
+            raise MemberRefused(str(exc), abort=True) from None
+        except IncompleteMember as exc:
+            entry.update(archive_path=archive, sha256_received=exc.digest, received_size=exc.received,
+                         padded_bytes=exc.padded)
+            self._refused[path] = (f"copy failed after {exc.received} of {size} bytes (the archive member is "
+                                   f"completed with {exc.padded} zero bytes; they are not evidence)")
+            if exc.cause is not None:
+                raise exc.cause from None
+            raise TransferError(str(exc)) from None
         entry.update(archive_path=archive, sha256_received=digest, received_size=size)
 
     # ---------------------------------------------------------------- results
@@ -449,8 +663,10 @@ def _check_path_encoding(entry: dict[str, Any]) -> None:
         entry["source_path"] = raw.decode("utf-8", "backslashreplace")
 
 
-def collection_status(counts: dict[str, int]) -> str:
-    return "complete" if not counts.get(HASH_MISMATCH) and not counts.get(FAILED) else "complete_with_errors"
+def collection_status(counts: dict[str, int], *, partial: bool = False) -> str:
+    if partial:
+        return PARTIAL
+    return COMPLETE if not counts.get(HASH_MISMATCH) and not counts.get(FAILED) else COMPLETE_WITH_ERRORS
 
 
 def collect_host(
@@ -461,32 +677,65 @@ def collect_host(
     recipients: list[X25519PublicKey] | None = None,
     transfer: str = "tar",
     idle_timeout: float = 120.0,
+    deadline: float | None = None,
+    limits: EvidenceLimits | None = None,
     directory: Path | None = None,
     on_sealed: Callable[[Collection, dict[str, Any]], None] | None = None,
 ) -> CollectionResult:
     """Collect ``selection`` from one host into a new sealed bundle under the case's evidence tree.
 
+    ``deadline`` (``time.monotonic()``) bounds every remote call and every read: a host that
+    trickles its output still ends there. ``limits`` caps the bundle (per host, per case, free
+    space floor). A collection that is cut short (deadline, lost connection) or that the host
+    lied to is sealed with status ``partial``; ``timed_out`` says the deadline cut it.
     ``on_sealed(collection, seal)`` runs once the bundle is on disk (the custody record).
-    Connection failures propagate (the caller marks the host failed); the
-    ``.partial`` directory is left for inspection.
+    A failure before anything was collected propagates; the ``.partial`` directory is left.
     """
     started_wall = utc_now()
     start = time.monotonic()
     collection_id = new_collection_id()
     final = (directory or host_dir(target.case, target.tenant, target.host)) / collection_id
-    writer = BundleWriter(final, recipients)
-    collector = HostCollector(conn, target, selection, writer, transfer=transfer, idle_timeout=idle_timeout)
+    limits = limits or EvidenceLimits.from_env()
+    final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    budget = EvidenceBudget(limits, evidence_root(target.case) if directory is None else directory, final.parent)
+    writer = BundleWriter(final, recipients, budget=budget)
+    collector = HostCollector(conn, target, selection, writer, transfer=transfer, idle_timeout=idle_timeout,
+                              deadline=deadline)
     collector.log.add("info", "collection started", case=target.case, tenant=target.tenant, host=target.host,
                       address=target.address, profile=selection.profile)
+    cut: str | None = None
+    timed_out = False
     try:
         collector.run()
+    except CollectionCut as exc:
+        cut, timed_out = str(exc), exc.timed_out
+    except (TransportError, TransferError) as exc:
+        if not writer.members:
+            writer.abort()
+            raise
+        cut = f"connection failed: {exc}"
+        timed_out = isinstance(exc, DeadlineExceeded) or getattr(exc, "kind", None) == TIMED_OUT
+    except Exception as exc:  # noqa: BLE001 - whatever was collected is sealed, then the error is reported
+        if not writer.members:
+            writer.abort()
+            raise
+        cut = f"internal error: {type(exc).__name__}: {exc}"
+        collector.log.add("error", "collection stopped by an internal error", reason=cut)
     except BaseException:
         writer.abort()
         raise
+    if cut is not None:
+        for entry in collector.files.values():
+            if entry["status"] in ("pending", "pending_hash"):
+                entry.update(status=FAILED, reason=f"not collected: {cut}")
+        collector.log.add("warning", "collection cut short: sealing what was collected", reason=cut)
+    if collector.quota_reason is not None:
+        collector.log.add("error", "evidence quota reached", reason=collector.quota_reason)
     counts = collector.counts()
     finished_wall = utc_now()
-    status = collection_status(counts)
-    collector.log.add("info" if status == "complete" else "warning", "collection finished", status=status,
+    partial = cut is not None or bool(collector.anomaly_count) or collector.quota_reason is not None
+    status = collection_status(counts, partial=partial)
+    collector.log.add("info" if status == COMPLETE else "warning", "collection finished", status=status,
                       **{k: v for k, v in counts.items() if v})
     identity = {
         "case": target.case, "msp": target.msp, "tenant": target.tenant, "host": target.host,
@@ -501,6 +750,11 @@ def collect_host(
         "outputs": collector.outputs,
         "files": [collector.files[p] for p in sorted(collector.files)],
     }
+    if partial:
+        manifest["partial"] = {
+            "cut_short": cut, "timed_out": timed_out, "quota": collector.quota_reason,
+            "anomalies": collector.anomalies, "anomaly_count": collector.anomaly_count,
+        }
     try:
         sealed = writer.finish(manifest, collector.log.to_bytes(), {
             **identity, "profile": selection.profile, "started": started_wall, "finished": finished_wall,
@@ -515,4 +769,5 @@ def collect_host(
     if on_sealed is not None:
         on_sealed(sealed, seal)
     return CollectionResult(target=target, status=status, collection=sealed, seal=seal, counts=counts,
-                            problems=problems, duration=time.monotonic() - start)
+                            problems=problems, error=cut, duration=time.monotonic() - start, timed_out=timed_out,
+                            anomalies=list(collector.anomalies))

@@ -47,16 +47,35 @@ TAR_COMMAND = (
 PSEUDO_FSTYPES = ("proc", "sysfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
                   "bpf", "pstore", "configfs", "fusectl", "mqueue", "hugetlbfs", "autofs", "binfmt_misc")
 
-_BRACKET = re.compile(r"\[!?\]?[^\]'\"`$\\]*\]")
+# A bracket expression stays active only when it holds nothing but these (no quotes, spaces, `;` ...).
+_BRACKET = re.compile(r"\[!?[A-Za-z0-9._-]+\]")
+_GLOB_SPECIAL = re.compile(r"([\\*?\[])")
+
+
+def glob_escape(text: str) -> str:
+    """Make ``text`` (e.g. a home directory the host reported) literal inside a :func:`shell_glob` pattern."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def glob_unescape(pattern: str) -> str:
+    """The pattern as the shell prints it when nothing matched (backslash escapes removed)."""
+    return re.sub(r"\\(.)", r"\1", pattern)
 
 
 def shell_glob(pattern: str) -> str:
-    """Quote ``pattern`` for ``sh`` so that only ``*``, ``?`` and ``[...]`` stay active."""
+    """Quote ``pattern`` for ``sh`` so that only ``*``, ``?`` and safe ``[...]`` stay active.
+
+    Every other character is quoted; ``\\x`` (see :func:`glob_escape`) is the literal ``x``.
+    """
     out: list[str] = []
     literal = ""
     i = 0
     while i < len(pattern):
         char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            literal += pattern[i + 1]
+            i += 2
+            continue
         if char in "*?":
             if literal:
                 out.append(shlex.quote(literal))
@@ -83,12 +102,18 @@ def shell_glob(pattern: str) -> str:
 def expand_roots(artifact: Artifact, homes: list[str]) -> list[tuple[str, bool]]:
     """The artifact's paths with ``%user_home%`` expanded: ``(path, from_home)`` pairs."""
     roots: dict[str, bool] = {}
+    globbing = artifact.collector in ("glob", "hash")
     for path in artifact.paths:
         if path.startswith(USER_HOME):
             rest = path[len(USER_HOME):]
             for home in homes:
-                expanded = posixpath.normpath(home.rstrip("/") + rest) if home != "/" else posixpath.normpath(rest)
-                roots.setdefault(expanded, True)
+                # The home comes from the host: for glob collectors its glob characters are escaped so
+                # only the artifact's own pattern part can match anything (and nothing becomes shell code).
+                base = posixpath.normpath(home) if home != "/" else ""
+                base = base.rstrip("/") if base != "/" else ""
+                tail = posixpath.normpath("/" + rest.lstrip("/")) if rest.strip("/") else ""
+                expanded = (glob_escape(base) if globbing else base) + tail
+                roots.setdefault(expanded or "/", True)
         else:
             roots[path] = False
     return list(roots.items())
@@ -155,37 +180,60 @@ class FileStat:
     modified_epoch: str = "0"
     device: int = 0
     inode: int = 0
+    #: why this record cannot be trusted (invalid number, non-canonical path); the file is then not copied
+    problem: str | None = None
 
     @property
     def mtime(self) -> float:
-        """Modification time as a float (for archive headers; the manifest keeps nanoseconds)."""
-        return _epoch(self.modified_epoch)
+        """Modification time as a float, finite and clamped (for archive headers; the manifest keeps nanoseconds)."""
+        return clamp_mtime(_epoch(self.modified_epoch))
 
     def times(self) -> dict[str, str | None]:
         return {"modified": self.modified, "accessed": self.accessed, "changed": self.changed, "born": self.born}
 
 
-def _epoch(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
+_DECIMAL_TIME = re.compile(r"-?[0-9]{1,12}(?:\.[0-9]{1,9})?")
+_UINT = re.compile(r"[0-9]{1,19}")
+_MODE = re.compile(r"[0-7]{1,6}")
+MAX_SIZE = (1 << 63) - 1
+_MIN_EPOCH, _MAX_EPOCH = -62135596800, 253402300799  # 0001-01-01 .. 9999-12-31
+
+
+def clamp_mtime(value: float) -> float:
+    if value != value or value in (float("inf"), float("-inf")):
         return 0.0
+    return min(max(value, 0.0), float(_MAX_EPOCH))
+
+
+def _epoch(text: str) -> float:
+    if not _DECIMAL_TIME.fullmatch(text.strip()):
+        return 0.0
+    return float(text)
+
+
+def canonical_path(path: str) -> bool:
+    """An absolute path without ``.``/``..`` components, empty components or a trailing ``/``."""
+    if not path.startswith("/") or path.startswith("//") or "\0" in path:
+        return False
+    return path == "/" or posixpath.normpath(path) == path
 
 
 def iso_time(epoch: str) -> str | None:
     """``1795703171.073054876`` -> ``2026-11-26T14:26:11.073054876Z``; 0, ``-`` or ``?`` -> None."""
     text = epoch.strip()
-    if not text or text[0] in "-?":
+    if not text or text[0] in "-?" or not _DECIMAL_TIME.fullmatch(text):
         return None
     sec, _, frac = text.partition(".")
-    try:
-        seconds = int(sec)
-    except ValueError:
-        return None
+    seconds = int(sec)
     if seconds == 0 and not frac.strip("0"):
         return None
+    if not _MIN_EPOCH <= seconds <= _MAX_EPOCH:
+        return None
     frac = (frac + "000000000")[:9]
-    stamp = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        stamp = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    except (OverflowError, ValueError, OSError):
+        return None
     return f"{stamp}.{frac}Z"
 
 
@@ -211,29 +259,47 @@ def parse_stat(output: bytes) -> list[FileStat]:
         if kind == "symlink":
             prefix = name + " -> "
             target = quoted[len(prefix):] if quoted.startswith(prefix) else quoted
+        problems = []
+        if not canonical_path(name):
+            problems.append("path is not canonical (., .., // or a trailing /)")
+        if not _UINT.fullmatch(size) or int(size) > MAX_SIZE:
+            problems.append(f"invalid size {size[:40]!r}")
+        for label, value in (("uid", uid), ("gid", gid)):
+            if not _UINT.fullmatch(value) or int(value) > 0xFFFFFFFF:
+                problems.append(f"invalid {label} {value[:40]!r}")
+        if not _MODE.fullmatch(mode):
+            problems.append(f"invalid mode {mode[:40]!r}")
+        for label, value in (("mtime", mtime), ("atime", atime), ("ctime", ctime)):
+            if value.strip() and value.strip() not in ("-", "?", "0") and iso_time(value) is None:
+                problems.append(f"invalid {label} {value[:40]!r}")
         result.append(FileStat(
-            kind=kind, path=name, size=int(size or 0),
+            kind=kind, path=name, size=_int(size, MAX_SIZE),
             accessed=iso_time(atime), modified=iso_time(mtime), changed=iso_time(ctime), born=iso_time(btime),
-            uid=int(uid or 0), gid=int(gid or 0), owner=user, group=group, mode=mode.zfill(4),
-            link_target=target, modified_epoch=mtime, device=_int(dev), inode=_int(ino),
+            uid=_int(uid, 0xFFFFFFFF), gid=_int(gid, 0xFFFFFFFF), owner=user, group=group,
+            mode=mode.zfill(4) if _MODE.fullmatch(mode) else "0000",
+            link_target=target, modified_epoch=mtime if _DECIMAL_TIME.fullmatch(mtime.strip()) else "0",
+            device=_int(dev, MAX_SIZE), inode=_int(ino, MAX_SIZE),
+            problem="host reported " + "; ".join(problems) if problems else None,
         ))
     return result
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
+def _int(text: str, limit: int = MAX_SIZE) -> int:
+    if not _UINT.fullmatch(text) or int(text) > limit:
         return 0
+    return int(text)
 
 
 def parse_hashes(output: bytes) -> dict[str, str]:
     """Parse ``sha256sum -z`` output: path -> hex digest."""
     result: dict[str, str] = {}
     for record in output.split(b"\0"):
-        if len(record) > 66 and record[64:66] == b"  ":
+        if len(record) > 66 and record[64:66] == b"  " and _HEX64.fullmatch(record[:64]):
             result[decode_path(record[66:])] = record[:64].decode("ascii")
     return result
+
+
+_HEX64 = re.compile(rb"[0-9a-f]{64}")
 
 
 _TOOL_ERR = re.compile(r"^(?:find|sha256sum|tar|stat|xargs): (?:'(?P<q>.*)'|(?P<p>[^:]+)): (?P<why>.+)$")

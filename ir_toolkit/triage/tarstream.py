@@ -12,6 +12,8 @@ large chunks. Output is a standard POSIX (pax) archive that GNU tar and
 from __future__ import annotations
 
 import io
+import math
+import re
 import tarfile
 from collections.abc import Iterator
 from typing import IO, Any
@@ -19,6 +21,14 @@ from typing import IO, Any
 BLOCK = 512
 RECORD = 20 * BLOCK
 CHUNK = 1 << 20
+#: Largest pax/GNU extended header accepted (a host decides what it sends; the reader holds it in memory).
+MAX_EXTENDED_HEADER = 1 << 20
+#: Largest data of a non-regular member (directories, links, devices carry none) skipped over.
+MAX_OTHER_DATA = 1 << 20
+#: Largest member size accepted from a header (2^63 - 1: what a pax size can carry).
+MAX_SIZE = (1 << 63) - 1
+#: Modification times are clamped to 0 .. 9999-12-31 (what every tool can represent).
+MAX_MTIME = 253402300799
 _ZERO = bytes(BLOCK)
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
@@ -30,6 +40,19 @@ class TarFormatError(Exception):
 
 class ShortRead(TarFormatError):
     """A source delivered fewer bytes than the member size announced."""
+
+
+class SourceFailed(ShortRead):
+    """The source of a member broke (or ended early) after its header was written.
+
+    The writer has completed the member with ``padded`` zero bytes so that the archive
+    stays readable; ``cause`` is the source's exception (None: it just ended early).
+    """
+
+    def __init__(self, message: str, *, padded: int, cause: BaseException | None) -> None:
+        super().__init__(message)
+        self.padded = padded
+        self.cause = cause
 
 
 class TarWriter:
@@ -48,12 +71,29 @@ class TarWriter:
         self._write(info.tobuf(tarfile.PAX_FORMAT, _ENCODING, _ERRORS))
         left = info.size
         while left > 0:
-            chunk = source.read(min(CHUNK, left))
+            try:
+                chunk = source.read(min(CHUNK, left))
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the archive is made whole
+                self._zeros(left)
+                raise SourceFailed(f"{info.name}: source failed {left} bytes early: {exc}", padded=left,
+                                   cause=exc) from exc
             if not chunk:
-                raise ShortRead(f"{info.name}: source ended {left} bytes early")
+                self._zeros(left)
+                raise SourceFailed(f"{info.name}: source ended {left} bytes early", padded=left, cause=None)
             self._write(chunk)
             left -= len(chunk)
         remainder = info.size % BLOCK
+        if remainder:
+            self._write(bytes(BLOCK - remainder))
+
+    def _zeros(self, count: int) -> None:
+        """Complete a member whose source broke (bounded by the size its header announced)."""
+        block = bytes(min(CHUNK, count))
+        while count > 0:
+            piece = block[:count]
+            self._write(piece)
+            count -= len(piece)
+        remainder = self.offset % BLOCK
         if remainder:
             self._write(bytes(BLOCK - remainder))
 
@@ -105,6 +145,23 @@ def _read_exact(source: IO[bytes], size: int) -> bytes:
     return data
 
 
+_DECIMAL = re.compile(r"[0-9]{1,19}")
+_TIME = re.compile(r"-?[0-9]{1,20}(\.[0-9]{0,9}[0-9]*)?")
+
+
+def clamp_mtime(value: float) -> float:
+    """A host-supplied modification time made safe for archives and ``os.utime`` (finite, 0..9999 AD)."""
+    if not math.isfinite(value):
+        return 0.0
+    return min(max(value, 0.0), float(MAX_MTIME))
+
+
+def _pax_int(key: str, text: str, limit: int) -> int:
+    if not _DECIMAL.fullmatch(text) or int(text) > limit:
+        raise TarFormatError(f"pax header {key}={text[:40]!r}: not a number in 0..{limit}")
+    return int(text)
+
+
 def _parse_pax(data: bytes) -> dict[str, str]:
     records: dict[str, str] = {}
     pos = 0
@@ -120,6 +177,8 @@ def _parse_pax(data: bytes) -> dict[str, str]:
             raise TarFormatError("malformed pax header")
         record = data[space + 1:pos + length - 1]
         key, _, value = record.partition(b"=")
+        if b"\0" in record:
+            raise TarFormatError("pax header record contains a NUL byte")
         records[key.decode(_ENCODING, _ERRORS)] = value.decode(_ENCODING, _ERRORS)
         pos += length
     return records
@@ -130,11 +189,16 @@ def _apply_pax(info: tarfile.TarInfo, pax: dict[str, str]) -> None:
         info.name = pax["path"]
     if "linkpath" in pax:
         info.linkname = pax["linkpath"]
-    for key in ("size", "uid", "gid"):
+    if "size" in pax:
+        info.size = _pax_int("size", pax["size"], MAX_SIZE)
+    for key in ("uid", "gid"):
         if key in pax:
-            setattr(info, key, int(pax[key]))
+            setattr(info, key, _pax_int(key, pax[key], (1 << 32) - 1))
     if "mtime" in pax:
-        info.mtime = float(pax["mtime"])
+        text = pax["mtime"]
+        if not _TIME.fullmatch(text):
+            raise TarFormatError(f"pax header mtime={text[:40]!r}: not a decimal time")
+        info.mtime = clamp_mtime(float(text))
     for key in ("uname", "gname"):
         if key in pax:
             setattr(info, key, pax[key])
@@ -157,13 +221,25 @@ def iter_members(source: IO[bytes]) -> Iterator[tuple[tarfile.TarInfo, MemberRea
             info = tarfile.TarInfo.frombuf(block, _ENCODING, _ERRORS)
         except tarfile.HeaderError as exc:
             raise TarFormatError(f"bad tar header: {exc}") from None
+        if not 0 <= info.size <= MAX_SIZE:
+            raise TarFormatError(f"member {info.name[:80]!r}: invalid size {info.size}")
+        if not isinstance(info.mtime, (int, float)) or not math.isfinite(info.mtime):
+            info.mtime = 0
         padded = -(-info.size // BLOCK) * BLOCK
-        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME):
+        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                         tarfile.GNUTYPE_LONGLINK):
+            if info.size > MAX_EXTENDED_HEADER:
+                raise TarFormatError(f"extended header of {info.size} bytes (more than {MAX_EXTENDED_HEADER})")
             data = _read_exact(source, padded)
             if len(data) < padded:
                 raise TarFormatError("archive ends inside an extended header")
             if info.type == tarfile.GNUTYPE_LONGNAME:
-                longname = data[:info.size].rstrip(b"\0").decode(_ENCODING, _ERRORS)
+                raw = data[:info.size].rstrip(b"\0")
+                if b"\0" in raw:
+                    raise TarFormatError("GNU long name contains a NUL byte")
+                longname = raw.decode(_ENCODING, _ERRORS)
+            elif info.type == tarfile.GNUTYPE_LONGLINK:
+                pass
             elif info.type != tarfile.XGLTYPE:
                 pax = _parse_pax(data[:info.size])
             continue
@@ -174,8 +250,11 @@ def iter_members(source: IO[bytes]) -> Iterator[tuple[tarfile.TarInfo, MemberRea
             _apply_pax(info, pax)
             pax = {}
             padded = -(-info.size // BLOCK) * BLOCK
+        info.mtime = clamp_mtime(float(info.mtime))
         if info.type not in tarfile.REGULAR_TYPES:
             padded = 0 if info.type in (tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE) else padded
+            if padded > MAX_OTHER_DATA:
+                raise TarFormatError(f"non-file member {info.name[:80]!r} carries {info.size} bytes of data")
             reader = MemberReader(source, padded, info.name)
             yield info, MemberReader(source, 0, info.name)
             reader.skip()
