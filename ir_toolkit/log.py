@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -23,6 +24,31 @@ import structlog
 from ir_toolkit.redaction import redaction_processor
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+# C0 controls, DEL, C1 controls, lone surrogates (bytes that were not UTF-8) and the bidi/format
+# characters that reorder or hide text on a terminal.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group(0)
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape'd byte of a name that is not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}"
+
+
+def printable(value: Any) -> str:
+    """``value`` as text that is safe to put on a terminal: controls, escape sequences (ANSI/OSC),
+    non-UTF-8 bytes and bidi overrides become visible ``\\xNN``/``\\uNNNN`` escapes; secrets are redacted.
+
+    Everything a host returns (paths, messages, stderr) goes through this before it reaches a screen.
+    """
+    from ir_toolkit.secrets.redaction import redact_text
+
+    return _UNPRINTABLE.sub(_escape_char, redact_text(value if isinstance(value, str) else str(value)))
 
 
 class _Tee:
@@ -44,9 +70,9 @@ class _Tee:
         if _LEVELS.get(level, 20) < self.console_level:
             raise structlog.DropEvent
         fields = " ".join(
-            f"{k}={v}" for k, v in event.items() if k not in {"event", "level", "timestamp"}
+            f"{printable(k)}={printable(v)}" for k, v in event.items() if k not in {"event", "level", "timestamp"}
         )
-        text = f"{event.get('event', '')}" + (f"  {fields}" if fields else "")
+        text = printable(event.get("event", "")) + (f"  {fields}" if fields else "")
         if self.color:
             style = {"warning": "\x1b[33m", "error": "\x1b[31m", "critical": "\x1b[31;1m"}.get(level)
             if style:

@@ -13,6 +13,7 @@ the key blob's SHA256 fingerprint does) and expanding ``AuthorizedKeysFile``.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -120,7 +121,12 @@ def locate(ctx: ActionContext) -> SshdDaemon:
 def client_address(ctx: ActionContext) -> str:
     """The address the host sees us connecting from (for ``Match Address`` evaluation)."""
     result = ctx.run('set -- $SSH_CONNECTION; echo "${1:-127.0.0.1}"')
-    return result.text.strip() or "127.0.0.1"
+    seen = result.text.strip() or "127.0.0.1"
+    try:
+        # host-reported: it goes into shell code (`sshd -T -C addr=...`), so only a real address is used
+        return str(ipaddress.ip_address(seen))
+    except ValueError:
+        raise ActionFailed(f"the host reported an invalid client address {seen[:60]!r} in SSH_CONNECTION") from None
 
 
 def effective_config(ctx: ActionContext, daemon: SshdDaemon, user: str, addr: str) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ import click
 
 from ir_toolkit.cli.options import case_option, format_option
 from ir_toolkit.cli.output import emit
+from ir_toolkit.log import printable
 from ir_toolkit.errors import InputError, VerificationFailed
 
 
@@ -99,9 +100,9 @@ def verify(case_id: str, tenant: str | None, host: str | None, identities: tuple
          title=f"evidence verify {case_id}")
     for report in reports:
         for warning in report.warnings:
-            sys.stderr.write(f"irkit: warning: {report.tenant}/{report.host}/{report.collection.id}: {warning}\n")
+            sys.stderr.write(f"irkit: warning: {report.tenant}/{report.host}/{report.collection.id}: {printable(warning)}\n")
         for problem in report.problems:
-            sys.stderr.write(f"irkit: FAILED {report.tenant}/{report.host}/{report.collection.id}: {problem}\n")
+            sys.stderr.write(f"irkit: FAILED {report.tenant}/{report.host}/{report.collection.id}: {printable(problem)}\n")
     bad = [r for r in reports if not r.ok]
     if bad:
         first = bad[0]
@@ -157,7 +158,7 @@ def extract(case_id: str, host: str, tenant: str | None, collection_id: str | No
     sys.stdout.write(f"extracted {result.members} members of {coll.relative(case_id)} to {out}\n")
     if result.problems:
         for problem in result.problems:
-            sys.stderr.write(f"irkit: FAILED {problem}\n")
+            sys.stderr.write(f"irkit: FAILED {printable(problem)}\n")
         raise VerificationFailed(f"extracted, but {len(result.problems)} file(s) do not match the manifest: "
                                  f"{result.problems[0]}")
 

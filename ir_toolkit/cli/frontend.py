@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ir_toolkit.cli.output import console, emit_json
+from ir_toolkit.cli.output import console, emit_json, safe
 from ir_toolkit.cli.progress import RunDisplay
 from ir_toolkit.errors import InputError
 from ir_toolkit.playbook.engine import RunSummary
@@ -39,7 +39,7 @@ def show_plan(plan: Plan, fmt: str = "table") -> None:
     out.print(table)
     unknown = [i for i in plan.items if i.change.get("changed") is None]
     for item in unknown[:10]:
-        out.print(f"  [yellow]{item.host}[/]: {item.change.get('summary')}")
+        out.print(f"  [yellow]{safe(item.host)}[/]: {safe(item.change.get('summary'))}")
     if len(unknown) > 10:
         out.print(f"  ... and {len(unknown) - 10} more hosts whose state is unknown")
     out.print(f"plan saved: {plan.path()}")
@@ -70,12 +70,13 @@ def print_summary(summary: RunSummary, fmt: str = "table") -> None:
     out.print(t)
     for r in sorted(summary.hosts.values(), key=lambda r: (r.tenant, r.host)):
         if r.status != "ok":
-            out.print(f"  {r.tenant}/{r.host}: {r.status}: {r.message}")
+            # the message can carry host output (stderr): escaped and redacted, never read as markup
+            out.print(f"  {safe(r.tenant)}/{safe(r.host)}: {safe(r.status)}: {safe(r.message)}")
     total_changed = sum(changed.values())
     if summary.all_ok and total_changed == 0:
         out.print("nothing changed: every host was already in the playbook's end state")
     if summary.incomplete:
-        out.print(f"[bold yellow]incomplete:[/] {summary.reason}")
+        out.print(f"[bold yellow]incomplete:[/] {safe(summary.reason)}")
 
 
 def confirm(plan: Plan, yes: bool) -> bool:
@@ -137,7 +138,7 @@ class CliFrontend:
                            + ", ".join(f"{t} needs {n} more" for t, n in sorted(data["missing"].items()))
                            + f" (irkit approve {data['plan_path']} --as NAME)")
         elif kind == "approval.ignored":
-            self.err.print(f"[yellow]ignored approval:[/] {data['problem']}")
+            self.err.print(f"[yellow]ignored approval:[/] {safe(data['problem'])}")
         elif kind == "dry_run":
             self.err.print("dry run: nothing was changed")
         elif kind == "no_match":

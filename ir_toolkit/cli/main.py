@@ -70,7 +70,10 @@ for command in (
 
 
 def _fail(message: str, code: int) -> None:
-    sys.stderr.write(f"irkit: error: {message}\n")
+    # Error texts can carry host output (stderr, paths): redacted and escaped like every console line.
+    from ir_toolkit.log import printable
+
+    sys.stderr.write(f"irkit: error: {printable(message)}\n")
     sys.exit(code)
 
 

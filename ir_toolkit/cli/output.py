@@ -8,7 +8,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from ir_toolkit.log import printable
+
+
+def safe(value: Any) -> str:
+    """A value (often host-derived) for a rich markup string: controls escaped, markup escaped, redacted."""
+    return escape(printable(value))
 
 
 def console(stderr: bool = False) -> Console:
@@ -27,7 +36,8 @@ def emit_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: st
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        # Text cells: a value is never read as rich markup, and controls become visible escapes.
+        table.add_row(*(Text("" if row.get(c) is None else printable(row.get(c))) for c in columns))
     console().print(table)
 
 

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ir_toolkit.cli.output import console
+from ir_toolkit.cli.output import console, safe
 
 
 class RunDisplay:
@@ -45,7 +45,7 @@ class RunDisplay:
             table.add_column(col, justify="left" if col == "tenant" else "right")
         for tenant in sorted(self.tenants):
             c = self.tenants[tenant]
-            table.add_row(tenant, str(c["ok"]), str(c["failed"]), str(c["timed_out"]), str(c["skipped"]))
+            table.add_row(safe(tenant), str(c["ok"]), str(c["failed"]), str(c["timed_out"]), str(c["skipped"]))
         return Group(self.progress, table)
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
@@ -53,18 +53,19 @@ class RunDisplay:
             if kind == "phase.start":
                 if self.task is not None:
                     self.progress.update(self.task, visible=True)
-                self.task = self.progress.add_task(f"phase {data['phase']}", total=data["hosts"])
+                self.task = self.progress.add_task(f"phase {safe(data['phase'])}", total=data["hosts"])
                 self.tenants = {}
                 if not self.tty:
-                    self.console.print(f"phase {data['phase']}: {data['hosts']} hosts in {data['waves']} wave(s)")
+                    self.console.print(f"phase {safe(data['phase'])}: {data['hosts']} hosts in {data['waves']} wave(s)")
             elif kind == "host.done":
                 if self.task is not None:
                     self.progress.advance(self.task)
                 self.tenants.setdefault(data["tenant"], Counter())[data["status"]] += 1
                 if not self.tty and (data["status"] != "ok" or data.get("message")):
-                    msg = f": {data['message']}" if data.get("message") else ""
-                    self.console.print(f"  {data['tenant']}/{data['host']}: {data['status']}{msg}")
+                    # host-derived text (stderr in a failure message): escaped, redacted like the run log
+                    msg = f": {safe(data['message'])}" if data.get("message") else ""
+                    self.console.print(f"  {safe(data['tenant'])}/{safe(data['host'])}: {safe(data['status'])}{msg}")
             elif kind == "stopped":
-                self.console.print(f"[bold red]stopped:[/] {data['reason']}")
+                self.console.print(f"[bold red]stopped:[/] {safe(data['reason'])}")
             if self.live is not None:
                 self.live.update(self._render())

@@ -10,6 +10,7 @@ import click
 from ir_toolkit import log
 from ir_toolkit.cli.options import case_option, format_option, inventory_options, load_selected_inventory
 from ir_toolkit.cli.output import emit
+from ir_toolkit.log import printable
 from ir_toolkit.errors import InputError, VerificationFailed
 from ir_toolkit.home import case_dir
 
@@ -86,10 +87,15 @@ def triage(msp: str | None, inventory_path: str | None, case_id: str, tenants: t
     failed = [r for r in results if r.status == "failed"]
     mismatched = [r for r in results if r.problems]
     for res in failed:
-        sys.stderr.write(f"irkit: {res.target.tenant}/{res.target.host}: {res.error}\n")
+        sys.stderr.write(f"irkit: {res.target.tenant}/{res.target.host}: {printable(res.error)}\n")
+    for res in results:
+        if res.status == "partial":
+            why = res.error or f"{len(res.anomalies)} host anomalies (sizes, names or members it must not send)"
+            sys.stderr.write(f"irkit: warning: {res.target.tenant}/{res.target.host}: partial collection: "
+                             f"{printable(why)}\n")
     for res in mismatched:
         for problem in res.problems:
-            sys.stderr.write(f"irkit: {res.target.tenant}/{res.target.host}: HASH MISMATCH {problem}\n")
+            sys.stderr.write(f"irkit: {res.target.tenant}/{res.target.host}: HASH MISMATCH {printable(problem)}\n")
     if failed or mismatched:
         parts = []
         if failed:

@@ -47,6 +47,10 @@ __all__ = [
 STREAM_WINDOW = 8 << 20
 STREAM_MAX_PACKET = 256 << 10
 STREAM_READ_SIZE = 1 << 20
+#: stdout a command may return to ``SshConnection.run`` (listings stay far below; more is refused)
+MAX_OUTPUT = 64 << 20
+#: stderr kept of one command (its first and last halves; the rest is counted)
+MAX_STDERR = 1 << 20
 
 # paramiko rekeys after 512 MiB; a channel CLOSE that arrives while that rekey is in
 # flight deadlocks paramiko's transport thread for 30 s and then kills the connection
@@ -191,13 +195,21 @@ class SshConnection:
         return cls(endpoint, client, timeouts)
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
-            deadline: float | None = None) -> CommandResult:
-        """Run ``command``; feed ``stdin`` (secrets go here, never in ``command``)."""
+            deadline: float | None = None, max_output: int | None = None) -> CommandResult:
+        """Run ``command``; feed ``stdin`` (secrets go here, never in ``command``).
+
+        stdin is fed from a helper thread while the output is read, so a command that writes much
+        before it has read all its input cannot deadlock on the channel windows. At most
+        ``max_output`` (default :data:`MAX_OUTPUT`) bytes of stdout are kept: more is an error, a
+        host cannot make the controller buffer without bound; stderr keeps its first and last
+        :data:`MAX_STDERR` / 2 bytes.
+        """
         limit = self.timeouts.command if timeout is None else timeout
         if deadline is not None:
             limit = min(limit, deadline - time.monotonic())
             if limit <= 0:
                 raise TransportError(TIMED_OUT, f"{self.endpoint.address}: deadline reached before the command")
+        max_out = MAX_OUTPUT if max_output is None else max_output
         start = time.monotonic()
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
@@ -206,21 +218,39 @@ class SshConnection:
             chan = transport.open_session(timeout=limit)
         except (paramiko.SSHException, OSError) as exc:
             raise TransportError(TRANSIENT, f"{self.endpoint.address}: cannot open channel: {exc}") from None
+        feeder: threading.Thread | None = None
         try:
             chan.settimeout(limit)
             chan.exec_command(command)
             if stdin:
-                chan.sendall(stdin)
-            chan.shutdown_write()
-            out, err = bytearray(), bytearray()
-            deadline = start + limit
+                def feed() -> None:
+                    try:
+                        chan.sendall(stdin)
+                        chan.shutdown_write()
+                    except (OSError, EOFError, paramiko.SSHException):
+                        pass  # the channel broke: the reader below sees it
+
+                feeder = threading.Thread(target=feed, name="irkit-ssh-stdin", daemon=True)
+                feeder.start()
+            else:
+                chan.shutdown_write()
+            out = bytearray()
+            err = _HeadTail(MAX_STDERR)
+
+            def drain() -> None:
+                while chan.recv_ready():
+                    out.extend(chan.recv(65536))
+                    if len(out) > max_out:
+                        raise TransportError(PROTOCOL, f"{self.endpoint.address}: command output over "
+                                                       f"{max_out} bytes (not kept)")
+                while chan.recv_stderr_ready():
+                    err.add(chan.recv_stderr(65536))
+
+            end = start + limit
             ready_fd = chan.fileno()  # readable when stdout or stderr data (or EOF) arrives
             while True:
-                while chan.recv_ready():
-                    out += chan.recv(65536)
-                while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                left = deadline - time.monotonic()
+                drain()
+                left = end - time.monotonic()
                 if left <= 0:
                     raise TransportError(TIMED_OUT, f"{self.endpoint.address}: command timed out after {limit:g}s")
                 if chan.eof_received:
@@ -229,19 +259,18 @@ class SshConnection:
                     chan.status_event.wait(min(left, 1.0))
                     continue
                 select.select([ready_fd], [], [], min(left, 1.0))
-            while chan.recv_ready():
-                out += chan.recv(65536)
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
+            drain()
             if not chan.exit_status_ready():
                 raise TransportError(UNREACHABLE, f"{self.endpoint.address}: channel closed without an exit status")
-            return CommandResult(chan.recv_exit_status(), bytes(out), bytes(err), time.monotonic() - start)
+            return CommandResult(chan.recv_exit_status(), bytes(out), err.value(), time.monotonic() - start)
         except (socket.timeout, TimeoutError):
             raise TransportError(TIMED_OUT, f"{self.endpoint.address}: command timed out after {limit:g}s") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(UNREACHABLE, f"{self.endpoint.address}: connection lost: {exc}") from None
         finally:
             chan.close()
+            if feeder is not None:
+                feeder.join(1.0)
 
     def exec_stream(self, command: str, *, stdin: bytes | None = None, idle_timeout: float,
                     deadline: float | None = None) -> SshExecStream:
@@ -301,16 +330,55 @@ def _sh_quote(text: str) -> str:
     return shlex.quote(text)
 
 
-class _ChannelReader(io.RawIOBase):
-    """A paramiko channel's stdout as a raw binary stream (paramiko errors surface as ``OSError``)."""
+class _HeadTail:
+    """The first and last ``limit / 2`` bytes of a stream (stderr of a host command); the rest is counted."""
 
-    def __init__(self, chan: paramiko.Channel) -> None:
+    def __init__(self, limit: int) -> None:
+        self.half = max(1, limit // 2)
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            if len(self.tail) > self.half:
+                del self.tail[:len(self.tail) - self.half]
+
+    def value(self) -> bytes:
+        omitted = self.total - len(self.head) - len(self.tail)
+        if omitted <= 0:
+            return bytes(self.head + self.tail)
+        return bytes(self.head) + f"\n[irkit: {omitted} bytes omitted]\n".encode() + bytes(self.tail)
+
+
+class _ChannelReader(io.RawIOBase):
+    """A paramiko channel's stdout as a raw binary stream (paramiko errors surface as ``OSError``).
+
+    Each wait is bounded by the idle timeout and by the absolute ``deadline``: a host that trickles
+    bytes just inside the idle timeout still ends there (``TimeoutError``).
+    """
+
+    def __init__(self, chan: paramiko.Channel, idle_timeout: float | None = None,
+                 deadline: float | None = None) -> None:
         self.chan = chan
+        self.idle_timeout = idle_timeout
+        self.deadline = deadline
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline reached")
+            self.chan.settimeout(max(0.01, min(self.idle_timeout or left, left)))
         try:
             data = self.chan.recv(len(buffer))
         except paramiko.SSHException as exc:
@@ -328,9 +396,9 @@ class SshExecStream:
         self.chan = chan
         self.idle_timeout = idle_timeout
         self.deadline = deadline
-        self._stderr = bytearray()
+        self._stderr = _HeadTail(MAX_STDERR)
         self._errors: list[BaseException] = []
-        self._stdout: IO[bytes] = io.BufferedReader(_ChannelReader(chan), STREAM_READ_SIZE)
+        self._stdout: IO[bytes] = io.BufferedReader(_ChannelReader(chan, idle_timeout, deadline), STREAM_READ_SIZE)
         self._threads = [threading.Thread(target=self._drain_stderr, daemon=True),
                          threading.Thread(target=self._feed, args=(stdin or b"",), daemon=True)]
         for thread in self._threads:
@@ -352,7 +420,7 @@ class SshExecStream:
                 data = self.chan.recv_stderr(65536)
                 if not data:
                     break
-                self._stderr += data
+                self._stderr.add(data)
         except (TimeoutError, OSError, paramiko.SSHException) as exc:
             self._errors.append(exc)
 
@@ -362,9 +430,12 @@ class SshExecStream:
 
     def finish(self) -> StreamResult:
         """Wait (at most ``idle_timeout``) for the exit status; raises ``TransportError(TIMED_OUT)``."""
+        wait = self.idle_timeout
+        if self.deadline is not None:
+            wait = max(0.0, min(wait, self.deadline - time.monotonic()))
         for thread in self._threads:
-            thread.join(self.idle_timeout)
-        deadline = time.monotonic() + self.idle_timeout
+            thread.join(wait)
+        deadline = time.monotonic() + wait
         while not self.chan.exit_status_ready():
             if time.monotonic() > deadline:
                 self.chan.close()
@@ -372,7 +443,7 @@ class SshExecStream:
             self.chan.status_event.wait(0.5)
         status = self.chan.recv_exit_status()
         self.chan.close()
-        return StreamResult(status, bytes(self._stderr))
+        return StreamResult(status, self._stderr.value())
 
     def close(self) -> None:
         self.chan.close()
