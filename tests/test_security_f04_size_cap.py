@@ -6,7 +6,6 @@ the free-space floor that keeps the audit log and the escrow writable when evide
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import time
 
 import pytest
 
-from hostile_host import END, FakeHost, GenReader, digest, file_selection, member, pad, stat_record, tar_member, target
+from hostile_host import END, FakeHost, GenReader, digest, file_selection, member, stat_record, tar_member, target
 from ir_toolkit.triage.bundle import EvidenceLimits
 from ir_toolkit.triage.collector import collect_host
 from ir_toolkit.triage.verify import verify_collection
