@@ -256,7 +256,7 @@ def test_cli_get_wrong_passphrase(keyed_home, capsys, monkeypatch):
     entry = store.put(msp="acme", tenant="t", host="h", account="a", secret="Some-Password-9",
                       recipients=[escrow_public_key()])
     store.set_state(entry, esc.VERIFIED)
-    monkeypatch.setenv("IRKIT_KEY_PASSPHRASE", "wrong")
+    monkeypatch.setenv("IRKIT_KEY_PASSPHRASE", "not-the-passphrase")
     code, out, err = run(["escrow", "get", "--case", "IR-10", "--host", "h", "--account", "a"], capsys)
     assert code == 2 and "wrong passphrase" in err and "Some-Password-9" not in out
 

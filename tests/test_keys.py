@@ -146,7 +146,7 @@ def test_cli_wrong_passphrase_and_missing_keys_exit_2(keyenv, capsys, monkeypatc
     from ir_toolkit.audit.log import AuditLog
 
     AuditLog.open("C-1", origin="acme/ir/C-1", signer=load_signing_key(PASS)).close()
-    monkeypatch.setenv("IRKIT_KEY_PASSPHRASE", "wrong")
+    monkeypatch.setenv("IRKIT_KEY_PASSPHRASE", "not-the-passphrase")
     code, _, err = run(["audit", "checkpoint", "--case", "C-1", "--sign"], capsys)
     assert code == 2 and "wrong passphrase" in err and err.count("\n") == 1
 
