@@ -46,7 +46,7 @@ def printable(value: Any) -> str:
 
     Everything a host returns (paths, messages, stderr) goes through this before it reaches a screen.
     """
-    from ir_toolkit.secrets.redaction import redact_text
+    from ir_toolkit.redaction import redact_text
 
     return _UNPRINTABLE.sub(_escape_char, redact_text(value if isinstance(value, str) else str(value)))
 

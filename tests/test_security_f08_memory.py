@@ -61,19 +61,44 @@ def test_non_file_member_with_huge_data_is_refused():
         list(tarstream.iter_members(GenReader([blob])))
 
 
-def test_stderr_flood_is_bounded():
-    before = _rss_mib()
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    import os
 
+    if os.geteuid() != 0:
+        pytest.skip("starting sshd needs root")
+    from triage_helpers import start_sshd
+
+    server = start_sshd(tmp_path_factory.mktemp("sshd08"))
+    yield server
+    server.stop()
+
+
+@pytest.mark.lab
+def test_stderr_flood_is_bounded(sshd):
+    """poc_mem_b over real sshd: 256 MiB on stderr of a command whose stdout is capped at 1 KiB."""
+    conn = sshd.connect()
+    try:
+        before = _rss_mib()
+        res = run_capped(conn, f"head -c {N} /dev/zero >&2; echo x", cap=1024, timeout=120)
+        assert res.stdout == b"x\n"
+        assert len(res.stderr) <= STDERR_HEAD + STDERR_TAIL + 100 and b"bytes omitted" in res.stderr
+        assert _rss_mib() - before < 128, "stderr was not held in memory"
+        result = conn.run(f"head -c {N} /dev/zero >&2; echo y", timeout=120)
+        assert result.stdout == b"y\n" and len(result.stderr) <= (1 << 20) + 100
+        assert _rss_mib() - before < 128
+    finally:
+        conn.close()
+
+
+def test_stderr_of_a_stream_is_bounded_whatever_the_transport():
     def flood():
-        for _ in range(N >> 20):
+        for _ in range(64):
             yield b"E" * (1 << 20)
 
     host = FakeHost(command_out=b"x", command_err=GenReader(flood()))
     res = run_capped(host, "ps -ef", cap=1024, timeout=60)
-    assert len(res.stdout) == 1
-    assert len(res.stderr) <= STDERR_HEAD + STDERR_TAIL + 100
-    assert b"bytes omitted" in res.stderr
-    assert _rss_mib() - before < 128, "stderr was not held in memory"
+    assert len(res.stdout) == 1 and len(res.stderr) <= STDERR_HEAD + STDERR_TAIL + 100
 
 
 def test_command_output_is_spooled_not_held():

@@ -16,7 +16,7 @@ import sys
 import pytest
 from rich.console import Console
 
-from ir_toolkit.secrets.redaction import forget_secrets, register_secret
+from ir_toolkit.redaction import forget_secrets, register_secret
 from ir_toolkit.transports.ssh import TransportError
 
 
@@ -36,7 +36,7 @@ def test_progress_messages_are_redacted():
 
 
 def test_cli_error_line_is_redacted():
-    code = ("from ir_toolkit.secrets.redaction import register_secret; register_secret('S3cr3t-value-123'); "
+    code = ("from ir_toolkit.redaction import register_secret; register_secret('S3cr3t-value-123'); "
             "from ir_toolkit.cli import main as m; m._fail('host echoed S3cr3t-value-123', 1)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "S3cr3t-value-123" not in proc.stderr and "[REDACTED]" in proc.stderr

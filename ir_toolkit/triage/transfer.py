@@ -130,14 +130,18 @@ class _DeadlineReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         self.clock.timeout()
         try:
-            n = self.source.readinto(buffer)  # type: ignore[attr-defined]
+            # read1: what has arrived (one read of the transport), never "wait until the buffer is full"
+            read1 = getattr(self.source, "read1", None)
+            data = read1(len(buffer)) if read1 is not None else self.source.read(len(buffer))
         except TimeoutError:
             if self.clock.left() <= 0:
                 raise DeadlineExceeded("the step's deadline passed during the transfer") from None
             raise
-        if n and self.clock.left() <= 0:
+        if data and self.clock.left() <= 0:
             raise DeadlineExceeded("the step's deadline passed during the transfer")
-        return n or 0
+        n = len(data)
+        buffer[:n] = data
+        return n
 
 
 @dataclass
