@@ -58,7 +58,7 @@ def write_case(signer: Any, case: str = "IR-REP", *, msp: str = "acme", failures
                                params={"plan": PLAN, "approver": f"cio@{tenant}", "kind": "signed approval"})
         log.append_durable(action="run.start", actor=actor,
                            params={"plan": PLAN, "playbook": "msp-breach-containment", "resumed": False})
-        phases = [("preserve", "triage.collect"), ("isolate", "host.isolate"), ("revoke", "ssh_keys.revoke"),
+        phases = [("access", "responder.ensure_access"), ("preserve", "triage.collect"), ("isolate", "host.isolate"), ("revoke", "ssh_keys.revoke"),
                   ("rotate", "credential.rotate"), ("reimage", "host.reimage"), ("directory", "directory.reset")]
         for pi, (phase, step_action) in enumerate(phases):
             for tenant, data in TENANTS.items():
@@ -99,7 +99,11 @@ def write_case(signer: Any, case: str = "IR-REP", *, msp: str = "acme", failures
 def _effect(log: AuditLog, case: str, phase: str, tenant: str, host: str, data: dict, actor: str) -> None:
     address = data["hosts"][host]
     common = {"case": case}
-    if phase == "preserve":
+    if phase == "access":
+        log.append_durable(action="responder.key_installed", actor=actor, tenant=tenant, host=host, params={
+            **common, "file": "/root/.ssh/authorized_keys", "fingerprint": "SHA256:caseresponderkey",
+            "key_created": False, "user": "root"})
+    elif phase == "preserve":
         cid = f"20260501T120000Z-{hashlib.sha256(host.encode()).hexdigest()[:6]}"
         log.append_durable(action="evidence.collected", actor=actor, tenant=tenant, host=host, params={
             "collection_id": cid, "bundle": f"evidence/{tenant}/{host}/{cid}", "bundle_file": "bundle.tar.enc",
