@@ -95,5 +95,5 @@ def test_seeded_breach_traces_are_in_each_bundle(lab, triaged):
             # volatile data came first
             orders = [a["name"] for a in manifest["artifacts"] if a.get("status") != "not_run"]
             assert orders[0] == "linux.live.processes", where
-            assert any(a["name"] == "linux.live.firewall_iptables" and a["status"] == "not_run"
+            assert any(a["name"] == "linux.live.reveal_hidden_processes" and a["status"] == "not_run"
                        for a in manifest["artifacts"]), where

@@ -24,7 +24,14 @@ LINUX_COVERAGE = {
     "sha256 of running binaries incl. deleted": ["linux.live.process_hashes", "linux.live.deleted_binaries"],
     "sockets with owning pids": ["linux.live.network_sockets", "linux.live.network_proc"],
     "routes/arp": ["linux.live.routes", "linux.live.arp"],
-    "firewall rules": ["linux.live.firewall_nft", "linux.live.firewall_iptables", "linux.system.firewall_config"],
+    "firewall rules": ["linux.live.firewall_nft", "linux.live.firewall_iptables", "linux.live.firewall_services",
+                       "linux.system.firewall_config"],
+    "open files (lsof), deleted-but-open files": ["linux.live.open_files", "linux.live.deleted_open_files"],
+    "module parameters": ["linux.live.kernel_modules"],
+    "every file in /tmp, /var/tmp, /dev/shm, /run/shm": ["linux.files.tmp_all"],
+    "bodyfile of every local fs, hidden files": ["linux.files.bodyfile"],
+    "web server logs": ["linux.logs.web", "linux.logs.web_catalina"],
+    "containers": ["linux.live.containers", "linux.system.state_files"],
     "logged-in users, utmp/wtmp/btmp/lastlog": ["linux.live.sessions", "linux.live.last_logins",
                                                  "linux.logs.login_records"],
     "kernel modules": ["linux.live.kernel_modules"],
@@ -57,7 +64,8 @@ def catalog():
 
 
 def test_linux_coverage_is_complete_and_in_ir_triage(catalog):
-    triage = {a.name for a in catalog.select("ir_triage", "linux", allow_modifies_state=True).artifacts}
+    # without the opt-in flag: a covered item must run in a default collection
+    triage = {a.name for a in catalog.select("ir_triage", "linux").artifacts}
     for item, names in LINUX_COVERAGE.items():
         for name in names:
             assert name in catalog.artifacts, f"{item}: {name} is not defined"
@@ -90,11 +98,36 @@ def test_volatile_first(catalog):
 
 def test_modifies_state_needs_the_flag(catalog):
     plain = catalog.select("ir_triage", "linux")
-    assert "linux.live.firewall_iptables" not in {a.name for a in plain.artifacts}
-    assert [a.name for a in plain.held_back] == ["linux.live.firewall_iptables"]
+    assert "linux.live.reveal_hidden_processes" not in {a.name for a in plain.artifacts}
+    assert [a.name for a in plain.held_back] == ["linux.live.reveal_hidden_processes"]
     flagged = catalog.select("ir_triage", "linux", allow_modifies_state=True)
-    assert "linux.live.firewall_iptables" in {a.name for a in flagged.artifacts}
+    assert "linux.live.reveal_hidden_processes" in {a.name for a in flagged.artifacts}
     assert not flagged.held_back
+
+
+def test_firewall_listings_are_read_only_and_run_by_default(catalog):
+    """iptables is listed with iptables-save only for tables the kernel already has (no modprobe)."""
+    plain = {a.name: a for a in catalog.select("ir_triage", "linux").artifacts}
+    for name in ("linux.live.firewall_nft", "linux.live.firewall_iptables", "linux.live.firewall_services"):
+        assert name in plain and not plain[name].modifies_state
+    ipt = plain["linux.live.firewall_iptables"].command
+    assert "ip${v}_tables_names" in ipt and "iptables -L" not in ipt and "modprobe" not in ipt
+    assert "/proc/modules" in plain["linux.live.firewall_nft"].command
+
+
+def test_sections_split_tagged_lines():
+    from ir_toolkit.triage.collector import split_sections
+
+    main, parts = split_sections(b"0|/a|1\nhidden\td\t/.x\nhiddenish\t/y\nattr\t----i---- /z\n",
+                                 {"hidden": "h.txt", "attr": "a.txt", "socket": "s.txt"})
+    assert main == b"0|/a|1\nhiddenish\t/y\n"
+    assert parts == {"hidden": b"d\t/.x\n", "attr": b"----i---- /z\n", "socket": b""}
+    with pytest.raises(ValueError, match="section tag"):
+        Artifact(name="linux.t.x", description="d", os="linux", collector="command", command="true",
+                 sections={"Bad-Tag": "x.txt"})
+    with pytest.raises(ValueError, match="own file name"):
+        Artifact(name="linux.t.x", description="d", os="linux", collector="command", command="true",
+                 output="x.txt", sections={"a": "x.txt"})
 
 
 def test_unknown_profile(catalog):

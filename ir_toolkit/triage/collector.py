@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import getpass
+import hashlib
+import io
 import json
 import re
 import socket
@@ -298,11 +300,31 @@ class HostCollector:
             return summary
         captured = time.time()
         size = res.kept
+        sections: dict[str, tuple[IO[bytes], int]] = {}
+        stream_sha = None
         try:
             spool.seek(0)
+            if artifact.sections:
+                main = self._spool()
+                parts = {tag: self._spool() for tag in artifact.sections}
+                size, part_sizes, stream_sha = split_sections_stream(spool, artifact.sections, main, parts)
+                spool.close()
+                spool = main
+                sections = {tag: (parts[tag], part_sizes[tag]) for tag in artifact.sections}
+                spool.seek(0)
             digest = self.writer.add_stream(archive, size, spool, MemberMeta(mtime=captured, mode=0o644))
+            section_entries = []
+            for tag, (part, part_size) in sections.items():
+                name = f"live/{artifact.sections[tag]}"
+                part.seek(0)
+                section_entries.append({
+                    "archive_path": name, "artifact": artifact.name, "kind": "section", "section": tag,
+                    "size": part_size, "sha256_received": self.writer.add_stream(
+                        name, part_size, part, MemberMeta(mtime=captured, mode=0o644)),
+                    "sha256_host": None, "captured": _iso(captured), "status": COLLECTED,
+                    "note": f"the output lines of {artifact.name} tagged '{tag}', tag removed",
+                })
         except QuotaExceeded as exc:
-            spool.close()
             self.quota_reason = str(exc)
             self.log.add("error", "command output not stored: evidence quota", artifact=artifact.name, reason=str(exc))
             summary.update(status="failed", reason=str(exc))
@@ -311,11 +333,16 @@ class HostCollector:
             return summary
         finally:
             spool.close()
+            for part, _ in sections.values():
+                part.close()
         entry: dict[str, Any] = {
             "archive_path": archive, "artifact": artifact.name, "kind": "command", "command": artifact.command,
             "exit_status": res.exit_status, "size": size, "sha256_received": digest,
             "sha256_host": None, "captured": _iso(captured), "status": COLLECTED,
         }
+        if stream_sha is not None:
+            entry["sha256_stream"] = stream_sha
+        self.outputs.extend(section_entries)
         if res.truncated:
             entry["status"] = TRUNCATED
             entry["reason"] = f"output {res.total_bytes} bytes > max_file_size {artifact.file_cap}; first bytes kept"
@@ -335,7 +362,7 @@ class HostCollector:
                      bytes=size, reason=why)
         self.outputs.append(entry)
         summary.update(status="ok" if res.exit_status == 0 else "errors", exit_status=res.exit_status,
-                       files=1, bytes=size)
+                       files=1 + len(sections), bytes=res.kept)
         return summary
 
     def _enumerate(self, artifact: Artifact) -> dict[str, Any]:
@@ -638,6 +665,47 @@ class HostCollector:
         counts["bytes"] = sum(e.get("received_size", 0) for e in self.files.values()) + sum(
             e.get("size", 0) for e in self.outputs)
         return counts
+
+
+def split_sections_stream(source: IO[bytes], tags: dict[str, str], main: IO[bytes],
+                          parts: dict[str, IO[bytes]]) -> tuple[int, dict[str, int], str]:
+    """Copy ``source`` line by line: lines that start with ``tag<TAB>`` (a declared tag) go to ``parts[tag]``
+    without the tag, the rest to ``main``. Returns main's size, each part's size and the SHA-256 of the whole.
+
+    The host chooses the bytes, so a forged tagged line can only land in a section the definition declared.
+    Lines are read in bounded pieces (a hostile host may send one endless line); only a piece that starts a
+    line can carry a tag.
+    """
+    prefixes = {tag.encode() + b"\t": tag for tag in tags}
+    sha = hashlib.sha256()
+    sizes = {tag: 0 for tag in tags}
+    main_size = 0
+    at_start = True
+    target: IO[bytes] = main
+    current: str | None = None
+    while piece := source.readline(1 << 20):
+        sha.update(piece)
+        if at_start:
+            tab = piece.find(b"\t", 0, 34)
+            current = prefixes.get(piece[:tab + 1]) if tab >= 0 else None
+            if current is not None:
+                piece = piece[tab + 1:]
+            target = parts[current] if current is not None else main
+        target.write(piece)
+        if current is None:
+            main_size += len(piece)
+        else:
+            sizes[current] += len(piece)
+        at_start = piece.endswith(b"\n")
+    return main_size, sizes, sha.hexdigest()
+
+
+def split_sections(output: bytes, tags: dict[str, str]) -> tuple[bytes, dict[str, bytes]]:
+    """:func:`split_sections_stream` over bytes (every declared section returned, empty if untagged)."""
+    main = io.BytesIO()
+    parts = {tag: io.BytesIO() for tag in tags}
+    split_sections_stream(io.BytesIO(output), tags, main, parts)
+    return main.getvalue(), {tag: part.getvalue() for tag, part in parts.items()}
 
 
 def _alive(conn: Any) -> bool:

@@ -12,7 +12,10 @@ An artifact file (``ir_toolkit/triage/artifacts/<os>/*.yml``) is::
         order: 10                           # lower runs first: volatile data first
         modifies_state: false               # true: only with an explicit flag
 
-``command`` runs a shell command and keeps its output. ``file`` copies literal
+``command`` runs a shell command and keeps its output; with ``sections`` (tag ->
+file name) the output lines that start with ``tag<TAB>`` are stored, without
+the tag, in their own file beside it (one walk of the file system can yield a
+bodyfile and several lists). ``file`` copies literal
 paths, ``glob`` copies paths given as shell glob patterns, ``hash`` records
 metadata and a host-side SHA-256 without copying. For the file-like collectors
 a matched directory is walked (``max_depth``), filtered by ``name_patterns``,
@@ -52,6 +55,8 @@ _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _PERM = re.compile(r"^[-/]?[0-7]{1,4}$")
 _FSTYPE = re.compile(r"^[a-z0-9._-]{1,32}$")
+_OUTPUT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
+_TAG = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def parse_size(value: Any) -> int:
@@ -87,6 +92,8 @@ class Artifact(_Model):
     command: str | None = None
     shell: Literal["sh", "powershell", "cmd"] | None = None
     output: str | None = Field(default=None, description="file name of a command's output in the bundle")
+    sections: dict[str, str] = Field(
+        default={}, description="tag -> file name: output lines starting with 'tag<TAB>' are stored in that file")
     paths: list[str] = []
     name_patterns: list[str] = []
     exclude: list[str] = []
@@ -116,15 +123,22 @@ class Artifact(_Model):
                 raise ValueError("a command artifact needs command:")
             if self.paths or self.name_patterns or self.exclude or self.perm or self.executable:
                 raise ValueError("a command artifact takes no paths, name_patterns, exclude, perm or executable")
-            if self.output is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$", self.output):
-                raise ValueError(f"output {self.output!r}: a plain file name (letters, digits, '.', '_', '-')")
+            for out in [self.output, *self.sections.values()]:
+                if out is not None and not _OUTPUT.match(out):
+                    raise ValueError(f"output {out!r}: a plain file name (letters, digits, '.', '_', '-')")
+            for tag in self.sections:
+                if not _TAG.match(tag):
+                    raise ValueError(f"section tag {tag!r}: lowercase letters, digits and '_'")
+            names = [self.output_name, *self.sections.values()]
+            if len(set(names)) != len(names):
+                raise ValueError("sections: every section needs its own file name, not the main output's")
         else:
             if self.command:
                 raise ValueError(f"a {self.collector} artifact takes paths:, not command:")
             if not self.paths:
                 raise ValueError(f"a {self.collector} artifact needs paths:")
-            if self.output is not None:
-                raise ValueError("output: is only for command artifacts")
+            if self.output is not None or self.sections:
+                raise ValueError("output: and sections: are only for command artifacts")
             for path in self.paths:
                 _check_path(path, self.os, literal=self.collector == "file")
         if self.perm is not None and not _PERM.match(self.perm):
