@@ -9,7 +9,7 @@ import click
 
 from ir_toolkit.cli.options import format_option, inventory_options, load_selected_inventory
 from ir_toolkit.cli.output import emit_json, emit_table
-from ir_toolkit.errors import EXIT_FAILED, InputError
+from ir_toolkit.errors import EXIT_FAILED, EnvironmentProblem, InputError
 from ir_toolkit.inventory import load_inventory, resolve_inventory_path
 from ir_toolkit.inventory.model import _SLUG
 from ir_toolkit.lab import reimage as _lab_reimage  # noqa: F401 - registers the `lab` reimage provider
@@ -137,6 +137,31 @@ def exec_cmd(msp: str | None, inventory_path: str | None, host: str, command: tu
         raise InputError("irkit lab exec: give a command after the host (irkit lab exec HOST -- CMD...)")
     proc = _lab(msp, inventory_path).exec(host, argv, capture=False)
     sys.exit(proc.returncode)
+
+
+@lab.command("plant")
+@inventory_options
+@click.argument("host")
+@format_option
+def plant_cmd(msp: str | None, inventory_path: str | None, host: str, fmt: str) -> None:
+    """Plant one trace per triage coverage category on lab HOST (docs/triage.md, Coverage).
+
+    Out of band, like `lab exec`; missing tools get stand-in scripts inside the host only.
+    Prints the planted values (PIDs, hashes) the bundle must then show.
+    """
+    require_root()
+    from ir_toolkit.lab.traces import TRACES, plant
+
+    try:
+        values = plant(_lab(msp, inventory_path), host)
+    except RuntimeError as exc:
+        raise EnvironmentProblem(str(exc)) from None
+    if fmt == "json":
+        emit_json({"host": host, "traces": len(TRACES), "values": values})
+        return
+    click.echo(f"{host}: {len(TRACES)} traces planted")
+    for key, value in sorted(values.items()):
+        click.echo(f"  {key}={value}")
 
 
 @lab.command("generate")
