@@ -2,7 +2,8 @@
 #   make demo   set up, bring up the lab, contain the simulated breach, verify the audit log
 #   make test   run the whole test suite (installs what it needs; the lab needs root)
 
-PYTHON ?= python3
+# the venv's interpreter must be runnable by unprivileged users (engine tests as `nobody`): prefer the system one
+PYTHON ?= $(if $(wildcard /usr/bin/python3),/usr/bin/python3,python3)
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 IRKIT   = $(BIN)/irkit

@@ -93,11 +93,11 @@ def _working_password(rot, host, candidates):
 
 
 def _all_secrets(env, case, host_name):
-    from ir_toolkit.actions.credentials import escrow_private_key
     from ir_toolkit.secrets import escrow as esc
+    from ir_toolkit.secrets.keyprovider import KeyProvider
 
     with home(env):
-        key = escrow_private_key()
+        key = KeyProvider.unlock().escrow_private_key()
         return [(e.state, e.decrypt(key)) for e in esc.Escrow(case).entries(host=host_name, account="mspadmin")]
 
 

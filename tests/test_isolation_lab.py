@@ -109,6 +109,7 @@ def test_watchdog_releases_a_host_irkit_cannot_confirm(iso, env):
     """The host removes the table by itself unless irkit disarms the watchdog after a fresh login."""
     from ir_toolkit.actions.base import ActionContext
     from ir_toolkit.actions.isolation import IsolateHost, IsolateParams, ruleset
+    from ir_toolkit.deadline import Deadline
     from ir_toolkit.inventory import load_inventory
     from ir_toolkit.transports.pool import ConnectionPool
 
@@ -119,7 +120,7 @@ def test_watchdog_releases_a_host_irkit_cannot_confirm(iso, env):
         host = inventory.host(c["name"])
         conn = fleet.connection(host, time.monotonic() + 30)
         try:
-            ctx = ActionContext(host, inventory, "ISO-WD", conn, time.monotonic() + 60)
+            ctx = ActionContext(host, inventory, "ISO-WD", conn, Deadline.after(60), pool=fleet)
             action = IsolateHost()
             from ir_toolkit.actions.isolation import allowed_networks
 

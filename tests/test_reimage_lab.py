@@ -42,6 +42,7 @@ from ir_toolkit.actions.reimage import (
 )
 from ir_toolkit.cli.main import main
 from ir_toolkit.cli.reimage import default_playbook
+from ir_toolkit.deadline import Deadline
 from ir_toolkit.inventory import load_inventory
 from ir_toolkit.run.generated import reimage_playbook
 from ir_toolkit.transports.hostkeys import KnownHosts, fingerprint
@@ -146,8 +147,8 @@ def audit(irkit_home):
 def _ctx(audit, fleet=None) -> ActionContext:
     inventory = load_inventory(ACME)
     host = inventory.host("globex-web01")
-    return ActionContext(host, inventory, "KEYRULE", conn=None, deadline=time.monotonic() + 30,  # type: ignore[arg-type]
-                         services={"journal": audit, "fleet": fleet, "actor": "tester"})
+    return ActionContext(host, inventory, "KEYRULE", conn=None, deadline=Deadline.after(30),  # type: ignore[arg-type]
+                         journal=audit, pool=fleet, actor="tester")
 
 
 def _keyrule_records(action: str) -> list[dict]:
@@ -232,7 +233,7 @@ def test_shipped_playbook_targets_no_host_and_the_command_fills_it_in(irkit_home
     assert phase.steps[0].requires_approval and phase.steps[0].retries == 0
     assert all(select_hosts(inventory, s.targets) == [] for s in phase.steps)  # safe as shipped
 
-    destructive = {n for n, c in registry().items() if c.destructive}
+    destructive = {n for n, variants in registry().items() if any(c.destructive for c in variants)}
     assert {"host.reimage", "accounts.rotate", "ssh_keys.revoke"} <= destructive
     assert not {"accounts.provision", "host.verify_clean", "responder.ensure_access"} & destructive
     data = reimage_playbook(load(default_playbook()), hosts=["globex-dc01", "globex-web01"],

@@ -3,27 +3,31 @@
 An action is a small class registered by name. Its parameters are a pydantic
 model (unknown parameters are refused with file/line by the playbook loader).
 Actions talk to a host only through :class:`ActionContext`; they never touch
-the CLI, and they report what they did as :class:`Outcome` values that the
-engine writes to the audit log.
+the CLI, never prompt and keep no module-global state, and they report what they
+did as frozen :class:`Outcome` values that the engine writes to the audit log.
+
+Several actions may share one step name when they serve different hosts: each
+declares the host ``os`` values and the transport ``connection_kinds`` it works
+over (``"ssh"``, ``"winrm"``, ``"ldap"``), and :func:`action_for` picks the one
+for a host. Each also declares whether the engine may retry it after a transient
+transport failure (``retry_safe``).
 """
 
 from __future__ import annotations
 
 import shlex
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from ir_toolkit.audit.journal import Journal, ReadOnlyJournal
+from ir_toolkit.deadline import Deadline
 from ir_toolkit.inventory.model import Host, Inventory
-from ir_toolkit.transports.base import (
-    TIMED_OUT,
-    CommandResult,
-    Connection,
-    TransportError,
-)
+from ir_toolkit.secrets.keyprovider import KeyProvider
+from ir_toolkit.transports.base import TIMED_OUT, CommandResult, Connection, TransportError
+from ir_toolkit.transports.pool import ConnectionPool
 
 
 class Params(BaseModel):
@@ -32,7 +36,7 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
     """What a plan/apply/verify found or did. ``changed`` drives idempotence reports."""
 
@@ -49,19 +53,31 @@ class ActionFailed(Exception):
     """The action could not do its job on this host (the host is marked failed)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ActionContext:
-    """Everything an action may use for one host during one step."""
+    """Everything an action may use for one host during one step (typed; nothing string-keyed).
+
+    ``journal`` is the case's audit log (a :class:`ReadOnlyJournal` while planning, so
+    "plan changes nothing" is enforced), ``pool`` the run's connections (for fresh
+    connections after a reimage, and responder keys), ``actor`` who runs irkit,
+    ``keys`` the responder's keys unlocked once by the run service (locked while
+    planning), ``deadline`` the step's :class:`~ir_toolkit.deadline.Deadline` (inside the
+    host's budget): every command, probe, stream and sleep takes what is left of it.
+    """
 
     host: Host
     inventory: Inventory
     case_id: str
     conn: Connection
-    deadline: float
-    services: dict[str, Any] = field(default_factory=dict)
+    deadline: Deadline
+    journal: Journal = field(default_factory=ReadOnlyJournal)
+    pool: ConnectionPool | None = None
+    actor: str = "irkit"
+    keys: KeyProvider = field(default_factory=KeyProvider.locked)
+    planning: bool = False
 
     def remaining(self) -> float:
-        return self.deadline - time.monotonic()
+        return self.deadline.remaining()
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
             check: bool = False) -> CommandResult:
@@ -78,6 +94,16 @@ class ActionContext:
             )
         return result
 
+    def record(self, action: str, params: dict[str, Any], outcome: str = "ok") -> int:
+        """A durable audit record about this host (raises while planning); returns its seq."""
+        return self.journal.append_durable(action=action, actor=self.actor, tenant=self.host.tenant,
+                                           host=self.host.name, params=params, outcome=outcome)
+
+    def require_pool(self) -> ConnectionPool:
+        if self.pool is None:
+            raise ActionFailed("this step needs the engine's connection pool (run it through the engine)")
+        return self.pool
+
     @staticmethod
     def quote(text: str) -> str:
         return shlex.quote(text)
@@ -93,6 +119,11 @@ class Action(ABC):
     destructive: ClassVar[bool] = False
     #: host OSes this action supports
     os: ClassVar[tuple[str, ...]] = ("linux",)
+    #: transports it works over (the host's ``transport``: ssh, winrm, ldap)
+    connection_kinds: ClassVar[tuple[str, ...]] = ("ssh",)
+    #: the engine may run apply+verify again after a transient transport failure
+    #: (False for steps that must never run twice, such as a reimage)
+    retry_safe: ClassVar[bool] = True
 
     @abstractmethod
     def plan(self, ctx: ActionContext, params: Any) -> Outcome:
@@ -107,27 +138,48 @@ class Action(ABC):
         """Prove the change took (``ok=False`` if not)."""
 
 
-_REGISTRY: dict[str, type[Action]] = {}
+_REGISTRY: dict[str, list[type[Action]]] = {}
 
 
 def register(cls: type[Action]) -> type[Action]:
-    """Class decorator: make an action available to playbooks by its ``name``."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"action {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
+    """Class decorator: make an action available to playbooks by its ``name``.
+
+    Several classes may share a name if no two serve the same (os, connection kind).
+    """
+    variants = _REGISTRY.setdefault(cls.name, [])
+    if cls in variants:
+        return cls
+    for other in variants:
+        if other.__qualname__ == cls.__qualname__ and other.__module__ == cls.__module__:
+            variants.remove(other)  # the same class defined again (a module reloaded)
+            break
+        if set(other.os) & set(cls.os) and set(other.connection_kinds) & set(cls.connection_kinds):
+            raise ValueError(f"action {cls.name!r} registered twice for the same os and connection kind")
+    variants.append(cls)
     return cls
 
 
-def registry() -> dict[str, type[Action]]:
-    """All registered actions (importing the built-in action modules first)."""
+def registry() -> dict[str, list[type[Action]]]:
+    """All registered actions by step name, each a list of variants (built-in action modules first)."""
     from ir_toolkit.actions import load_builtin_actions
 
     load_builtin_actions()
-    return dict(_REGISTRY)
+    return {name: list(variants) for name, variants in _REGISTRY.items()}
 
 
 def get_action(name: str) -> type[Action]:
+    """The first registered variant of ``name`` (for callers that do not know the host)."""
     actions = registry()
-    if name not in actions:
+    if name not in actions or not actions[name]:
         raise KeyError(name)
-    return actions[name]
+    return actions[name][0]
+
+
+def action_for(name: str, host: Host) -> type[Action] | None:
+    """The variant of ``name`` for ``host`` (its os and transport), or None if none serves it."""
+    kind = host.transport or "ssh"
+    for cls in registry().get(name, []):
+        if host.os in cls.os and kind in cls.connection_kinds:
+            return cls
+    return None
+

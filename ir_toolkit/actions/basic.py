@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 from typing import Literal
 
@@ -85,8 +87,7 @@ class CheckFile(Action):
         outcome = self._check(ctx, params)
         if not outcome.ok:
             raise ActionFailed(outcome.summary)
-        outcome.verified = True  # the check is its own proof
-        return outcome
+        return dataclasses.replace(outcome, verified=True)  # the check is its own proof
 
     verify = _check
 

@@ -68,11 +68,7 @@ _PROBE_TIMEOUTS = Timeouts(connect=5, banner=5, auth=10, command=20)
 
 def _record(ctx: ActionContext, action: str, params: dict[str, Any], outcome: str = "ok") -> None:
     """A durable audit record of one change (no secrets: redacted again by the log anyway)."""
-    journal = ctx.services.get("journal")
-    if journal is None:
-        return
-    journal.append_durable(action=action, actor=ctx.services.get("actor", "irkit"), tenant=ctx.host.tenant,
-                           host=ctx.host.name, params={"case": ctx.case_id, **params}, outcome=outcome)
+    ctx.record(action, {"case": ctx.case_id, **params}, outcome)
 
 
 def _endpoint(ctx: ActionContext, user: str) -> Endpoint:
@@ -119,12 +115,7 @@ def login_with_key(endpoint: Endpoint, pkey: paramiko.PKey) -> bool:
 
 def responder_pkeys(ctx: ActionContext) -> list[paramiko.PKey]:
     """The keys irkit logs in with (the per-case key first), for proofs of access."""
-    fleet = ctx.services.get("fleet")
-    if fleet is not None:
-        return list(fleet.keys())
-    from ir_toolkit.transports.pool import responder_key_paths
-
-    return [load_private_key(p) for p in responder_key_paths(ctx.inventory, ctx.case_id) if p.exists()]
+    return list(ctx.require_pool().keys())
 
 
 def responder_access_works(ctx: ActionContext) -> bool:
@@ -290,9 +281,8 @@ class EnsureResponderAccess(Action):
             _record(ctx, "responder.access_failed", {"fingerprint": fp, "file": path}, outcome="failed")
             raise ActionFailed(f"installed the case responder key in {path} but a fresh login with it failed; "
                                "nothing else will be changed on this host")
-        fleet = ctx.services.get("fleet")
-        if fleet is not None:
-            fleet.reload_keys()
+        if ctx.pool is not None:
+            ctx.pool.reload_keys()  # the pool prefers the case key from now on
         if changed:
             _record(ctx, "responder.key_installed", {"fingerprint": fp, "file": path, "user": user,
                                                      "key_created": created})
@@ -324,22 +314,6 @@ def generate_password(length: int) -> str:
                 and any(c.isdigit() for c in value) and any(c in PASSWORD_SYMBOLS for c in value)):
             register_secret(value)
             return value
-
-
-_escrow_key_lock = threading.Lock()
-_escrow_key_cache: dict[str, Any] = {}
-
-
-def escrow_private_key() -> Any:
-    """The responder's escrow private key (unlocked once per process: needed to reconcile and verify)."""
-    from ir_toolkit.home import keys_dir
-    from ir_toolkit.secrets.keystore import get_passphrase, load_escrow_private_key
-
-    cache_key = str(keys_dir())
-    with _escrow_key_lock:
-        if cache_key not in _escrow_key_cache:
-            _escrow_key_cache[cache_key] = load_escrow_private_key(get_passphrase())
-        return _escrow_key_cache[cache_key]
 
 
 def escrow_recipients(extra: list[str]) -> list[Any]:
@@ -580,7 +554,7 @@ class RotateAccounts(Action):
                           "sleep 0.1; done; exit 1")
         if not settled.ok:
             raise ActionFailed(f"a password change for {user} is still running on the host; try again")
-        key = escrow_private_key()
+        key = ctx.keys.escrow_private_key()
         endpoint = _endpoint(ctx, user)
         current_found = None
         for entry in unsettled:  # newest first
@@ -599,7 +573,7 @@ class RotateAccounts(Action):
         return current_found
 
     def _still_current(self, ctx: ActionContext, entry: esc.EscrowEntry, user: str) -> bool:
-        password = entry.decrypt(escrow_private_key())
+        password = entry.decrypt(ctx.keys.escrow_private_key())
         return bool(password_is_set(ctx, user, password)) or login_with_password(_endpoint(ctx, user), password)
 
     def _rotate(self, ctx: ActionContext, params: RotateParams, state: AccountState) -> tuple[bool, str, dict]:
@@ -657,7 +631,7 @@ class RotateAccounts(Action):
             if login_with_password(endpoint, resolve(parse_ref(params.old_password))):
                 problems.append("the old shared password STILL logs in")
         if old_entry is not None:
-            if login_with_password(endpoint, old_entry.decrypt(escrow_private_key())):
+            if login_with_password(endpoint, old_entry.decrypt(ctx.keys.escrow_private_key())):
                 problems.append(f"the previous escrowed password (entry {old_entry.id}) STILL logs in")
         return problems
 
@@ -701,7 +675,7 @@ class RotateAccounts(Action):
             if entry is None:
                 problems.append(f"{user}: no verified escrowed password")
                 continue
-            if not login_with_password(endpoint, entry.decrypt(escrow_private_key())):
+            if not login_with_password(endpoint, entry.decrypt(ctx.keys.escrow_private_key())):
                 problems.append(f"{user}: the escrowed password (entry {entry.id}) does NOT log in")
             else:
                 notes.append(f"{user}: escrowed password (entry {entry.id}) logs in")

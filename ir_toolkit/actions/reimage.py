@@ -29,6 +29,8 @@ new fingerprints), ``reimage.done``, ``account.created``. See docs/reimage.md.
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as dt
 import fcntl
 import os
@@ -89,18 +91,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _journal(ctx: ActionContext) -> Any:
-    journal = ctx.services.get("journal")
-    if journal is None:
-        raise ActionFailed("a reimage needs the case's audit log (run it through the engine)")
-    return journal
-
-
 def _record(ctx: ActionContext, action: str, params: dict[str, Any], outcome: str = "ok") -> int:
     """A durable audit record about this host; returns its seq."""
-    return int(_journal(ctx).append_durable(
-        action=action, actor=ctx.services.get("actor", "irkit"), tenant=ctx.host.tenant, host=ctx.host.name,
-        params=_jsonable({"case": ctx.case_id, **params}), outcome=outcome))
+    return int(ctx.record(action, _jsonable({"case": ctx.case_id, **params}), outcome))
 
 
 # =========================================================================== audit-log queries
@@ -254,9 +247,8 @@ def accept_reimaged_host_key(ctx: ActionContext, key: paramiko.PKey, *, old_fp: 
         _record(ctx, RECORD_KEY_REFUSED, {**facts, "reason": why}, outcome="refused")
         raise ActionFailed(why)
     path = write_case_pin(ctx.case_id, host.address, int(host.port or 22), key)
-    fleet = ctx.services.get("fleet")
-    if fleet is not None:
-        fleet.known_hosts.pin_override(host.address, int(host.port or 22), new_fp)
+    if ctx.pool is not None:
+        ctx.pool.known_hosts.pin_override(host.address, int(host.port or 22), new_fp)
     facts.update(known_hosts=str(path), host_key_changed=old_fp != new_fp, key_type=key.get_name())
     facts["seq"] = _record(ctx, RECORD_KEY_ACCEPTED, facts)
     return facts
@@ -290,16 +282,15 @@ class ReimageParams(Params):
         return value
 
 
-def _resolver(case_id: str) -> Any:
-    """Secret references for BMCs: ``env:``/``file:``, and ``escrow:`` from this case."""
+def _resolver(ctx: ActionContext) -> Any:
+    """Secret references for BMCs: ``env:``/``file:``, and ``escrow:`` from this case (keys from the context)."""
     def resolve_secret(reference: str) -> str:
         ref = parse_ref(reference)
         if ref.scheme == "escrow":
-            from ir_toolkit.actions.credentials import escrow_private_key
             from ir_toolkit.redaction import register_secret
             from ir_toolkit.secrets.escrow import resolve_reference
 
-            value = resolve_reference(case_id, ref.target, escrow_private_key())
+            value = resolve_reference(ctx.case_id, ref.target, ctx.keys.escrow_private_key())
             register_secret(value)
             return value
         return resolve(ref)
@@ -337,6 +328,9 @@ class ReimageHost(Action):
     Params = ReimageParams
     description = "reinstall via the host's BMC/provider, pin the new host key, prove responder access"
     destructive = True
+    #: never run twice: a retry would reinstall the host again (``_guarded`` also turns transport
+    #: failures after the start into ActionFailed)
+    retry_safe = False
 
     def _options(self, ctx: ActionContext, params: ReimageParams) -> ReimageOptions:
         left = max(1.0, ctx.remaining())
@@ -345,7 +339,7 @@ class ReimageHost(Action):
             media_timeout=min(params.media_timeout, left), power_off_timeout=min(params.power_off_timeout, left),
             power_on_timeout=min(params.power_on_timeout, left), override_grace=min(params.override_grace, left),
             install_timeout=min(params.install_timeout, left), command_timeout=min(params.command_timeout, left),
-            poll_interval=params.poll_interval, ready_check=_ssh_answers, resolve_secret=_resolver(ctx.case_id),
+            poll_interval=params.poll_interval, ready_check=_ssh_answers, resolve_secret=_resolver(ctx),
             case_id=ctx.case_id,
         )
 
@@ -372,9 +366,7 @@ class ReimageHost(Action):
             p = done.get("params") or {}
             return Outcome(False, f"already reimaged in this case (audit seq {done['seq']}); nothing to do",
                            {"new_host_key_fingerprint": p.get("new_host_key_fingerprint")}, verified=True)
-        fleet = ctx.services.get("fleet")
-        if fleet is None:
-            raise ActionFailed("a reimage needs the engine's fleet (run it through the engine)")
+        fleet = ctx.require_pool()
         pending = None if params.force else unfinished_reimage(ctx.case_id, host.tenant, host.name)
         if pending is not None:
             # The provider finished in an earlier run that stopped before the new key was pinned
@@ -413,7 +405,7 @@ class ReimageHost(Action):
                  old_fp: str, started: str, t0: float) -> Outcome:
         host = ctx.host
         fleet.drop(host)  # the running system is about to go away
-        result = drive_provider(provider, host, ctx.deadline, params.poll_interval)
+        result = drive_provider(provider, host, ctx.deadline.at, params.poll_interval)
         ok = result.status is ReimageStatus.DONE
         provider_seq = _record(ctx, RECORD_PROVIDER, result.to_record(), outcome="ok" if ok else "failed")
         if not ok:
@@ -432,12 +424,12 @@ class ReimageHost(Action):
         """Accept the reinstalled host's key (audited rule), pin it, prove responder access over it."""
         host = ctx.host
         fleet.drop(host)
-        key = wait_for_host_key(host, ctx.deadline)
+        key = wait_for_host_key(host, ctx.deadline.at)
         accepted = accept_reimaged_host_key(ctx, key, old_fp=old_fp, reimage_seq=provider_seq,
                                             reported_fp=reported_fp)
         new_fp = accepted["new_host_key_fingerprint"]
         # Responder access through the provider's path, over the new pin only (a fresh connection).
-        conn = fleet.connection(host, ctx.deadline)
+        conn = fleet.connection(host, ctx.deadline.at)
         if conn.host_key_fingerprint != new_fp or not conn.run("true", timeout=max(1.0, ctx.remaining())).ok:
             raise ActionFailed(f"{host.name}: reimaged, but the responder login over the new pin failed")
         details = {"provider": provider, "old_host_key_fingerprint": old_fp,
@@ -637,8 +629,7 @@ class VerifyClean(Action):
         outcome = self.verify(ctx, params)
         if not outcome.ok:
             raise ActionFailed(f"not clean: {outcome.summary}")
-        outcome.verified = True
-        return outcome
+        return dataclasses.replace(outcome, verified=True)
 
     def verify(self, ctx: ActionContext, params: VerifyCleanParams) -> Outcome:
         from ir_toolkit.actions.credentials import (

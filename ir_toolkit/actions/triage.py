@@ -10,26 +10,18 @@ collected again (``force: true`` collects a new bundle anyway).
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import Any
 
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
 from ir_toolkit.transports.base import TIMED_OUT, TransportError
 from ir_toolkit.triage.collector import HostTarget, collect_host
 from ir_toolkit.triage.custody import record_custody
-from ir_toolkit.triage.schema import Catalog, load_catalog
+from ir_toolkit.triage.schema import Catalog, builtin_catalog
 from ir_toolkit.triage.status import host_evidence_status
-
-_catalog: Catalog | None = None
-_catalog_lock = threading.Lock()
 
 
 def catalog() -> Catalog:
-    global _catalog
-    with _catalog_lock:
-        if _catalog is None:
-            _catalog = load_catalog()
-        return _catalog
+    return builtin_catalog()
 
 
 class TriageParams(Params):
@@ -65,24 +57,20 @@ class CollectTriage(Action):
         if status.ready and not params.force:
             return Outcome(False, f"evidence already collected ({status.collection})",
                            {"collection": status.collection, "bundle_sha256": status.bundle_sha256})
-        journal = ctx.services.get("journal")
-        if journal is None:
-            raise ActionFailed("triage needs the case's audit log for the chain-of-custody record")
+        journal = ctx.journal
         selection = catalog().select(params.profile, ctx.host.os, allow_modifies_state=params.allow_state_changes)
         recipients = []
         if params.encrypt:
-            from ir_toolkit.secrets.keystore import escrow_public_key
-
-            recipients.append(escrow_public_key())
+            recipients.append(ctx.keys.escrow_public_key())
         target = HostTarget(case=ctx.case_id, msp=ctx.inventory.msp.name, tenant=ctx.host.tenant,
                             host=ctx.host.name, address=ctx.host.address, os=ctx.host.os,
                             ssh_user=ctx.conn.endpoint.user)
         target = dataclasses.replace(target, host_key_fingerprint=ctx.conn.host_key_fingerprint)
-        actor = ctx.services.get("actor")
+        actor = ctx.actor
         # The step's deadline is absolute: every remote call and every read of the collection ends
         # by then, however the host trickles; what was collected is sealed as `partial`.
         result = collect_host(ctx.conn, target, selection, recipients=recipients, transfer=params.transfer,
-                              idle_timeout=max(5.0, min(120.0, ctx.remaining())), deadline=ctx.deadline,
+                              idle_timeout=max(5.0, min(120.0, ctx.remaining())), deadline=ctx.deadline.at,
                               on_sealed=lambda collection, seal: record_custody(journal, ctx.case_id, collection,
                                                                                 seal, who=actor))
         if result.status == "failed" or result.seal is None:

@@ -98,7 +98,7 @@ def reimage(msp: str | None, inventory_path: str | None, case_id: str, hosts: tu
         raise FileInputError(str(template_path), None, None, "a playbook is a mapping with name: and phases:")
     from ir_toolkit.actions.base import registry
 
-    destructive = {name for name, cls in registry().items() if cls.destructive}
+    destructive = {name for name, variants in registry().items() if any(cls.destructive for cls in variants)}
     data = reimage_playbook(template, hosts=chosen, image_url=image_url, reason=reason, old_password=old_password,
                             evidence_override=evidence_override, destructive=destructive)
     session.start_case_logging(case_id)

@@ -10,30 +10,33 @@ steps that did not finish.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import resource
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ir_toolkit.actions.base import (
     Action,
     ActionContext,
     ActionFailed,
     Outcome,
-    get_action,
+    action_for,
 )
+from ir_toolkit.audit.journal import Journal, JournalReadOnly, ReadOnlyJournal
+from ir_toolkit.deadline import Deadline
 from ir_toolkit.inventory.model import Host, Inventory
 from ir_toolkit.log import get_logger
 from ir_toolkit.playbook.plan import Plan, PlanItem, file_sha256, item_id, plan_params
 from ir_toolkit.playbook.schema import LoadedPlaybook, Phase
 from ir_toolkit.playbook.targets import make_waves, select_hosts
+from ir_toolkit.secrets.keyprovider import KeyProvider
 from ir_toolkit.transports.base import TIMED_OUT, TransportError
 from ir_toolkit.transports.pool import ConnectionPool
 
@@ -46,15 +49,6 @@ STATUSES = (OK, FAILED, TIMED_OUT_STATUS, SKIPPED)
 
 DEFAULT_FORKS = 100
 _log = get_logger("engine")
-
-
-class Journal(Protocol):
-    """What the engine needs from the audit log (``ir_toolkit.audit.log.AuditLog``)."""
-
-    def append_durable(self, *, action: str, actor: str, tenant: str | None = None, host: str | None = None,
-                       params: dict | None = None, outcome: str = "ok") -> int: ...
-
-    def checkpoint(self) -> str: ...
 
 
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -108,53 +102,65 @@ def actor_name() -> str:
 
 
 def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str, case_id: str, pool: ConnectionPool,
-               *, forks: int = DEFAULT_FORKS, on_event: EventSink | None = None) -> Plan:
-    """Inspect every targeted host with each step's ``plan`` and return the (unsaved) plan."""
+               *, forks: int = DEFAULT_FORKS, on_event: EventSink | None = None, actor: str | None = None) -> Plan:
+    """Inspect every targeted host with each step's ``plan`` and return the (unsaved) plan.
+
+    Actions plan with a read-only journal and locked keys: a plan that tries to write the
+    audit log gets its item marked unknown (``error: plan_wrote``), and nothing is written.
+    """
     raise_fd_limit()
     playbook = loaded.playbook
-    items: list[PlanItem] = []
-    per_host: dict[str, list[tuple[PlanItem, Action, Any]]] = {}
+    rows: list[tuple[PlanItem, Action, Any]] = []
+    per_host: dict[str, list[int]] = {}
     for pi, phase in enumerate(playbook.phases):
         for si, step in enumerate(phase.steps):
-            action_cls = get_action(step.action)
-            params = loaded.step_params(pi, si)
             for host in select_hosts(inventory, step.targets):
-                if host.os not in action_cls.os:
+                action_cls = action_for(step.action, host)
+                if action_cls is None:
                     continue
+                params = loaded.step_params(pi, si, action_cls)
                 item = PlanItem(
                     id=item_id(phase.name, si, host.name), phase=phase.name, phase_index=pi, step=step.name,
                     step_index=si, tenant=host.tenant, host=host.name, action=step.action,
                     params=plan_params(params), requires_approval=step.requires_approval,
                     destructive=action_cls.destructive,
                 )
-                items.append(item)
-                per_host.setdefault(host.name, []).append((item, action_cls(), params))
+                per_host.setdefault(host.name, []).append(len(rows))
+                rows.append((item, action_cls(), params))
     hosts = {h.name: h for h in inventory.hosts()}
+    changes: dict[int, dict[str, Any]] = {}
+    journal = ReadOnlyJournal()
+    keys = KeyProvider.locked()
+    who = actor or actor_name()
 
     def inspect(host_name: str) -> None:
         host = hosts[host_name]
-        deadline = time.monotonic() + playbook.defaults.host_timeout
+        deadline = Deadline.after(playbook.defaults.host_timeout)
         try:
-            conn = pool.connection(host, deadline)
+            conn = pool.connection(host, deadline.at)
         except TransportError as exc:
-            for item, _, _ in per_host[host_name]:
-                item.change = {"changed": None, "summary": f"unknown: {exc}", "error": exc.kind}
+            for row in per_host[host_name]:
+                changes[row] = {"changed": None, "summary": f"unknown: {exc}", "error": exc.kind}
             return
-        for item, action, params in per_host[host_name]:
+        for row in per_host[host_name]:
+            item, action, params = rows[row]
             step = playbook.phases[item.phase_index].steps[item.step_index]
-            ctx = ActionContext(host, inventory, case_id, conn,
-                                time.monotonic() + min(playbook.step_timeout(step), deadline - time.monotonic()))
+            ctx = ActionContext(host, inventory, case_id, conn, deadline.child(playbook.step_timeout(step)),
+                                journal=journal, pool=pool, actor=who, keys=keys, planning=True)
             try:
                 outcome = action.plan(ctx, params)
-                item.change = {"changed": outcome.changed, "summary": outcome.summary}
+                changes[row] = {"changed": outcome.changed, "summary": outcome.summary}
             except (TransportError, ActionFailed) as exc:
-                item.change = {"changed": None, "summary": f"unknown: {exc}",
-                               "error": getattr(exc, "kind", "failed")}
+                changes[row] = {"changed": None, "summary": f"unknown: {exc}",
+                                "error": getattr(exc, "kind", "failed")}
+            except JournalReadOnly as exc:
+                changes[row] = {"changed": None, "summary": f"unknown: {exc}", "error": "plan_wrote"}
         if on_event:
             on_event("planned", {"host": host_name, "tenant": host.tenant})
 
     with ThreadPoolExecutor(max_workers=max(1, min(forks, len(per_host) or 1))) as executor:
         list(executor.map(inspect, list(per_host)))
+    items = [dataclasses.replace(item, change=changes.get(row, {})) for row, (item, _, _) in enumerate(rows)]
     return Plan(
         case=case_id, msp=inventory.msp.name,
         playbook_path=str(loaded.path), playbook_sha256=file_sha256(loaded.path),
@@ -175,6 +181,8 @@ class EngineOptions:
     #: tenant -> approvals in hand (the responder's own confirmation counts as one)
     approvals: dict[str, int] = field(default_factory=dict)
     evidence_gate: Callable[[str, str], bool] | None = None
+    #: the responder's keys, unlocked once by the run service (locked: public keys only)
+    keys: KeyProvider = field(default_factory=KeyProvider.locked)
 
 
 class Engine:
@@ -207,10 +215,14 @@ class Engine:
     def cancel(self) -> None:
         self._cancel.set()
 
-    def _action(self, name: str) -> Action:
-        if name not in self._actions:
-            self._actions[name] = get_action(name)()
-        return self._actions[name]
+    def _action(self, name: str, host: Host) -> Action:
+        cls = action_for(name, host)
+        if cls is None:
+            raise ActionFailed(f"no {name!r} action for {host.os} hosts over {host.transport}")
+        key = f"{cls.__module__}.{cls.__qualname__}"
+        if key not in self._actions:
+            self._actions[key] = cls()
+        return self._actions[key]
 
     def _record(self, action: str, item: PlanItem | None = None, *, host: str | None = None, tenant: str | None = None,
                 params: dict | None = None, outcome: str = "ok") -> None:
@@ -358,7 +370,7 @@ class Engine:
                 self._record("step.skipped", item, params={"reason": reason}, outcome="skipped")
 
     def _run_host(self, host: Host, items: list[PlanItem]) -> str:
-        deadline = time.monotonic() + self.playbook.defaults.host_timeout
+        deadline = Deadline.after(self.playbook.defaults.host_timeout)
         todo = [item for item in items if item.id not in self.options.finished]
         if not todo:
             self.on_event("host.done", {"host": host.name, "tenant": host.tenant, "status": OK, "message": "already done"})
@@ -376,10 +388,10 @@ class Engine:
         self._set(host, OK, self.summary.hosts[host.name].message)
         return OK
 
-    def _run_item(self, host: Host, item: PlanItem, deadline: float) -> tuple[str, str]:
+    def _run_item(self, host: Host, item: PlanItem, deadline: Deadline) -> tuple[str, str]:
         step = self.playbook.phases[item.phase_index].steps[item.step_index]
-        action = self._action(item.action)
-        params = self.loaded.step_params(item.phase_index, item.step_index)
+        action = self._action(item.action, host)
+        params = self.loaded.step_params(item.phase_index, item.step_index, type(action))
         if item.requires_approval:
             needed = self.inventory.tenant(host.tenant).approvals_required
             have = self.options.approvals.get(host.tenant, 0)
@@ -404,20 +416,20 @@ class Engine:
         attempt = 0
         while True:
             attempt += 1
-            step_deadline = min(deadline, time.monotonic() + timeout)
+            step_deadline = deadline.child(timeout)
             try:
-                conn = self.pool.connection(host, step_deadline)
-                ctx = ActionContext(host, self.inventory, self.plan.case, conn, step_deadline,
-                                    services={"journal": self.journal, "fleet": self.pool, "actor": self.options.actor})
+                conn = self.pool.connection(host, step_deadline.at)
+                ctx = ActionContext(host, self.inventory, self.plan.case, conn, step_deadline, journal=self.journal,
+                                    pool=self.pool, actor=self.options.actor, keys=self.options.keys)
                 applied: Outcome = action.apply(ctx, params)
                 verdict: Outcome = applied if applied.verified else action.verify(ctx, params)
                 if not verdict.ok:
                     raise ActionFailed(f"verify failed: {verdict.summary}")
             except TransportError as exc:
                 status = TIMED_OUT_STATUS if exc.kind == TIMED_OUT else FAILED
-                if exc.transient and attempt <= retries and time.monotonic() < deadline:
+                if exc.transient and action.retry_safe and attempt <= retries and not deadline.expired:
                     self.pool.drop(host)
-                    time.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+                    deadline.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
                     continue
                 self.pool.drop(host)
                 self._record("step.done", item, params={"error": str(exc), "kind": exc.kind, "attempts": attempt},

@@ -24,7 +24,7 @@ from ir_toolkit.redaction import redact
 PLAN_VERSION = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlanItem:
     id: str
     phase: str

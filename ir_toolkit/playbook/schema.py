@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ir_toolkit.actions.base import registry
+from ir_toolkit.actions.base import Action, registry
 from ir_toolkit.errors import FileInputError
 from ir_toolkit.yamlfile import LDict, field_name, line_of, load, validate
 
@@ -103,16 +103,21 @@ class Playbook(_Model):
 
 
 class LoadedPlaybook:
-    """A validated playbook plus the parsed parameter objects of its steps."""
+    """A validated playbook plus the parsed parameter objects of its steps (per action variant)."""
 
-    def __init__(self, path: Path, playbook: Playbook, params: dict[tuple[int, int], BaseModel], text: str) -> None:
+    def __init__(self, path: Path, playbook: Playbook, params: dict[tuple[int, int], dict[type, BaseModel]],
+                 text: str) -> None:
         self.path = path
         self.playbook = playbook
         self.params = params
         self.text = text
 
-    def step_params(self, phase_index: int, step_index: int) -> BaseModel:
-        return self.params[(phase_index, step_index)]
+    def step_params(self, phase_index: int, step_index: int, action: type[Action] | None = None) -> BaseModel:
+        """The step's parameters as parsed by ``action``'s model (default: the step's first variant)."""
+        by_model = self.params[(phase_index, step_index)]
+        if action is None:
+            return next(iter(by_model.values()))
+        return by_model[action.Params]
 
 
 def load_playbook(path: str | Path) -> LoadedPlaybook:
@@ -123,7 +128,7 @@ def load_playbook(path: str | Path) -> LoadedPlaybook:
         raise FileInputError(str(path), getattr(data, "line", 1), None, "a playbook is a mapping with name: and phases:")
     playbook: Playbook = validate(Playbook, data, path)
     actions = registry()
-    params: dict[tuple[int, int], BaseModel] = {}
+    params: dict[tuple[int, int], dict[type, BaseModel]] = {}
     phase_names: set[str] = set()
     for pi, phase in enumerate(playbook.phases):
         if phase.name in phase_names:
@@ -137,15 +142,26 @@ def load_playbook(path: str | Path) -> LoadedPlaybook:
                 known = ", ".join(sorted(actions))
                 raise FileInputError(str(path), line_of(data, loc), field_name(loc),
                                      f"unknown action {step.action!r} (known: {known})")
-            model = actions[step.action].Params
-            try:
-                params[(pi, si)] = model.model_validate(step.params)
-            except ValidationError as exc:
-                err = exc.errors(include_url=False)[0]
-                loc = (*base, "params", *err.get("loc", ()))
-                msg = "unknown parameter" if err.get("type") == "extra_forbidden" else (
-                    "required parameter is missing" if err.get("type") == "missing"
-                    else str(err.get("msg", "invalid value")).removeprefix("Value error, "))
-                raise FileInputError(str(path), line_of(data, loc), field_name(loc),
-                                     f"{msg} for action {step.action!r}") from None
+            # every variant that may serve the step's hosts must accept its parameters
+            variants = [cls for cls in actions[step.action]
+                        if not step.targets.os or set(cls.os) & set(step.targets.os)] or actions[step.action][:1]
+            parsed: dict[type, BaseModel] = {}
+            for model in dict.fromkeys(cls.Params for cls in variants):
+                try:
+                    parsed[model] = model.model_validate(step.params)
+                except ValidationError as exc:
+                    err = exc.errors(include_url=False)[0]
+                    loc = (*base, "params", *err.get("loc", ()))
+                    msg = "unknown parameter" if err.get("type") == "extra_forbidden" else (
+                        "required parameter is missing" if err.get("type") == "missing"
+                        else str(err.get("msg", "invalid value")).removeprefix("Value error, "))
+                    raise FileInputError(str(path), line_of(data, loc), field_name(loc),
+                                         f"{msg} for action {step.action!r}") from None
+            for cls in actions[step.action]:  # variants outside the targets' os still get a parse, if valid
+                if cls.Params not in parsed:
+                    try:
+                        parsed[cls.Params] = cls.Params.model_validate(step.params)
+                    except ValidationError:
+                        pass
+            params[(pi, si)] = parsed
     return LoadedPlaybook(path, playbook, params, path.read_text(encoding="utf-8"))

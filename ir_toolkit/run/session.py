@@ -40,6 +40,7 @@ from ir_toolkit.playbook.engine import Engine, EngineOptions, RunSummary, actor_
 from ir_toolkit.playbook.journal import journal_state, plan_path_for
 from ir_toolkit.playbook.plan import Plan, file_sha256, load_plan
 from ir_toolkit.playbook.schema import LoadedPlaybook, load_playbook
+from ir_toolkit.secrets.keyprovider import KeyProvider
 from ir_toolkit.transports.base import Timeouts
 from ir_toolkit.transports.pool import ConnectionPool
 
@@ -86,13 +87,12 @@ def start_case_logging(case_id: str, verbosity: int = 0) -> Path:
     return path
 
 
-def open_journal(case_id: str, msp: str) -> Any:
+def open_journal(case_id: str, msp: str, keys: KeyProvider | None = None) -> Any:
     """The case's audit log, opened for writing with the responder's signing key."""
     from ir_toolkit.audit.log import AuditLog
-    from ir_toolkit.secrets.keystore import get_passphrase, load_signing_key
 
-    signer = load_signing_key(get_passphrase())
-    return AuditLog.open(case_id, origin=f"{msp}/ir/{case_id}", signer=signer)
+    keys = keys or KeyProvider.unlock()
+    return AuditLog.open(case_id, origin=f"{msp}/ir/{case_id}", signer=keys.signer())
 
 
 def journal_actor() -> str:
@@ -200,13 +200,18 @@ def run_playbook(msp: str | None, inventory_path: str | None, case_id: str, play
 def execute(plan: Plan, loaded: LoadedPlaybook, inventory: Inventory, *, forks: int, responder_confirmed: bool,
             frontend: Frontend, finished: set[str] | None = None, approval_wait: float = 0.0,
             pool: ConnectionPool | None = None) -> int:
-    """Run a plan with approvals, the evidence gate and live progress events; return the exit code."""
-    journal = open_journal(plan.case, inventory.msp.name)
+    """Run a plan with approvals, the evidence gate and live progress events; return the exit code.
+
+    The passphrase is asked for once, here on the main thread; the engine's workers get the
+    unlocked keys in their action context and never prompt.
+    """
+    keys = KeyProvider.unlock()
+    journal = open_journal(plan.case, inventory.msp.name, keys)
     try:
         approvals = gather_approvals(plan, inventory, journal, responder_confirmed, approval_wait, frontend)
         pool = pool or make_pool(inventory, plan.case, loaded)
         options = EngineOptions(forks=forks, finished=finished or set(), approvals=approvals,
-                                evidence_gate=evidence_gate(plan.case))
+                                evidence_gate=evidence_gate(plan.case), keys=keys)
         frontend.event("run.begin", {"plan": plan.hash})
         try:
             engine = Engine(plan, loaded, inventory, journal, pool, options, on_event=frontend.event)

@@ -32,6 +32,7 @@ cannot silently produce a near-empty collection.
 
 from __future__ import annotations
 
+import functools
 import fnmatch
 import re
 from dataclasses import dataclass
@@ -318,3 +319,9 @@ def _item_line(node: Any, index: int) -> int | None:
     if isinstance(node, LList) and 0 <= index < len(node):
         return node.item_lines[index]
     return None
+
+
+@functools.cache
+def builtin_catalog() -> Catalog:
+    """The shipped catalogue (package data, immutable), loaded once per process."""
+    return load_catalog()

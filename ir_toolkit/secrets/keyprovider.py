@@ -1,0 +1,71 @@
+"""The responder's keys for one run, unlocked once (``run/`` asks for the passphrase; nothing else does).
+
+Actions get a :class:`KeyProvider` in their context and never prompt: the escrow private
+key (needed to reconcile and verify rotations, and for ``escrow:`` BMC references) is
+unlocked with the passphrase the run service obtained, at most once per run, under a lock.
+While planning, actions get :meth:`KeyProvider.locked`, which refuses private keys.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from ir_toolkit.errors import InputError
+from ir_toolkit.redaction import register_secret
+
+
+class KeysLocked(InputError):
+    """A private key was asked for where none is unlocked (planning, or a run without keys)."""
+
+
+class KeyProvider:
+    def __init__(self, passphrase: str | None, *, directory: Path | None = None) -> None:
+        if passphrase:
+            register_secret(passphrase)
+        self._passphrase = passphrase
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._signer: Any = None
+        self._escrow: Any = None
+
+    @classmethod
+    def locked(cls) -> KeyProvider:
+        """A provider that holds no passphrase: public keys only."""
+        return cls(None)
+
+    @classmethod
+    def unlock(cls, *, directory: Path | None = None) -> KeyProvider:
+        """Ask for the passphrase once (``$IRKIT_KEY_PASSPHRASE`` or a prompt on the main thread)."""
+        from ir_toolkit.secrets.keystore import get_passphrase
+
+        return cls(get_passphrase(), directory=directory)
+
+    def _need(self, what: str) -> str:
+        if self._passphrase is None:
+            raise KeysLocked(f"the {what} is not unlocked here (planning changes nothing and holds no private key)")
+        return self._passphrase
+
+    def signer(self) -> Any:
+        """The audit signing key (:class:`ir_toolkit.tlog.note.Signer`)."""
+        from ir_toolkit.secrets.keystore import load_signing_key
+
+        with self._lock:
+            if self._signer is None:
+                self._signer = load_signing_key(self._need("signing key"), directory=self._directory)
+            return self._signer
+
+    def escrow_private_key(self) -> Any:
+        """The escrow recipient's private key (X25519), unlocked on first use."""
+        from ir_toolkit.secrets.keystore import load_escrow_private_key
+
+        with self._lock:
+            if self._escrow is None:
+                self._escrow = load_escrow_private_key(self._need("escrow key"))
+            return self._escrow
+
+    def escrow_public_key(self) -> Any:
+        from ir_toolkit.secrets.keystore import escrow_public_key
+
+        return escrow_public_key(self._directory)

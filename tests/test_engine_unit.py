@@ -1,0 +1,510 @@
+"""The engine's decisions without root or hosts: a FakeConnection pool, an in-memory journal, test actions.
+
+Run unprivileged (README, Development):
+    runuser -u nobody -- .venv/bin/python -m pytest -m "not lab" -k engine -p no:cacheprovider --basetemp=/tmp/irkit-nobody-pytest
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ir_toolkit.actions import base as actions_base
+from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.inventory import load_inventory
+from ir_toolkit.playbook.engine import Engine, EngineOptions, build_plan
+from ir_toolkit.playbook.schema import load_playbook
+from ir_toolkit.transports.base import TIMED_OUT, TRANSIENT, CommandResult, TransportError
+from tests.fakes import FakeConnection, FakePool, MemoryJournal
+
+# --------------------------------------------------------------------------- test actions
+
+
+class StepParams(Params):
+    label: str = "x"
+    verify_ok: bool = True
+
+
+class _Step(Action):
+    Params = StepParams
+
+    def plan(self, ctx: ActionContext, params: StepParams) -> Outcome:
+        return Outcome(True, f"would {params.label}")
+
+    def apply(self, ctx: ActionContext, params: StepParams) -> Outcome:
+        result = ctx.run(f"{self.name} {params.label}")
+        if not result.ok:
+            raise ActionFailed(f"{params.label} exited {result.exit_status}")
+        return Outcome(True, f"did {params.label}", {"host": ctx.host.name})
+
+    def verify(self, ctx: ActionContext, params: StepParams) -> Outcome:
+        return Outcome(False, "checked", ok=params.verify_ok)
+
+
+class TStep(_Step):
+    name = "t.step"
+
+
+class TDestroy(_Step):
+    name = "t.destroy"
+    destructive = True
+
+
+class TOnce(_Step):
+    name = "t.once"
+    retry_safe = False
+
+
+class TWritesInPlan(_Step):
+    name = "t.plan_writes"
+
+    def plan(self, ctx: ActionContext, params: StepParams) -> Outcome:
+        ctx.record("sneaky.change", {"what": "a plan must not write"})
+        return Outcome(True, "wrote during planning")
+
+
+class TLinux(_Step):
+    name = "t.os"
+    os = ("linux",)
+    connection_kinds = ("ssh",)
+
+    def plan(self, ctx: ActionContext, params: StepParams) -> Outcome:
+        return Outcome(True, "linux variant")
+
+
+class TWindows(_Step):
+    name = "t.os"
+    os = ("windows",)
+    connection_kinds = ("winrm",)
+
+    def plan(self, ctx: ActionContext, params: StepParams) -> Outcome:
+        return Outcome(True, "windows variant")
+
+
+TEST_ACTIONS = (TStep, TDestroy, TOnce, TWritesInPlan, TLinux, TWindows)
+
+
+@pytest.fixture(autouse=True)
+def test_actions():
+    for cls in TEST_ACTIONS:
+        register(cls)
+    yield
+    for cls in TEST_ACTIONS:
+        variants = actions_base._REGISTRY.get(cls.name, [])
+        if cls in variants:
+            variants.remove(cls)
+        if not variants:
+            actions_base._REGISTRY.pop(cls.name, None)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("IRKIT_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+# --------------------------------------------------------------------------- a world of fake hosts
+
+
+def inventory_file(tmp: Path, tenants: dict[str, list[dict[str, Any]]], approvals: dict[str, int] | None = None) -> Path:
+    data = {
+        "version": 1,
+        "msp": {"name": "acme", "shared_credentials": {"accounts": [{"user": "mspadmin"}]},
+                "responder": {"key": "file:/nonexistent/responder", "controller_address": "198.18.0.1"}},
+        "tenants": [{"name": t, "approvals_required": (approvals or {}).get(t, 1),
+                     "hosts": [{"address": f"198.18.{i + 1}.{j + 10}", **h} for j, h in enumerate(hosts)]}
+                    for i, (t, hosts) in enumerate(tenants.items())],
+    }
+    path = tmp / "inventory.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def playbook_file(tmp: Path, phases: list[dict[str, Any]], defaults: dict[str, Any] | None = None) -> Path:
+    path = tmp / "playbook.yml"
+    path.write_text(yaml.safe_dump({"version": 1, "name": "unit", "defaults": defaults or {"retries": 0},
+                                    "phases": phases}, sort_keys=False))
+    return path
+
+
+def hosts(tenant: str, n: int, **extra: Any) -> list[dict[str, Any]]:
+    return [{"name": f"{tenant}-h{i}", **extra} for i in range(n)]
+
+
+class Tracker:
+    """Records who ran what, when, and how many ran at once (overall and per key)."""
+
+    def __init__(self, pause: float = 0.0) -> None:
+        self.lock = threading.Lock()
+        self.log: list[tuple[str, str]] = []
+        self.active: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+        self.pause = pause
+
+    def __call__(self, conn: FakeConnection, command: str, stdin: bytes | None) -> CommandResult:
+        host = conn.endpoint.name
+        keys = ["all", host.split("-")[0]]
+        with self.lock:
+            self.log.append((host, command))
+            for k in keys:
+                self.active[k] += 1
+                self.peak[k] = max(self.peak[k], self.active[k])
+        try:
+            if self.pause:
+                time.sleep(self.pause)
+            return CommandResult(0, b"", b"")
+        finally:
+            with self.lock:
+                for k in keys:
+                    self.active[k] -= 1
+
+
+def run(tmp: Path, inv: Path, pb: Path, script: Any = None, *, options: EngineOptions | None = None,
+        journal: MemoryJournal | None = None, unreachable: set[str] | None = None,
+        engine_hook: Any = None) -> tuple[Any, MemoryJournal, Any, FakePool]:
+    inventory = load_inventory(inv)
+    loaded = load_playbook(pb)
+    plan_pool = FakePool(inventory, "UNIT", script or Tracker(), unreachable=unreachable)
+    plan = build_plan(loaded, inventory, str(inv), "UNIT", plan_pool)
+    pool = FakePool(inventory, "UNIT", script or Tracker(), unreachable=unreachable)
+    journal = journal if journal is not None else MemoryJournal()
+    engine = Engine(plan, loaded, inventory, journal, pool, options or EngineOptions(forks=20))
+    if engine_hook:
+        engine_hook(engine)
+    return engine.run(), journal, plan, pool
+
+
+def statuses(summary: Any) -> dict[str, str]:
+    return {h: r.status for h, r in summary.hosts.items()}
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_engine_runs_phases_as_barriers_over_one_connection_per_host(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 3), "initech": hosts("initech", 2)})
+    pb = playbook_file(home, [
+        {"name": "one", "steps": [{"name": "a", "action": "t.step", "params": {"label": "a"}}]},
+        {"name": "two", "steps": [{"name": "b", "action": "t.step", "params": {"label": "b"}},
+                                  {"name": "c", "action": "t.step", "params": {"label": "c"}}]},
+    ])
+    tracker = Tracker()
+    summary, journal, plan, pool = run(home, inv, pb, tracker)
+    assert summary.all_ok and set(statuses(summary).values()) == {"ok"}
+    labels = [cmd.split()[1] for _, cmd in tracker.log]
+    assert labels.index("b") > max(i for i, lab in enumerate(labels) if lab == "a")  # phase barrier
+    per_host = {h: [c.split()[1] for hh, c in tracker.log if hh == h] for h in statuses(summary)}
+    assert all(seq == ["a", "b", "c"] for seq in per_host.values())
+    assert len(pool.opened) == 5  # one connection per host, reused across steps and phases
+    assert len(journal.of("step.done")) == 15 and journal.of("run.end")[0]["outcome"] == "ok"
+    assert journal.checkpoints == 1
+
+
+def test_engine_canary_tenant_runs_alone_first(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 3), "initech": hosts("initech", 3)})
+    pb = playbook_file(home, [{"name": "p", "wave": {"canary_tenant": "initech"},
+                               "steps": [{"name": "a", "action": "t.step"}]}])
+    tracker = Tracker(pause=0.05)
+    summary, journal, _, _ = run(home, inv, pb, tracker)
+    assert summary.all_ok
+    order = [h.split("-")[0] for h, _ in tracker.log]
+    assert order[:3] == ["initech"] * 3 and order[3:] == ["globex"] * 3
+    waves = [r["params"].get("wave") for r in journal.of("step.start")]
+    if any(w is not None for w in waves):  # the engine records each step's wave
+        assert len(set(waves)) == 2
+
+
+def test_engine_wave_size_bounds_hosts_at_once(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 6)})
+    pb = playbook_file(home, [{"name": "p", "wave": {"size": 2}, "steps": [{"name": "a", "action": "t.step"}]}])
+    tracker = Tracker(pause=0.05)
+    summary, _, _, _ = run(home, inv, pb, tracker)
+    assert summary.all_ok and tracker.peak["all"] == 2
+
+
+def test_engine_max_fail_percentage_stops_the_run_and_holds_later_waves(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 6)})
+    pb = playbook_file(home, [{"name": "p", "wave": {"size": 2}, "max_fail_percentage": 40,
+                               "steps": [{"name": "a", "action": "t.step"}]},
+                              {"name": "later", "steps": [{"name": "b", "action": "t.step"}]}])
+
+    def script(conn: FakeConnection, command: str, stdin: bytes | None) -> CommandResult:
+        return CommandResult(1 if conn.endpoint.name == "globex-h0" else 0, b"", b"")
+
+    summary, journal, plan, _ = run(home, inv, pb, script)
+    st = statuses(summary)
+    assert st["globex-h0"] == "failed" and st["globex-h1"] == "ok"  # first wave: 1 of 2 failed > 40 %
+    assert all(st[f"globex-h{i}"] == "skipped" for i in range(2, 6))
+    assert summary.incomplete and "max_fail_percentage 40" in summary.reason
+    assert journal.of("run.stopped") and not [r for r in journal.of("step.start") if r["host"] >= "globex-h2"]
+    # held, not skipped: the later waves' steps stay pending for `irkit resume`
+    assert not [r for r in journal.of("step.skipped") if r["host"] in ("globex-h2", "globex-h5")]
+
+
+def test_engine_tenant_max_fail_holds_only_that_tenant(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 4), "initech": hosts("initech", 4)})
+    pb = playbook_file(home, [{"name": "p", "wave": {"size": 4}, "tenant_max_fail_percentage": 25,
+                               "steps": [{"name": "a", "action": "t.step"}]}])
+    failing = {"globex-h0", "globex-h1"}
+
+    def script(conn: FakeConnection, command: str, stdin: bytes | None) -> CommandResult:
+        return CommandResult(1 if conn.endpoint.name in failing else 0, b"", b"")
+
+    summary, journal, _, _ = run(home, inv, pb, script)
+    st = statuses(summary)
+    # wave 1 = globex h0-h3: two fail (50 % > 25 %) -> globex stopped; initech (wave 2) runs on
+    assert st["globex-h0"] == st["globex-h1"] == "failed"
+    assert all(st[f"initech-h{i}"] == "ok" for i in range(4))
+    stopped = journal.of("tenant.stopped")
+    assert [r["tenant"] for r in stopped] == ["globex"]
+
+
+def test_engine_tenant_stop_holds_the_tenants_later_waves(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 4), "initech": hosts("initech", 2)})
+    pb = playbook_file(home, [{"name": "p", "wave": {"size": 2}, "tenant_max_fail_percentage": 10,
+                               "steps": [{"name": "a", "action": "t.step"}]}])
+
+    def script(conn: FakeConnection, command: str, stdin: bytes | None) -> CommandResult:
+        return CommandResult(1 if conn.endpoint.name == "globex-h0" else 0, b"", b"")
+
+    summary, journal, _, _ = run(home, inv, pb, script)
+    st = statuses(summary)
+    assert st["globex-h0"] == "failed"
+    assert st["globex-h2"] == st["globex-h3"] == "skipped"  # later globex waves held
+    assert "tenant globex" in summary.hosts["globex-h2"].message
+    assert st["initech-h0"] == st["initech-h1"] == "ok"
+    assert summary.incomplete
+
+
+def test_engine_max_concurrent_limits_a_group_per_tenant(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 4, groups=["dc"]), "initech": hosts("initech", 4, groups=["dc"])})
+    pb = playbook_file(home, [{"name": "p", "max_concurrent": {"dc": 1}, "steps": [{"name": "a", "action": "t.step"}]}])
+    tracker = Tracker(pause=0.05)
+    summary, _, _, _ = run(home, inv, pb, tracker)
+    assert summary.all_ok
+    assert tracker.peak["globex"] == 1 and tracker.peak["initech"] == 1
+    assert tracker.peak["all"] == 2  # one per tenant, tenants in parallel
+
+
+def test_engine_approval_required_holds_the_host_until_approved(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 2)}, approvals={"globex": 2})
+    pb = playbook_file(home, [{"name": "p", "steps": [
+        {"name": "a", "action": "t.step", "params": {"label": "a"}},
+        {"name": "wipe", "action": "t.step", "params": {"label": "w"}, "requires_approval": True}]}])
+    tracker = Tracker()
+    summary, journal, _, _ = run(home, inv, pb, tracker, options=EngineOptions(approvals={"globex": 1}))
+    assert statuses(summary) == {"globex-h0": "skipped", "globex-h1": "skipped"}
+    assert summary.incomplete and "await approvals" in summary.reason
+    refused = journal.of("step.refused")
+    assert len(refused) == 2 and "1 of 2 approvals" in refused[0]["params"]["reason"]
+    assert not [c for _, c in tracker.log if c.endswith(" w")]
+    # with both approvals the same plan runs the step
+    tracker2 = Tracker()
+    summary2, _, _, _ = run(home, inv, pb, tracker2, options=EngineOptions(approvals={"globex": 2}))
+    assert summary2.all_ok and [c for _, c in tracker2.log if c.endswith(" w")]
+
+
+def test_engine_evidence_gate_refuses_destructive_steps_without_evidence(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 2)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "d", "action": "t.destroy"}]}])
+    tracker = Tracker()
+    gate = lambda tenant, host: host == "globex-h1"  # noqa: E731 - only h1 has verified evidence
+    summary, journal, _, _ = run(home, inv, pb, tracker, options=EngineOptions(evidence_gate=gate))
+    st = statuses(summary)
+    assert st == {"globex-h0": "failed", "globex-h1": "ok"}
+    assert "no verified evidence for globex-h0" in summary.hosts["globex-h0"].message
+    assert [r["host"] for r in journal.of("step.refused")] == ["globex-h0"]
+    assert [h for h, _ in tracker.log] == ["globex-h1"]  # nothing ran on the refused host
+
+
+def test_engine_evidence_override_is_audited(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 1)})
+    pb = playbook_file(home, [{"name": "p", "steps": [
+        {"name": "d", "action": "t.destroy", "evidence_override": "honeypot, no evidence value"}]}])
+    summary, journal, _, _ = run(home, inv, pb, options=EngineOptions(evidence_gate=lambda t, h: False))
+    assert summary.all_ok
+    override = journal.of("gate.override")
+    assert len(override) == 1 and override[0]["params"]["reason"] == "honeypot, no evidence value"
+    seqs = {r["action"]: r["seq"] for r in journal.records}
+    assert seqs["gate.override"] < seqs["step.start"] < seqs["step.done"]
+
+
+def test_engine_gate_ignores_non_destructive_steps(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 1)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.step"}]}])
+    summary, journal, _, _ = run(home, inv, pb, options=EngineOptions(evidence_gate=lambda t, h: False))
+    assert summary.all_ok and not journal.of("step.refused")
+
+
+def test_engine_retries_transient_failures_then_succeeds(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 1)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.step", "retries": 2}]}])
+    calls = []
+
+    def script(conn: FakeConnection, command: str, stdin: bytes | None) -> CommandResult:
+        calls.append(command)
+        if len(calls) < 3:
+            conn.close()
+            raise TransportError(TRANSIENT, "connection reset")
+        return CommandResult(0, b"", b"")
+
+    summary, journal, _, pool = run(home, inv, pb, script)
+    assert summary.all_ok and len(calls) == 3
+    assert journal.of("step.done")[0]["params"]["attempts"] == 3
+    assert len(pool.opened) == 3  # the dropped connection is reopened for each retry
+    assert len(journal.of("step.start")) == 1  # one intent, one result
+
+
+def test_engine_gives_up_after_the_step_retries(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 1)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.step", "retries": 1},
+                                                      {"name": "b", "action": "t.step"}]}])
+
+    def script(conn: FakeConnection, command: str, stdin: bytes | None) -> CommandResult:
+        raise TransportError(TRANSIENT, "connection reset")
+
+    summary, journal, _, _ = run(home, inv, pb, script)
+    assert statuses(summary) == {"globex-h0": "failed"}
+    done = journal.of("step.done")
+    assert done[0]["params"]["attempts"] == 2 and done[0]["outcome"] == "failed"
+    assert journal.of("step.skipped")[0]["params"]["reason"].startswith("earlier step")
+
+
+def test_engine_never_retries_a_step_that_is_not_retry_safe(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 1)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "once", "action": "t.once", "retries": 3}]}])
+    calls = []
+
+    def script(conn: FakeConnection, command: str, stdin: bytes | None) -> CommandResult:
+        calls.append(command)
+        raise TransportError(TRANSIENT, "connection reset")
+
+    summary, journal, _, _ = run(home, inv, pb, script)
+    assert len(calls) == 1 and statuses(summary) == {"globex-h0": "failed"}
+    assert journal.of("step.done")[0]["params"]["attempts"] == 1
+
+
+def test_engine_verify_failure_fails_the_step(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 1)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.step",
+                                                       "params": {"verify_ok": False}}]}])
+    summary, journal, _, _ = run(home, inv, pb)
+    assert statuses(summary) == {"globex-h0": "failed"}
+    assert "verify failed" in summary.hosts["globex-h0"].message
+
+
+def test_engine_unreachable_host_fails_alone(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 3)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.step"}]}])
+    summary, journal, plan, _ = run(home, inv, pb, unreachable={"globex-h1"})
+    assert statuses(summary) == {"globex-h0": "ok", "globex-h1": "failed", "globex-h2": "ok"}
+    unknown = [i for i in plan.items if i.host == "globex-h1"]
+    assert unknown[0].change["changed"] is None and unknown[0].change["error"] == "unreachable"
+
+
+def test_engine_cancel_stops_between_steps_and_resume_finishes(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 1)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": f"s{i}", "action": "t.step",
+                                                       "params": {"label": f"s{i}"}} for i in range(4)]}])
+    engines: list[Engine] = []
+    ran: list[str] = []
+
+    def script(conn: FakeConnection, command: str, stdin: bytes | None) -> CommandResult:
+        ran.append(command.split()[1])
+        if command.endswith("s1"):
+            engines[0].cancel()  # Ctrl-C while s1 runs: s1 finishes and is recorded, s2/s3 stay pending
+        return CommandResult(0, b"", b"")
+
+    summary, journal, plan, _ = run(home, inv, pb, script, engine_hook=engines.append)
+    assert ran == ["s0", "s1"] and summary.incomplete and summary.reason == "interrupted"
+    assert journal.of("run.end")[0]["params"]["status"] == "incomplete"
+    finished = {r["params"]["item"] for r in journal.of("step.done") if r["outcome"] == "ok"}
+    assert len(finished) == 2
+    # resume: the finished items are passed in; only the rest run
+    ran.clear()
+    inventory = load_inventory(inv)
+    engine = Engine(plan, load_playbook(pb), inventory, MemoryJournal(), FakePool(inventory, "UNIT", script),
+                    EngineOptions(finished=finished))
+    engines[0] = engine
+    assert engine.run().all_ok and ran == ["s2", "s3"]
+
+
+def test_engine_disk_full_stops_the_run_and_raises(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 4)})
+    pb = playbook_file(home, [{"name": "p", "wave": {"size": 1}, "steps": [{"name": "a", "action": "t.step"}]}])
+    journal = MemoryJournal(fail_after=4)  # run.start + h0's start/done + h1's start; then ENOSPC
+    with pytest.raises(OSError) as exc:
+        run(home, inv, pb, journal=journal)
+    assert exc.value.errno == 28
+    assert not journal.of("run.end")  # nothing more could be written
+    assert [r["host"] for r in journal.of("step.done")] == ["globex-h0"]
+
+
+def test_engine_step_timeout_marks_a_hung_host_timed_out(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 2)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.step", "timeout": 0.5}]}])
+
+    def script(conn: FakeConnection, command: str, stdin: bytes | None) -> CommandResult:
+        if conn.endpoint.name == "globex-h0":
+            conn.hang()
+        return CommandResult(0, b"", b"")
+
+    started = time.monotonic()
+    summary, journal, _, _ = run(home, inv, pb, script)
+    assert time.monotonic() - started < 5
+    assert statuses(summary) == {"globex-h0": "timed_out", "globex-h1": "ok"}
+    assert journal.of("step.done", "globex-h0")[0]["outcome"] == TIMED_OUT
+
+
+def test_engine_host_budget_caps_every_step(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 1)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": f"s{i}", "action": "t.step", "timeout": 30,
+                                                       "params": {"label": f"s{i}"}} for i in range(3)]}],
+                       defaults={"retries": 0, "host_timeout": 1})
+
+    def script(conn: FakeConnection, command: str, stdin: bytes | None) -> CommandResult:
+        if command.endswith("s1"):
+            conn.hang()  # would take the step's 30 s; the host has 1 s in all
+        return CommandResult(0, b"", b"")
+
+    started = time.monotonic()
+    summary, journal, _, _ = run(home, inv, pb, script)
+    assert time.monotonic() - started < 5
+    assert statuses(summary) == {"globex-h0": "timed_out"}
+
+
+def test_engine_plan_changes_nothing_and_a_writing_plan_is_caught(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 2)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.plan_writes"},
+                                                      {"name": "b", "action": "t.step"}]}])
+    inventory = load_inventory(inv)
+    tracker = Tracker()
+    plan = build_plan(load_playbook(pb), inventory, str(inv), "UNIT", FakePool(inventory, "UNIT", tracker))
+    sneaky = [i for i in plan.items if i.action == "t.plan_writes"]
+    assert all(i.change["error"] == "plan_wrote" and i.change["changed"] is None for i in sneaky)
+    assert all(i.change["changed"] is True for i in plan.items if i.action == "t.step")
+    assert tracker.log == []  # planning ran no command through these actions
+    with pytest.raises(Exception):
+        plan.items[0].change = {}  # plan items are frozen
+
+
+def test_engine_resolves_one_step_name_per_os_and_transport(home: Path) -> None:
+    inv = inventory_file(home, {"globex": [{"name": "lin1"}, {"name": "win1", "os": "windows"}]})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.os"}]}])
+    inventory = load_inventory(inv)
+    plan = build_plan(load_playbook(pb), inventory, str(inv), "UNIT", FakePool(inventory, "UNIT"))
+    assert {i.host: i.change["summary"] for i in plan.items} == {"lin1": "linux variant", "win1": "windows variant"}
+    summary, journal, _, _ = run(home, inv, pb)
+    assert summary.all_ok and len(journal.of("step.done")) == 2
+
+
+def test_engine_outcomes_are_frozen() -> None:
+    outcome = Outcome(True, "x")
+    with pytest.raises(Exception):
+        outcome.changed = False  # type: ignore[misc]
