@@ -160,7 +160,8 @@ class LabFactory:
         self.handles: list[LabHandle] = []
 
     def __call__(self, msp: str, *, tenants: int = 2, hosts_per_tenant: int = 2,
-                 blocks: range = range(0, 256, 4)) -> LabHandle:
+                 blocks: range = range(0, 256, 4), hostile: dict[str, str] | None = None) -> LabHandle:
+        """``hostile``: host name -> kinds (``"bigfile,trickle"``), see ir_toolkit/lab/hostile.py."""
         from ir_toolkit.lab import procs
         from ir_toolkit.lab.generate import generate_inventory, write_inventory
         from ir_toolkit.lab.netns import conflicts
@@ -177,7 +178,8 @@ class LabFactory:
                 continue
             data = generate_inventory(msp=msp, tenants=tenants, hosts_per_tenant=hosts_per_tenant, base=str(net))
             write_inventory(inventory, data, force=True)
-            proc = run_irkit(home, "lab", "up", "--inventory", str(inventory))
+            extra = [a for name, kinds in (hostile or {}).items() for a in ("--hostile", f"{name}={kinds}")]
+            proc = run_irkit(home, "lab", "up", "--inventory", str(inventory), *extra)
             if proc.returncode == 0:
                 handle = LabHandle(msp, inventory, home, {})
                 self.handles.append(handle)

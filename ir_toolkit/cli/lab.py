@@ -39,13 +39,26 @@ def lab() -> None:
 
 @lab.command("up")
 @inventory_options
+@click.option("--hostile", "hostile", multiple=True, metavar="HOST=KIND[,KIND]",
+              help="Make HOST misbehave for real (repeatable): bigfile, tarbomb, trickle, mtime, names "
+                   "(see docs/lab.md, 'Hostile hosts').")
 @format_option
-def up(msp: str | None, inventory_path: str | None, fmt: str) -> None:
+def up(msp: str | None, inventory_path: str | None, hostile: tuple[str, ...], fmt: str) -> None:
     """Materialise an inventory as real hosts, seeded with an MSP breach (idempotent)."""
+    from ir_toolkit.lab.hostile import make_hostile, parse_hostile
+
     require_root()
+    wanted = parse_hostile(hostile)
     path = resolve_inventory_path(msp, inventory_path)
     inv = load_inventory(path, msp=msp if not inventory_path else None)
-    result = Lab(inv.msp.name).up(inv, path)
+    known = {h.name for h in inv.hosts()}
+    for name in wanted:
+        if name not in known:
+            raise InputError(f"--hostile {name}: no such host in the inventory")
+    the_lab = Lab(inv.msp.name)
+    result = the_lab.up(inv, path)
+    for name, kinds in wanted.items():
+        result.notes.append(f"{name}: {make_hostile(the_lab, name, kinds)}")
     total = len(result.started) + len(result.kept)
     if fmt == "json":
         emit_json({"msp": result.msp, "changed": result.changed, "hosts": total, "started": result.started,
@@ -55,6 +68,8 @@ def up(msp: str | None, inventory_path: str | None, fmt: str) -> None:
         return
     if not result.changed:
         click.echo(f"lab {result.msp}: already up: {total} hosts running; nothing changed")
+        for note in result.notes:
+            click.echo(f"note: {note}")
         return
     click.echo(f"lab {result.msp}: {total} hosts up ({len(result.started)} started, {len(result.kept)} kept"
                f"{f', {len(result.removed)} removed' if result.removed else ''}) in {result.seconds:.1f} s; "

@@ -221,7 +221,7 @@ class SshConnection:
         feeder: threading.Thread | None = None
         try:
             chan.settimeout(limit)
-            chan.exec_command(command)
+            chan.exec_command(_command_bytes(command))
             if stdin:
                 def feed() -> None:
                     try:
@@ -285,7 +285,7 @@ class SshConnection:
             chan = transport.open_session(window_size=STREAM_WINDOW, max_packet_size=STREAM_MAX_PACKET,
                                           timeout=idle_timeout)
             chan.settimeout(idle_timeout)
-            chan.exec_command(command)
+            chan.exec_command(_command_bytes(command))
         except (paramiko.SSHException, OSError) as exc:
             raise TransportError(TRANSIENT, f"{self.endpoint.address}: cannot start remote command: {exc}") from None
         return SshExecStream(chan, stdin, idle_timeout, deadline)
@@ -322,6 +322,12 @@ class SshConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _command_bytes(command: str) -> bytes:
+    """The command line as sent: host paths that are not UTF-8 were decoded with ``surrogateescape``
+    and go back as their original bytes (a strict encode would crash on them)."""
+    return command.encode("utf-8", "surrogateescape")
 
 
 def _sh_quote(text: str) -> str:
