@@ -38,13 +38,23 @@ def plan(msp: str | None, inventory_path: str | None, case_id: str, playbook: st
 @click.command("approve")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--as", "approver", metavar="NAME", required=True, help="Your name as in the inventory's contacts.")
-def approve(plan_file: str, approver: str) -> None:
-    """Sign an approval of PLAN (bound to its hash) with your signing key (irkit keys init)."""
-    from ir_toolkit.playbook.approvals import write_approval
+@click.option("--key", "key_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Your own Ed25519 approver key (PEM or OpenSSH; passphrase: $IRKIT_APPROVER_PASSPHRASE or a "
+                   "prompt) whose public key the inventory pins as your approval_key. Default: the signing key "
+                   "of `irkit keys init` in this $IRKIT_HOME.")
+def approve(plan_file: str, approver: str, key_file: str | None) -> None:
+    """Sign an approval of PLAN (bound to its hash) with your key.
+
+    It counts only if the inventory pins that key as your approval_key; a
+    signature with the responder's own key is the responder's confirmation
+    and never counts twice.
+    """
+    from ir_toolkit.playbook.approvals import load_approver_signer, write_approval
     from ir_toolkit.secrets.keystore import get_passphrase, load_signing_key
 
     the_plan = load_plan(plan_file)
-    signer = load_signing_key(get_passphrase())
+    signer = (load_approver_signer(Path(key_file), approver) if key_file
+              else load_signing_key(get_passphrase()))
     path = write_approval(the_plan, Path(plan_file), approver, signer)
     console().print(f"approved plan {the_plan.hash[:16]} as {approver}: {path}")
 

@@ -81,15 +81,37 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+def _approval_key(value: str | None) -> str | None:
+    """A verifier key string (``name+keyid+base64``) or ``file:PATH`` of a file holding one."""
+    if value is None or value.startswith("file:"):
+        return value
+    from ir_toolkit.tlog.note import NoteError, parse_vkey
+
+    try:
+        verifier = parse_vkey(value)
+    except NoteError as exc:
+        raise ValueError(f"approval_key is not a verifier key string or file:PATH ({exc})") from None
+    if verifier.is_cosigner:
+        raise ValueError("approval_key is a witness cosigning key, not a signing key")
+    return value
+
+
 class Contact(_Model):
     name: str
     email: str | None = None
     phone: str | None = None
     role: str | None = None
     approver: bool = False
-    approval_key: str | None = Field(
-        default=None, description="verifier key string that checks this approver's signatures"
-    )
+    approval_key: Annotated[str | None, AfterValidator(_approval_key)] = Field(
+        default=None, description="verifier key string (or file:PATH of one) that checks this approver's "
+                                  "signatures; required for approvers")
+
+    @model_validator(mode="after")
+    def _approver_needs_key(self) -> Contact:
+        if self.approver and not self.approval_key:
+            raise ValueError(f"approver {self.name!r} has no approval_key: pin the verifier key that checks "
+                             "their signed approvals (name+keyid+key, or file:PATH)")
+        return self
 
 
 class SharedSshKey(_Model):

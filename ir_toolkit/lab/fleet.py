@@ -201,9 +201,23 @@ class Lab:
         self.paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         t0 = time.monotonic()
         with locked(self.paths.lock, f"the lab of MSP {self.msp}"):
+            self._approver_keys(inv)
             result = self._up(plan, str(Path(inventory_path).absolute()))
         result.seconds = time.monotonic() - t0
         return result
+
+    def _approver_keys(self, inv: Inventory) -> None:
+        """Key pairs for the inventory's approvers whose approval_key is a file in this lab's approvers/."""
+        from ir_toolkit.lab.sshkeys import ensure_approver_key
+        from ir_toolkit.secrets.references import expand_path
+
+        folder = (self.paths.root / "approvers").absolute()
+        for contact in (*inv.msp.contacts, *(c for t in inv.tenants for c in t.contacts)):
+            ref = contact.approval_key or ""
+            if contact.approver and ref.startswith("file:"):
+                path = expand_path(ref[len("file:"):]).absolute()
+                if path.parent == folder and path.suffix == ".vkey":
+                    ensure_approver_key(path, contact.name)
 
     def _up(self, plan: LabPlan, inventory_path: str) -> UpResult:
         p = self.paths

@@ -67,7 +67,9 @@ def generate_inventory(*, msp: str, tenants: int, hosts_per_tenant: int,
             "name": tname,
             "display_name": f"Tenant {i}",
             "subnet": str(subnet),
-            "contacts": [{"name": f"Approver {i}", "email": f"approver@{tname}.example", "approver": True}],
+            "contacts": [{"name": f"Approver {i}", "email": f"approver@{tname}.example", "approver": True,
+                          # the lab writes this key pair when it comes up (approvers/<slug>.key + .vkey)
+                          "approval_key": f"file:{lab}/approvers/approver-{i}.vkey"}],
             "hosts": hosts,
         })
     return {
@@ -83,7 +85,8 @@ def generate_inventory(*, msp: str, tenants: int, hosts_per_tenant: int,
             "responder": {"user": "root", "key": f"file:{lab}/responder_ed25519",
                           "controller_address": controller},
             "contacts": [{"name": "Lab Commander", "role": "incident commander",
-                          "email": "commander@msp.example", "approver": True}],
+                          "email": "commander@msp.example", "approver": True,
+                          "approval_key": f"file:{lab}/approvers/lab-commander.vkey"}],
         },
         "tenants": tenant_list,
     }

@@ -47,6 +47,25 @@ def generate_keypair(comment: str) -> tuple[bytes, str]:
     return private, f"{public.decode()} {comment}".strip()
 
 
+def ensure_approver_key(vkey_path: Path, approver: str) -> bool:
+    """An approver's Ed25519 key pair for the lab: ``<stem>.key`` (PKCS#8 PEM, 0600, unencrypted: a lab
+    key) and ``<stem>.vkey`` (its verifier key string, what the inventory's approval_key names).
+    Returns True when it was created."""
+    from ir_toolkit.tlog.note import Signer
+
+    key_path = vkey_path.with_suffix(".key")
+    if vkey_path.exists() and key_path.exists():
+        return False
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in approver.lower()).strip("-.") or "approver"
+    key = Ed25519PrivateKey.generate()
+    vkey_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    write_private(key_path, pem, 0o600)
+    write_private(vkey_path, (Signer(f"approver/{slug}", key).verifier_key() + "\n").encode(), 0o644)
+    return True
+
+
 def ensure_keypair(path: Path, comment: str) -> tuple[str, bool]:
     """Reuse the key pair at ``path`` (+ ``.pub``) or make one; returns (public line, created)."""
     pub = path.with_name(path.name + ".pub")

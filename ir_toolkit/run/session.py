@@ -272,7 +272,8 @@ def gather_approvals(plan: Plan, inventory: Inventory, journal: Any, responder_c
     needs = {i.tenant for i in plan.items if i.requires_approval}
     deadline = time.monotonic() + wait
     while True:
-        found, problems = valid_approvals(plan, inventory)
+        responder = journal.signer.public if responder_confirmed and journal.signer is not None else None
+        found, problems = valid_approvals(plan, inventory, responder_key=responder)
         counts = {t: len(found.get(t, ())) + (1 if responder_confirmed else 0) for t in plan.tenants()}
         missing = {t: inventory.tenant(t).approvals_required - counts[t] for t in needs
                    if counts[t] < inventory.tenant(t).approvals_required}
