@@ -9,7 +9,9 @@ BIN     = $(VENV)/bin
 IRKIT   = $(BIN)/irkit
 CASE   ?= DEMO-$(shell date -u +%Y%m%d-%H%M%S)
 export IRKIT_HOME ?= $(CURDIR)/irkit-cases
-export IRKIT_KEY_PASSPHRASE ?= demo-passphrase-change-me
+# A public passphrase, for the demo lab only (target-specific: never exported for other targets, so keys
+# made through any other target need a real passphrase: $IRKIT_KEY_PASSPHRASE or a prompt).
+demo: export IRKIT_KEY_PASSPHRASE ?= demo-passphrase-change-me
 
 .PHONY: setup system-deps venv demo test test-fast lab-down bench clean
 

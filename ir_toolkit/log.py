@@ -70,7 +70,8 @@ class _Tee:
         if _LEVELS.get(level, 20) < self.console_level:
             raise structlog.DropEvent
         fields = " ".join(
-            f"{printable(k)}={printable(v)}" for k, v in event.items() if k not in {"event", "level", "timestamp"}
+            f"{printable(k)}={printable(v)}" for k, v in event.items()
+            if k not in {"event", "level", "timestamp", "exception"}
         )
         text = printable(event.get("event", "")) + (f"  {fields}" if fields else "")
         if self.color:
@@ -118,6 +119,9 @@ def configure(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             _timestamp,
+            # exc_info=True becomes the formatted traceback ("exception") in the JSON run log (redacted
+            # like every field); the console line leaves it out.
+            structlog.processors.format_exc_info,
             redaction_processor,
             _Tee(_json_file, console_level, color),
         ],

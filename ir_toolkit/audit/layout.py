@@ -2,6 +2,7 @@
 
     log.jsonl                one canonical JSON record per line
     log.mac                  the writer's per-line MACs ("<seq> <hex>", keyed from the signing key)
+    pending.jsonl            records queued while the log was unavailable (MACed; appended on the next open)
     checkpoint.note          the latest signed checkpoint (replaced atomically)
     checkpoints/<size>.note  checkpoints kept for good: key rotations, phase ends, close
     witnessed/<witness>-<size>.note   cosigned copies returned by witnesses
@@ -18,6 +19,7 @@ from ir_toolkit.home import case_dir
 
 LOG_FILE = "log.jsonl"
 MAC_FILE = "log.mac"
+PENDING_FILE = "pending.jsonl"
 CHECKPOINT_FILE = "checkpoint.note"
 CHECKPOINTS_DIR = "checkpoints"
 WITNESSED_DIR = "witnessed"

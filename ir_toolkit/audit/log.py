@@ -257,9 +257,44 @@ class AuditLog:
                 self._create_genesis()
             else:
                 self._recover(origin)
+            if self._signer is not None:
+                self._drain_queue()
         except BaseException:
             self._release()
             raise
+
+    def _drain_queue(self) -> None:
+        """Append the records queued by :func:`queue_record` (only those with a valid MAC)."""
+        path = self.directory / layout.PENDING_FILE
+        if not path.exists():
+            return
+        draining = path.with_name(f".{path.name}.draining-{os.getpid()}")
+        os.replace(path, draining)
+        assert self._mac_key is not None
+        rejected: list[str] = []
+        for raw in draining.read_bytes().splitlines():
+            if not raw.strip():
+                continue
+            try:
+                item = json.loads(raw)
+                body = item["record"]
+                ok = hmac.compare_digest(str(item["mac"]), _queue_mac(self._mac_key, self.case_id, body))
+                if ok:
+                    self.append(action=body["action"], actor=body["actor"], tenant=body.get("tenant"),
+                                host=body.get("host"), outcome=body.get("outcome", "ok"),
+                                params={**(body.get("params") or {}), "queued_at": body.get("queued_at"),
+                                        "recorded_late": True})
+                    continue
+            except (ValueError, KeyError, TypeError, InputError):
+                pass
+            rejected.append(hashlib.sha256(raw).hexdigest())
+        if rejected:
+            self._append_internal(ACTION_RECOVERED, {
+                "reason": "queued records without a valid MAC (not queued by a holder of the signing key) "
+                          "were rejected", "rejected": len(rejected), "sha256": rejected[:20]})
+        self.sync()
+        draining.unlink()
+        _fsync_dir(self.directory)
 
     def _create_genesis(self) -> None:
         params = {"origin": self.origin, "key": self._signer.verifier_key() if self._signer else None,
@@ -775,6 +810,42 @@ def _split_note(text: str) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def _queue_mac(key: bytes, case_id: str, body: Mapping[str, Any]) -> str:
+    from ir_toolkit.audit.records import canonical
+
+    return hmac.new(key, b"irkit-audit-queued-v1\n" + case_id.encode() + b"\n" + canonical(dict(body)),
+                    hashlib.sha256).hexdigest()
+
+
+def queue_record(case_id: str, signer: Signer, *, action: str, actor: str, tenant: str | None = None,
+                 host: str | None = None, params: dict[str, Any] | None = None, outcome: str = "ok") -> Path:
+    """Queue a record for a log that cannot be opened now (held by another process, ...).
+
+    The next :meth:`AuditLog.open` with the key appends it (with ``recorded_late``
+    and ``queued_at``). The entry carries a MAC keyed from the signing key, so
+    nobody without the key can queue records.
+    """
+    validate_case_id(case_id)
+    if isinstance(action, str) and action.startswith(RESERVED_PREFIX):
+        raise InputError(f"audit action {action!r} is reserved for the audit log itself")
+    body = build_record(seq=0, prev=GENESIS_PREV, case=case_id, action=action, actor=actor, tenant=tenant,
+                        host=host, params=params, outcome=outcome)
+    body = {k: body[k] for k in ("action", "actor", "tenant", "host", "params", "outcome") if k in body}
+    body["queued_at"] = now_ts()
+    line = json.dumps({"record": body, "mac": _queue_mac(line_mac_key(signer), case_id, body)},
+                      sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    directory = layout.audit_dir(case_id, create=True)
+    path = directory / layout.PENDING_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(directory)
+    return path
 
 
 def open_instance(case_id: str) -> AuditLog | None:

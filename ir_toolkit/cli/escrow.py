@@ -113,29 +113,61 @@ def _choose(store: esc.Escrow, tenant: str | None, host: str, account: str, entr
 @click.option("--entry", "entry_id", default=None, metavar="ID", help="A specific entry (default: the newest verified).")
 @click.option("--key", "key_file", default=None, metavar="FILE",
               help="Decrypt with this recipient private key (default: the escrow key from `irkit keys init`).")
+@click.option("--unaudited", is_flag=True,
+              help="Print the secret even when the read cannot be recorded in the audit log right now (e.g. a "
+                   "running contain holds it): the read is queued and recorded the next time the log is opened.")
 def get(case_id: str, host: str, account: str, tenant: str | None, entry_id: str | None,
-        key_file: str | None) -> None:
+        key_file: str | None, unaudited: bool) -> None:
     """Decrypt and print one secret (the current one: newest verified).
 
-    The read itself is recorded in the case's audit log when it can be opened.
+    The read is recorded in the case's audit log (escrow.read) before the secret
+    is printed. When that is impossible the secret is not printed (exit 2) unless
+    --unaudited: then the read is queued (signed-key MAC) and recorded the next
+    time irkit opens the log.
     """
     store = _store(case_id)
     entry = _choose(store, tenant, host, account, entry_id)
     secret = entry.decrypt(_private_key(key_file))
-    _audit_read(case_id, entry)
+    problem = _audit_read(case_id, entry)
+    if problem is not None:
+        if not unaudited:
+            raise InputError(f"the secret was not printed: its read cannot be recorded in the audit log of case "
+                             f"{case_id} ({problem}); retry, or pass --unaudited (the read is then queued and "
+                             "recorded the next time the log is opened)")
+        console(stderr=True).print(f"[yellow]note:[/] {_queue_read(case_id, entry, problem)}")
     sys.stdout.write(secret + "\n")
 
 
-def _audit_read(case_id: str, entry: esc.EscrowEntry) -> None:
-    """Record who read which secret (best effort: a running contain holds the log)."""
+def _read_params(entry: esc.EscrowEntry) -> dict[str, Any]:
+    return {"account": entry.account, "entry": entry.id, "state": entry.state}
+
+
+def _audit_read(case_id: str, entry: esc.EscrowEntry) -> str | None:
+    """Record who read which secret; the reason when it could not be recorded."""
     try:
         from ir_toolkit.run.session import journal_actor, open_journal
 
         journal = open_journal(case_id, entry.msp)
         try:
             journal.append_durable(action="escrow.read", actor=journal_actor(), tenant=entry.tenant, host=entry.host,
-                                   params={"account": entry.account, "entry": entry.id, "state": entry.state})
+                                   params=_read_params(entry))
         finally:
             journal.close()
-    except Exception as exc:  # noqa: BLE001 - never block recovery of a password on the audit log
-        console(stderr=True).print(f"[yellow]note:[/] this read is not in the audit log ({exc})")
+    except Exception as exc:  # noqa: BLE001 - any failure to record: the caller refuses or queues
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _queue_read(case_id: str, entry: esc.EscrowEntry, problem: str) -> str:
+    """Queue the read for the next opening of the log (``--unaudited``)."""
+    try:
+        from ir_toolkit.audit.log import queue_record
+        from ir_toolkit.run.session import journal_actor
+        from ir_toolkit.secrets.keystore import get_passphrase, load_signing_key
+
+        queue_record(case_id, load_signing_key(get_passphrase()), action="escrow.read", actor=journal_actor(),
+                     tenant=entry.tenant, host=entry.host,
+                     params={**_read_params(entry), "unaudited": True, "why": problem})
+    except Exception as exc:  # noqa: BLE001 - --unaudited: the operator chose to read regardless
+        return f"this read is NOT in the audit log and could not be queued ({exc})"
+    return f"this read is not in the audit log yet ({problem}): queued, recorded the next time the log is opened"

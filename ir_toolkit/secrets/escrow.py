@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ir_toolkit.cases import CaseLayout
-from ir_toolkit.errors import FileInputError, InputError
+from ir_toolkit.errors import FileInputError, InputError, VerificationFailed
 from ir_toolkit.home import irkit_home
 from ir_toolkit.redaction import register_secret
 
@@ -438,12 +438,28 @@ def _log() -> Any:
     return get_logger("escrow")
 
 
+def _bound_to(path: Path) -> dict[str, str] | None:
+    """The case/tenant/host/account an escrow file's place names (``.../cases/<case>/escrow/<t>/<h>/<a>.jsonl``)."""
+    parts = path.parts
+    if len(parts) >= 6 and parts[-4] == "escrow" and path.suffix == ".jsonl":
+        return {"case": parts[-5], "tenant": parts[-3], "host": parts[-2], "account": path.stem}
+    return None
+
+
 def read_file(path: Path) -> list[EscrowEntry]:
-    """Fold one escrow file into entries (a torn last line from a crash is ignored)."""
+    """Fold one escrow file into entries (a torn last line from a crash is ignored).
+
+    Every secret record must belong to the file it sits in: its case, tenant, host
+    and account must be the ones the file's path names. A record copied into
+    another host's file (its ciphertext still decrypts: the AAD binds the header,
+    not the file) is refused with :class:`VerificationFailed` instead of being
+    used - irkit would otherwise send host A's password to host B.
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
+    bound = _bound_to(path)
     lines = data.split(b"\n")
     entries: dict[str, EscrowEntry] = {}
     order: list[str] = []
@@ -461,6 +477,14 @@ def read_file(path: Path) -> list[EscrowEntry]:
             continue
         kind = record.get("type")
         try:
+            if kind == "secret" and bound is not None:
+                wrong = {k: record.get(k) for k, v in bound.items() if record.get(k) != v}
+                if wrong:
+                    raise VerificationFailed(
+                        f"{path}:{number}: escrow record {record.get('id')} is for "
+                        + ", ".join(f"{k} {w!r}" for k, w in sorted(wrong.items()))
+                        + f", not this file's {', '.join(f'{k} {bound[k]!r}' for k in sorted(wrong))}: "
+                        "refused (copied between escrow files?)")
             if kind == "secret":
                 entry = EscrowEntry(
                     id=record["id"], case=record["case"], msp=record["msp"], tenant=record["tenant"],
