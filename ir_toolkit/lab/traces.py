@@ -153,6 +153,13 @@ TRACES: tuple[Trace, ...] = (
           "live/linux.live.last_logins.txt", "irkrot"),
     Trace("S7b", "rotated btmp decoded", "true", "live/linux.live.last_logins.txt", "irkbad"),
     Trace("S7c", "lastlog decoded", "true", "live/linux.live.last_logins.txt", f"{NET}.12"),
+    Trace("S7d", "rotated wtmp decoded on the controller", "true", "live/decoded/var/log/wtmp.1.txt",
+          f"user=irkrot\tline=pts/9\tid=ts/9\thost={NET}.11"),
+    Trace("S7e", "rotated btmp decoded on the controller", "true", "live/decoded/var/log/btmp.1.txt",
+          "type=LOGIN_PROCESS\tpid=4242\tuser=irkbad"),
+    Trace("S7f", "lastlog decoded on the controller", "true", "live/decoded/var/log/lastlog.txt",
+          f"uid={MSP_UID}\tline=pts/7\thost={NET}.12"),
+    Trace("S6b", "utmp decoded on the controller", "true", "live/decoded/run/utmp.txt", "user=irkutmp"),
     Trace("S8", "systemd live state", "true", "live/linux.live.systemd.txt", "IRKIT-TRACE-systemctl list-timers"),
     Trace("S9", "SysV services and runlevel links",
           _f("/etc/init.d/irkit-trace-svc", "#!/bin/sh\n# IRKIT-TRACE-S9", "0755")

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from ir_toolkit import __version__
 from ir_toolkit.log import get_logger
 from ir_toolkit.transports.base import TIMED_OUT, TransportError
-from ir_toolkit.triage import remote
+from ir_toolkit.triage import remote, utmp
 from ir_toolkit.triage.bundle import (
     MANIFEST_FORMAT,
     BundleWriter,
@@ -195,6 +195,9 @@ class HostCollector:
         self._stats: dict[str, remote.FileStat] = {}
         self._inodes: dict[tuple[int, int], str] = {}
         self._homes: list[str] | None = None
+        self._decode: dict[str, str] = {}          # path -> decoder, for files decoded on the controller
+        self._captured: dict[str, bytes] = {}      # path -> the bytes stored, kept for decoding
+        self._capture_room = DECODE_TOTAL
         self._limits: dict[str, int] = {}        # path -> the most bytes that may be stored for it
         self._requested: set[str] = set()        # paths asked for in the current stream
         self._got: set[str] = set()              # ... and already received in it
@@ -250,6 +253,31 @@ class HostCollector:
         for entry in self.files.values():
             if entry["status"] == "pending_hash":
                 entry["status"] = HASHED
+        self._decode_login_records()
+
+    def _decode_login_records(self) -> None:
+        """Decode the copied login records on the controller (``live/decoded/<path>.txt``), from the bytes stored."""
+        for path, data in sorted(self._captured.items()):
+            entry = self.files.get(path, {})
+            if entry.get("status") != COLLECTED or hashlib.sha256(data).hexdigest() != entry.get("sha256_received"):
+                continue
+            kind = utmp.kind_for(path)
+            if kind is None:
+                continue
+            text = utmp.decode(path, data, kind).encode("ascii")
+            name = f"live/decoded{path}.txt"
+            try:
+                digest = self.writer.add_bytes(name, text, MemberMeta(mtime=time.time(), mode=0o644))
+            except QuotaExceeded as exc:
+                self.quota_reason = str(exc)
+                self.log.add("error", "decoded login records not stored: evidence quota", path=path, reason=str(exc))
+                continue
+            self.outputs.append({
+                "archive_path": name, "artifact": entry["artifacts"][0], "kind": "decoded", "decoded_from": path,
+                "decoder": f"irkit {kind} parser (controller)", "size": len(text), "sha256_received": digest,
+                "sha256_host": None, "captured": _iso(time.time()), "status": COLLECTED,
+            })
+        self._captured.clear()
 
     def _preflight(self) -> None:
         """Note missing tools; without tar the files come over SFTP instead."""
@@ -408,6 +436,8 @@ class HostCollector:
         return summary
 
     def _add_file(self, artifact: Artifact, st: remote.FileStat) -> None:
+        if artifact.decode and st.kind == "file" and utmp.kind_for(st.path):
+            self._decode[st.path] = artifact.decode
         cap = artifact.file_cap
         if st.problem is not None:
             if st.path in self.files:
@@ -639,6 +669,10 @@ class HostCollector:
         meta = MemberMeta(mtime=st.mtime, mode=int(st.mode, 8) & 0o7777, uid=st.uid, gid=st.gid,
                           uname=st.owner if _SAFE_NAME.fullmatch(st.owner) and not st.owner.isdigit() else "",
                           gname=st.group if _SAFE_NAME.fullmatch(st.group) and not st.group.isdigit() else "")
+        capture = None
+        if path in self._decode and size <= DECODE_CAP and self._capture_room >= size:
+            capture = _Capture(stream)
+            stream = capture
         try:
             digest = self.writer.add_stream(archive, size, stream, meta)
         except QuotaExceeded as exc:
@@ -655,6 +689,10 @@ class HostCollector:
                 raise exc.cause from None
             raise TransferError(str(exc)) from None
         entry.update(archive_path=archive, sha256_received=digest, received_size=size)
+        if capture is not None:
+            old = self._captured.pop(path, b"")
+            self._capture_room += len(old) - len(capture.data)
+            self._captured[path] = bytes(capture.data)
 
     # ---------------------------------------------------------------- results
     def counts(self) -> dict[str, int]:
@@ -665,6 +703,27 @@ class HostCollector:
         counts["bytes"] = sum(e.get("received_size", 0) for e in self.files.values()) + sum(
             e.get("size", 0) for e in self.outputs)
         return counts
+
+
+DECODE_CAP = 64 * 1024 * 1024       # a login-record file larger than this is stored, not decoded
+DECODE_TOTAL = 256 * 1024 * 1024    # at most this much is held in memory for decoding per host
+
+
+class _Capture(io.RawIOBase):
+    """Pass-through reader that keeps a copy of what was read (for decoding on the controller)."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self.source = source
+        self.data = bytearray()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        data = self.source.read(size)
+        if data:
+            self.data += data
+        return data
 
 
 def split_sections_stream(source: IO[bytes], tags: dict[str, str], main: IO[bytes],

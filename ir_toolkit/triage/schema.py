@@ -104,6 +104,8 @@ class Artifact(_Model):
     max_depth: int | None = Field(default=None, ge=0, le=64)
     xdev: bool = False
     exclude_fstypes: list[str] = []
+    decode: Literal["login_records"] | None = Field(
+        default=None, description="decode copied wtmp/btmp/utmp/lastlog files on the controller (live/decoded/...)")
     order: int = Field(default=50, ge=0, le=1000)
     modifies_state: bool = False
     timeout: int = Field(default=120, ge=1, le=86400)
@@ -142,6 +144,8 @@ class Artifact(_Model):
                 raise ValueError("output: and sections: are only for command artifacts")
             for path in self.paths:
                 _check_path(path, self.os, literal=self.collector == "file")
+        if self.decode is not None and not self.copies_files:
+            raise ValueError("decode: is only for file and glob artifacts")
         if self.perm is not None and not _PERM.match(self.perm):
             raise ValueError(f"perm {self.perm!r}: a find -perm mode such as /6000 or -4000")
         for fstype in self.exclude_fstypes:
