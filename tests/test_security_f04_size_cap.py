@@ -14,7 +14,6 @@ import time
 import pytest
 
 from hostile_host import END, FakeHost, GenReader, digest, file_selection, member, stat_record, tar_member, target
-from ir_toolkit.triage.bundle import EvidenceLimits
 from ir_toolkit.triage.collector import collect_host
 from ir_toolkit.triage.verify import verify_collection
 
@@ -93,6 +92,8 @@ def test_skipped_file_is_not_accepted_from_the_stream(irkit_home):
 
 
 def test_host_quota_stops_storing_and_seals_partial(irkit_home):
+    from ir_toolkit.triage.bundle import EvidenceLimits
+
     paths = [f"/etc/f{i}" for i in range(10)]
     data = b"z" * 1000
     host = FakeHost(stats=b"".join(stat_record(p, len(data), ino=i + 1) for i, p in enumerate(paths)),
@@ -108,6 +109,8 @@ def test_host_quota_stops_storing_and_seals_partial(irkit_home):
 
 
 def test_case_quota_counts_other_hosts(irkit_home):
+    from ir_toolkit.triage.bundle import EvidenceLimits
+
     data = b"q" * 2000
     limits = EvidenceLimits(host_quota=1 << 40, case_quota=2 * (2000 + 4096) + 3000, min_free=0)
     got = []
@@ -125,6 +128,7 @@ def test_free_space_floor_keeps_audit_log_and_escrow_writable(tmp_path, monkeypa
     """A small real file system: evidence stops at the floor; the audit log and escrow can still be written."""
     from ir_toolkit.audit.log import AuditLog
     from ir_toolkit.home import case_dir
+    from ir_toolkit.triage.bundle import EvidenceLimits
 
     home = os.environ["IRKIT_HOME"]
     evidence = case_dir("POC") / "evidence"

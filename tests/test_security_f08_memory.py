@@ -13,7 +13,9 @@ import pytest
 
 from hostile_host import END, FakeHost, GenReader
 from ir_toolkit.triage import tarstream
-from ir_toolkit.triage.transfer import STDERR_HEAD, STDERR_TAIL, BoundedBuffer, run_capped
+from ir_toolkit.triage.transfer import run_capped
+
+STDERR_HEAD, STDERR_TAIL = 1 << 20, 64 << 10  # the bounds stated in docs/triage.md
 
 N = 256 << 20
 
@@ -44,12 +46,21 @@ def test_pax_header_is_bounded():
 
 
 def test_gnu_longname_is_bounded():
+    sent = {"bytes": 0}
     info = tarfile.TarInfo("././@LongLink")
     info.type = tarfile.GNUTYPE_LONGNAME
     info.size = 64 << 20
-    blob = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+    def stream():
+        yield info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+        while sent["bytes"] < info.size:
+            sent["bytes"] += 1 << 20
+            yield b"a" * (1 << 20)
+        yield END
+
     with pytest.raises(tarstream.TarFormatError, match="extended header"):
-        list(tarstream.iter_members(GenReader([blob, b"a" * (1 << 20)])))
+        list(tarstream.iter_members(GenReader(stream())))
+    assert sent["bytes"] < 4 << 20, "the long name was refused without reading it"
 
 
 def test_non_file_member_with_huge_data_is_refused():
@@ -114,6 +125,8 @@ def test_command_output_is_spooled_not_held():
 
 
 def test_bounded_buffer_keeps_head_and_tail():
+    from ir_toolkit.triage.transfer import BoundedBuffer
+
     buf = BoundedBuffer(head=4, tail=3)
     for piece in (b"abcdef", b"ghij", b"klm"):
         buf.add(piece)

@@ -14,7 +14,7 @@ import tarfile
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ir_toolkit.triage.bundle import BundleWriter, MemberMeta
-from ir_toolkit.triage.extract import decrypt_raw, extract_collection
+from ir_toolkit.triage.extract import extract_collection
 from ir_toolkit.triage.verify import verify_collection
 
 
@@ -55,6 +55,8 @@ def test_extracted_files_are_read_only_and_never_executable(tmp_path):
 
 
 def test_raw_gives_the_decrypted_tar(tmp_path):
+    from ir_toolkit.triage.extract import decrypt_raw
+
     key = X25519PrivateKey.generate()
     coll = _bundle(tmp_path, [("files/etc/motd", b"abc", MemberMeta()), ("files/etc/./motd", b"evil", MemberMeta())],
                    recipients=[key.public_key()])

@@ -78,3 +78,16 @@ def test_run_output_is_bounded(sshd):
         assert b"bytes omitted" in result.stderr
     finally:
         conn.close()
+
+
+def test_bundle_files_are_private(irkit_home):
+    """Bundle, manifest and seal are created 0600 (copies made with cp -r or rsync stay private)."""
+    import stat as st
+
+    from hostile_host import END, FakeHost, digest, file_selection, member, stat_record, target
+    from ir_toolkit.triage.collector import collect_host
+
+    host = FakeHost(stats=stat_record("/etc/x", 3), hashes=digest(b"abc") + b"  /etc/x\0", tar=member("etc/x", b"abc") + END)
+    result = collect_host(host, target(), file_selection(["/etc/x"]))
+    for name in ("bundle.tar", "manifest.json", "seal.json"):
+        assert st.S_IMODE((result.collection.path / name).stat().st_mode) == 0o600, name
