@@ -508,3 +508,12 @@ def test_engine_outcomes_are_frozen() -> None:
     outcome = Outcome(True, "x")
     with pytest.raises(Exception):
         outcome.changed = False  # type: ignore[misc]
+
+
+def test_engine_evidence_gate_is_on_by_default(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 1)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "d", "action": "t.destroy"}]}])
+    tracker = Tracker()
+    summary, journal, _, _ = run(home, inv, pb, tracker, options=EngineOptions())  # no gate given
+    assert statuses(summary) == {"globex-h0": "failed"} and tracker.log == []
+    assert "no verified evidence" in journal.of("step.refused")[0]["params"]["reason"]

@@ -137,6 +137,11 @@ class Action(ABC):
     def verify(self, ctx: ActionContext, params: Any) -> Outcome:
         """Prove the change took (``ok=False`` if not)."""
 
+    def on_failed(self, journal: Journal, actor: str, tenant: str, host: str, error: str) -> None:
+        """Called by the engine after this step failed on ``host`` (also when no connection could be
+        made, so ``apply`` never ran): an action may add its own audit record. Default: nothing."""
+        return None
+
 
 _REGISTRY: dict[str, list[type[Action]]] = {}
 

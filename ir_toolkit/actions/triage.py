@@ -10,18 +10,22 @@ collected again (``force: true`` collects a new bundle anyway).
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.audit.journal import Journal
 from ir_toolkit.transports.base import TIMED_OUT, TransportError
 from ir_toolkit.triage.collector import HostTarget, collect_host
-from ir_toolkit.triage.custody import record_custody
-from ir_toolkit.triage.schema import Catalog, builtin_catalog
+from ir_toolkit.triage.crypto import load_public_key
+from ir_toolkit.triage.custody import record_custody, record_failure
+from ir_toolkit.triage.schema import Catalog, builtin_catalog, extended_catalog
 from ir_toolkit.triage.status import host_evidence_status
 
 
-def catalog() -> Catalog:
-    return builtin_catalog()
+def catalog(definitions: list[str] | tuple[str, ...] = ()) -> Catalog:
+    """The shipped artifact catalogue, plus ``definitions`` directories (``irkit triage --definitions``)."""
+    return extended_catalog(tuple(definitions)) if definitions else builtin_catalog()
 
 
 class TriageParams(Params):
@@ -32,6 +36,10 @@ class TriageParams(Params):
     allow_state_changes: bool = False
     force: bool = False
     transfer: str = "tar"
+    #: extra artifact definition directories (*.yml, optional profiles.yml) added to the built-in ones
+    definitions: list[str] = []
+    #: also encrypt to these X25519 public keys (PEM file paths, or base64 of 32 bytes)
+    recipients: list[str] = []
 
 
 @register
@@ -42,11 +50,16 @@ class CollectTriage(Action):
     Params = TriageParams
     description = "forensic triage into a sealed evidence bundle with a custody record"
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: hosts whose bundle (complete or partial) this instance sealed and recorded
+        self._sealed: set[str] = set()
+
     def _status(self, ctx: ActionContext, rehash: bool) -> Any:
         return host_evidence_status(ctx.case_id, ctx.host.tenant, ctx.host.name, rehash=rehash)
 
     def plan(self, ctx: ActionContext, params: TriageParams) -> Outcome:
-        catalog().select(params.profile, ctx.host.os, allow_modifies_state=params.allow_state_changes)
+        catalog(params.definitions).select(params.profile, ctx.host.os, allow_modifies_state=params.allow_state_changes)
         status = self._status(ctx, rehash=False)
         if status.ready and not params.force:
             return Outcome(False, f"evidence already collected ({status.collection})")
@@ -58,8 +71,9 @@ class CollectTriage(Action):
             return Outcome(False, f"evidence already collected ({status.collection})",
                            {"collection": status.collection, "bundle_sha256": status.bundle_sha256})
         journal = ctx.journal
-        selection = catalog().select(params.profile, ctx.host.os, allow_modifies_state=params.allow_state_changes)
-        recipients = []
+        selection = catalog(params.definitions).select(params.profile, ctx.host.os,
+                                                       allow_modifies_state=params.allow_state_changes)
+        recipients = [load_public_key(spec) for spec in params.recipients]
         if params.encrypt:
             recipients.append(ctx.keys.escrow_public_key())
         target = HostTarget(case=ctx.case_id, msp=ctx.inventory.msp.name, tenant=ctx.host.tenant,
@@ -73,6 +87,9 @@ class CollectTriage(Action):
                               idle_timeout=max(5.0, min(120.0, ctx.remaining())), deadline=ctx.deadline.at,
                               on_sealed=lambda collection, seal: record_custody(journal, ctx.case_id, collection,
                                                                                 seal, who=actor))
+        if result.seal is not None:
+            with self._lock:
+                self._sealed.add(ctx.host.name)
         if result.status == "failed" or result.seal is None:
             raise ActionFailed(f"triage failed: {result.error or 'no bundle'}")
         where = result.collection.id if result.collection else "?"
@@ -83,7 +100,20 @@ class CollectTriage(Action):
             raise ActionFailed(f"triage cut short ({result.error}); partial evidence sealed ({where})")
         return Outcome(True, f"collected {result.counts.get('collected', 0)} files ({result.status})",
                        {"collection": result.collection.id if result.collection else None,
-                        "bundle_sha256": result.seal.get("bundle_sha256"), "status": result.status})
+                        "bundle": result.collection.relative(ctx.case_id) if result.collection else None,
+                        "bundle_sha256": result.seal.get("bundle_sha256"), "status": result.status,
+                        "counts": dict(result.counts), "seconds": f"{result.duration:.1f}",
+                        "problems": list(result.problems), "anomalies": len(result.anomalies)})
+
+    def on_failed(self, journal: Journal, actor: str, tenant: str, host: str, error: str) -> None:
+        """No bundle (connection refused, host key changed, collection broke): ``evidence.collection_failed``.
+
+        A host whose partial bundle was sealed (and recorded) in this run gets no failure record.
+        """
+        with self._lock:
+            if host in self._sealed:
+                return
+        record_failure(journal, tenant, host, error, who=actor)
 
     def verify(self, ctx: ActionContext, params: TriageParams) -> Outcome:
         status = self._status(ctx, rehash=False)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ir_toolkit import log
+from ir_toolkit.cli.frontend import CliFrontend
 from ir_toolkit.cli.options import case_option, format_option, inventory_options, load_selected_inventory
 from ir_toolkit.cli.output import emit
 from ir_toolkit.log import printable
-from ir_toolkit.errors import InputError, VerificationFailed
+from ir_toolkit.errors import VerificationFailed
 from ir_toolkit.home import case_dir
 
 
@@ -40,12 +42,14 @@ def triage(msp: str | None, inventory_path: str | None, case_id: str, tenants: t
     One bundle per host under $IRKIT_HOME/cases/ID/evidence/TENANT/HOST/, each
     file hashed on the host and on receipt, the bundle's SHA-256 recorded in the
     case's signed audit log. Host keys are checked strictly against the
-    inventory's known_hosts. Exit 0: every host collected without a hash
-    mismatch; 1: a host failed or a file's hashes differ; 2: bad input.
+    inventory's known_hosts. Runs as a generated `triage.collect` playbook through
+    the engine (plan, deadlines, `irkit resume`). Exit 0: every host collected
+    without a hash mismatch; 1: a host failed or a file's hashes differ; 2: bad
+    input; 3: interrupted (irkit resume).
     """
+    from ir_toolkit.run import session
+    from ir_toolkit.run.generated import select_hosts, triage_playbook, write_generated_playbook
     from ir_toolkit.triage.crypto import load_public_key
-    from ir_toolkit.triage.custody import open_audit_log
-    from ir_toolkit.triage.fleet import TriageOptions, run_triage, select_hosts
     from ir_toolkit.triage.schema import load_catalog
 
     inv = load_selected_inventory(msp, inventory_path)
@@ -53,63 +57,102 @@ def triage(msp: str | None, inventory_path: str | None, case_id: str, tenants: t
     catalog = load_catalog(extra_dirs=[Path(d) for d in definitions])
     for os_name in sorted({h.os for h in chosen}):
         catalog.select(profile, os_name, allow_modifies_state=allow_state_changes)
-    keys = [load_public_key(spec) for spec in recipients]
+    for spec in recipients:
+        load_public_key(spec)  # bad keys fail here, before a case directory is made
     if encrypt:
-        keys.append(_escrow_public_key())
+        _escrow_public_key()
     case_path = case_dir(case_id, create=True)
     log.configure(json_path=log.run_log_path(case_path), verbosity=_verbosity())
-    audit_log = open_audit_log(case_id, inv.msp.name)
-    if audit_log is None:
-        sys.stderr.write("irkit: warning: the audit log module is not available; "
-                         "chain-of-custody records are NOT written\n")
-    options = TriageOptions(profile=profile, recipients=keys, allow_modifies_state=allow_state_changes,
-                            workers=workers)
-    try:
-        results = run_triage(inv, case_id, chosen, options, audit_log=audit_log, catalog=catalog)
-    finally:
-        if audit_log is not None:
-            audit_log.close()
-    rows = []
-    for res in results:
-        counts = res.counts
-        rows.append({
-            "tenant": res.target.tenant, "host": res.target.host, "status": res.status,
-            "collected": counts.get("collected"), "hashed": counts.get("hashed"),
-            "skipped": counts.get("skipped"), "failed": counts.get("failed"),
-            "mismatch": counts.get("hash_mismatch"), "bytes": counts.get("bytes"),
-            "seconds": round(res.duration, 1) if res.collection else None,
-            "bundle": res.collection.relative(case_id) if res.collection else None,
-            "bundle_sha256": (res.seal or {}).get("bundle_sha256"),
-            "error": res.error, "problems": res.problems,
-        })
-    emit(rows, fmt, ["tenant", "host", "status", "collected", "hashed", "skipped", "failed", "mismatch",
-                     "bytes", "seconds", "bundle"], title=f"triage {case_id} ({profile})")
-    failed = [r for r in results if r.status == "failed"]
-    mismatched = [r for r in results if r.problems]
-    for res in failed:
-        sys.stderr.write(f"irkit: {res.target.tenant}/{res.target.host}: {printable(res.error)}\n")
-    for res in results:
-        if res.status == "partial":
-            why = res.error or f"{len(res.anomalies)} host anomalies (sizes, names or members it must not send)"
-            sys.stderr.write(f"irkit: warning: {res.target.tenant}/{res.target.host}: partial collection: "
-                             f"{printable(why)}\n")
-    for res in mismatched:
-        for problem in res.problems:
-            sys.stderr.write(f"irkit: {res.target.tenant}/{res.target.host}: HASH MISMATCH {printable(problem)}\n")
-    if failed or mismatched:
-        parts = []
-        if failed:
-            parts.append(f"{len(failed)} of {len(results)} host(s) not collected")
-        if mismatched:
-            parts.append(f"{len(mismatched)} host(s) with hash mismatches")
-        raise VerificationFailed("triage: " + "; ".join(parts))
+    data = triage_playbook(tenants=list(tenants), hosts=list(hosts), profile=profile, encrypt=encrypt,
+                           recipients=list(recipients), allow_state_changes=allow_state_changes,
+                           definitions=list(definitions))
+    path = write_generated_playbook(case_id, "triage", data)
+    frontend = TriageFrontend(fmt, case_id=case_id, profile=profile, hosts=chosen)
+    code = session.run_playbook(msp, inventory_path, case_id, path, frontend=frontend, dry_run=False,
+                                forks=workers)
+    frontend.finish(code)
 
 
-def _escrow_public_key():  # type: ignore[no-untyped-def]
-    try:
-        from ir_toolkit.secrets import keystore
-    except ImportError:
-        raise InputError("--encrypt needs the responder keys (irkit keys init), which are not available") from None
+class TriageFrontend(CliFrontend):
+    """``irkit triage``'s view of the run: no plan table or prompt, one row per host at the end."""
+
+    def __init__(self, fmt: str, *, case_id: str, profile: str, hosts: list[Any]) -> None:
+        super().__init__(fmt, yes=True)
+        self.case_id = case_id
+        self.profile = profile
+        self.hosts = hosts
+        self.details: dict[str, dict[str, Any]] = {}
+        self.ended: dict[str, dict[str, Any]] = {}
+        self.planned: set[str] = set()
+
+    def show_plan(self, plan: Any, *, dry_run: bool) -> None:
+        self.planned = {item.host for item in plan.items}
+
+    def show_summary(self, summary: Any) -> None:
+        return None
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "step.done" and data.get("action") == "triage.collect":
+            self.details[data["host"]] = dict(data.get("details") or {})
+        elif kind == "host.done":
+            self.ended[data["host"]] = data
+        super().event(kind, data)
+
+    def finish(self, code: int) -> None:
+        rows: list[dict[str, Any]] = []
+        failed: list[tuple[dict[str, Any], str]] = []
+        mismatched: list[tuple[dict[str, Any], list[str]]] = []
+        for host in self.hosts:
+            row: dict[str, Any] = {"tenant": host.tenant, "host": host.name}
+            details = self.details.get(host.name)
+            ended = self.ended.get(host.name, {})
+            if host.name not in self.planned:
+                error = f"no triage action for {host.os} hosts over {host.transport} yet"
+            elif details is None:
+                status = ended.get("status") or "not run"
+                message = ended.get("message") or status
+                error = f"{ended['kind']}: {message}" if ended.get("kind") else message
+            else:
+                error = None
+            if error is not None:
+                row.update(status="failed", error=error)
+                failed.append((row, error))
+            else:
+                assert details is not None
+                counts = details.get("counts") or {}
+                row.update(status=details.get("status"), collected=counts.get("collected"),
+                           hashed=counts.get("hashed"), skipped=counts.get("skipped"), failed=counts.get("failed"),
+                           mismatch=counts.get("hash_mismatch"), bytes=counts.get("bytes"),
+                           seconds=details.get("seconds"), bundle=details.get("bundle"),
+                           bundle_sha256=details.get("bundle_sha256"), error=None,
+                           problems=details.get("problems") or [])
+                if row["problems"]:
+                    mismatched.append((row, row["problems"]))
+                if row["status"] == "partial":
+                    sys.stderr.write(f"irkit: warning: {host.tenant}/{host.name}: partial collection: "
+                                     f"{details.get('anomalies', 0)} host anomalies\n")
+            rows.append(row)
+        emit(rows, self.fmt, ["tenant", "host", "status", "collected", "hashed", "skipped", "failed", "mismatch",
+                              "bytes", "seconds", "bundle"], title=f"triage {self.case_id} ({self.profile})")
+        for row, error in failed:
+            sys.stderr.write(f"irkit: {row['tenant']}/{row['host']}: {printable(error)}\n")
+        for row, problems in mismatched:
+            for problem in problems:
+                sys.stderr.write(f"irkit: {row['tenant']}/{row['host']}: HASH MISMATCH {printable(problem)}\n")
+        if failed or mismatched:
+            parts = []
+            if failed:
+                parts.append(f"{len(failed)} of {len(rows)} host(s) not collected")
+            if mismatched:
+                parts.append(f"{len(mismatched)} host(s) with hash mismatches")
+            raise VerificationFailed("triage: " + "; ".join(parts))
+        if code != 0:
+            sys.exit(code)
+
+
+def _escrow_public_key() -> Any:
+    from ir_toolkit.secrets import keystore
+
     return keystore.escrow_public_key()
 
 

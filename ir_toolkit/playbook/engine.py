@@ -33,6 +33,7 @@ from ir_toolkit.audit.journal import Journal, JournalReadOnly, ReadOnlyJournal
 from ir_toolkit.deadline import Deadline
 from ir_toolkit.inventory.model import Host, Inventory
 from ir_toolkit.log import get_logger
+from ir_toolkit.playbook.gate import EvidenceGate, evidence_gate
 from ir_toolkit.playbook.plan import Plan, PlanItem, file_sha256, item_id, plan_params
 from ir_toolkit.playbook.schema import LoadedPlaybook, Phase
 from ir_toolkit.playbook.targets import make_waves, select_hosts
@@ -180,7 +181,8 @@ class EngineOptions:
     finished: set[str] = field(default_factory=set)
     #: tenant -> approvals in hand (the responder's own confirmation counts as one)
     approvals: dict[str, int] = field(default_factory=dict)
-    evidence_gate: Callable[[str, str], bool] | None = None
+    #: the destructive-step gate; None = the default, the case's evidence (see playbook/gate.py)
+    evidence_gate: EvidenceGate | None = None
     #: the responder's keys, unlocked once by the run service (locked: public keys only)
     keys: KeyProvider = field(default_factory=KeyProvider.locked)
 
@@ -197,6 +199,8 @@ class Engine:
         self.journal = journal
         self.pool = pool
         self.options = options or EngineOptions()
+        #: on by default: destructive steps need the host's verified evidence (or an audited override)
+        self.gate: EvidenceGate = self.options.evidence_gate or evidence_gate(plan.case)
         self.on_event = on_event or (lambda kind, data: None)
         self._cancel = threading.Event()
         self._hosts = {h.name: h for h in inventory.hosts()}
@@ -209,6 +213,8 @@ class Engine:
         #: set when the journal's disk filled up; the run stops and the error is raised at the end
         self.disk_full: OSError | None = None
         self._actions: dict[str, Action] = {}
+        #: host -> the transport failure kind that ended it (for the host.done event)
+        self._kinds: dict[str, str] = {}
         #: host -> its wave (1-based) in the current phase; recorded with each step (the report's timeline)
         self._wave_of: dict[str, int] = {}
 
@@ -359,10 +365,15 @@ class Engine:
         self.summary.incomplete = True
         self._set(host, SKIPPED, reason)
 
+    def _failed(self, action: Action, item: PlanItem, error: str) -> None:
+        """The action's own record of a failed step (e.g. triage's ``evidence.collection_failed``)."""
+        action.on_failed(self.journal, self.options.actor, item.tenant, item.host, error)
+
     def _set(self, host: Host, status: str, message: str = "") -> None:
         result = self.summary.hosts[host.name]
         result.status, result.message = status, message
-        self.on_event("host.done", {"host": host.name, "tenant": host.tenant, "status": status, "message": message})
+        self.on_event("host.done", {"host": host.name, "tenant": host.tenant, "status": status, "message": message,
+                                    "kind": self._kinds.get(host.name) if status != OK else None})
 
     def _skip(self, items: Iterable[PlanItem], reason: str) -> None:
         for item in items:
@@ -402,8 +413,8 @@ class Engine:
                 self.summary.incomplete = True
                 self.summary.reason = "steps await approvals (irkit approve PLAN --as NAME, then irkit resume)"
                 return SKIPPED, msg
-        if action.destructive and self.options.evidence_gate is not None:
-            if not self.options.evidence_gate(host.tenant, host.name):
+        if action.destructive:
+            if not self.gate(host.tenant, host.name):
                 if not step.evidence_override:
                     msg = (f"refused: no verified evidence for {host.name}; run triage first or set "
                            "evidence_override: <reason> on the step")
@@ -434,9 +445,12 @@ class Engine:
                 self.pool.drop(host)
                 self._record("step.done", item, params={"error": str(exc), "kind": exc.kind, "attempts": attempt},
                              outcome=status)
+                self._failed(action, item, f"{exc.kind}: {exc}")
+                self._kinds[host.name] = exc.kind
                 return status, str(exc)
             except ActionFailed as exc:
                 self._record("step.done", item, params={"error": str(exc), "attempts": attempt}, outcome=FAILED)
+                self._failed(action, item, str(exc))
                 return FAILED, str(exc)
             self._record("step.done", item, outcome=OK, params={
                 "changed": applied.changed, "summary": applied.summary, "verify": verdict.summary,
@@ -444,5 +458,6 @@ class Engine:
             if applied.changed:
                 self.summary.hosts[host.name].changed += 1
             self.on_event("step.done", {"host": host.name, "tenant": host.tenant, "item": item.id,
+                                        "action": item.action, "details": applied.details,
                                         "changed": applied.changed, "summary": applied.summary})
             return OK, ""

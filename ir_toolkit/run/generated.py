@@ -16,6 +16,7 @@ import yaml
 
 from ir_toolkit.cases import CaseLayout
 from ir_toolkit.errors import InputError
+from ir_toolkit.inventory.model import Host, Inventory
 
 ROUTINE_OVERRIDE = "routine credential rotation (irkit rotate): no incident evidence to preserve"
 REIMAGE_ACTION = "host.reimage"
@@ -132,3 +133,53 @@ def reimage_playbook(template: dict[str, Any], *, hosts: list[str], image_url: s
     if not found:
         raise InputError(f"the reimage playbook has no {REIMAGE_ACTION} step")
     return data
+
+
+def select_hosts(inventory: Inventory, tenants: tuple[str, ...] | list[str] = (),
+                 hosts: tuple[str, ...] | list[str] = ()) -> list[Host]:
+    """Hosts named by ``--tenant``/``--host`` (all when neither is given); unknown names are errors."""
+    known_tenants = {t.name for t in inventory.tenants}
+    for name in tenants:
+        if name not in known_tenants:
+            raise InputError(f"unknown tenant {name!r} (inventory has: {', '.join(sorted(known_tenants))})")
+    all_hosts = inventory.hosts()
+    known_hosts = {h.name for h in all_hosts}
+    for name in hosts:
+        if name not in known_hosts:
+            raise InputError(f"unknown host {name!r}: not in the inventory")
+    chosen = [h for h in all_hosts if (not tenants or h.tenant in tenants) and (not hosts or h.name in hosts)]
+    if not chosen:
+        raise InputError("no host matches the given --tenant/--host")
+    return chosen
+
+
+def triage_playbook(*, tenants: list[str], hosts: list[str], profile: str, encrypt: bool, recipients: list[str],
+                    allow_state_changes: bool, definitions: list[str]) -> dict[str, Any]:
+    """``irkit triage``: one preserve phase, a fresh bundle per host (``force``), every transport's variant.
+
+    Paths (definition directories, recipient key files) are made absolute so ``irkit resume``
+    works from any directory.
+    """
+    targets: dict[str, Any] = {}
+    if tenants:
+        targets["tenants"] = tenants
+    if hosts:
+        targets["hosts"] = hosts
+    params: dict[str, Any] = {"profile": profile, "encrypt": encrypt, "force": True}
+    if allow_state_changes:
+        params["allow_state_changes"] = True
+    if definitions:
+        params["definitions"] = [str(Path(d).expanduser().resolve()) for d in definitions]
+    if recipients:
+        params["recipients"] = [str(Path(r).expanduser().resolve()) if Path(r).expanduser().is_file() else r
+                                for r in recipients]
+    step: dict[str, Any] = {"name": "collect evidence", "action": "triage.collect", "params": params}
+    if targets:
+        step["targets"] = targets
+    return {
+        "version": 1,
+        "name": "triage",
+        "description": "irkit triage: collect, hash, seal and record a bundle per host (volatile data first)",
+        "defaults": {"timeout": 3600, "retries": 1, "host_timeout": 7200, "connect_timeout": 10},
+        "phases": [{"name": "preserve", "steps": [step]}],
+    }

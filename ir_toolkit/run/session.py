@@ -99,29 +99,6 @@ def journal_actor() -> str:
     return actor_name()
 
 
-def evidence_gate(case_id: str) -> Any:
-    """A host passes when its evidence bundle is collected, matches its seal and has a custody record.
-
-    A passing host is remembered for the rest of the run (the bundle is re-hashed once).
-    """
-    from ir_toolkit.triage.status import host_evidence_status
-
-    passed: set[tuple[str, str]] = set()
-    lock = threading.Lock()
-
-    def gate(tenant: str, host: str) -> bool:
-        with lock:
-            if (tenant, host) in passed:
-                return True
-        if host_evidence_status(case_id, tenant, host, rehash=True).ready:
-            with lock:
-                passed.add((tenant, host))
-            return True
-        return False
-
-    return gate
-
-
 def make_pool(inventory: Inventory, case_id: str, loaded: LoadedPlaybook) -> ConnectionPool:
     """A pool whose connect/banner/auth deadlines come from the playbook's defaults."""
     limit = loaded.playbook.defaults.connect_timeout
@@ -210,8 +187,8 @@ def execute(plan: Plan, loaded: LoadedPlaybook, inventory: Inventory, *, forks: 
     try:
         approvals = gather_approvals(plan, inventory, journal, responder_confirmed, approval_wait, frontend)
         pool = pool or make_pool(inventory, plan.case, loaded)
-        options = EngineOptions(forks=forks, finished=finished or set(), approvals=approvals,
-                                evidence_gate=evidence_gate(plan.case), keys=keys)
+        # the evidence gate is the engine's own (on by default); approvals are verified here
+        options = EngineOptions(forks=forks, finished=finished or set(), approvals=approvals, keys=keys)
         frontend.event("run.begin", {"plan": plan.hash})
         try:
             engine = Engine(plan, loaded, inventory, journal, pool, options, on_event=frontend.event)

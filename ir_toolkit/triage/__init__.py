@@ -11,7 +11,7 @@ Modules, in the order data flows:
 * :mod:`.custody`    the chain-of-custody record in the signed audit log
 * :mod:`.verify`     re-hash bundles against manifests, seals and the audit log
 * :mod:`.status`     "is this host's evidence collected, verified and recorded?" (the destruction gate)
-* :mod:`.fleet`      ``irkit triage``: many hosts in parallel
+* ``irkit triage`` runs the ``triage.collect`` action (``actions/triage.py``) through the engine
 
 See docs/triage.md.
 """

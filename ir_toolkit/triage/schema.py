@@ -329,3 +329,9 @@ def _item_line(node: Any, index: int) -> int | None:
 def builtin_catalog() -> Catalog:
     """The shipped catalogue (package data, immutable), loaded once per process."""
     return load_catalog()
+
+
+@functools.cache
+def extended_catalog(definitions: tuple[str, ...]) -> Catalog:
+    """The shipped catalogue plus extra definition directories, loaded once per process and set of dirs."""
+    return load_catalog(extra_dirs=[Path(d) for d in definitions])
