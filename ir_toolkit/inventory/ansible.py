@@ -31,7 +31,6 @@ def ssh_common_args(known_hosts: Iterable[Path | str]) -> str:
         "-o GlobalKnownHostsFile=/dev/null",
         "-o UpdateHostKeys=no",
         "-o ForwardAgent=no",
-        "-o IdentitiesOnly=yes",
     ])
 
 

@@ -133,6 +133,8 @@ class AnsibleJob:
     job_timeout: float = 600.0
     idle_timeout: float = 120.0
     secrets: tuple[str, ...] = ()                # values that must never be echoed back
+    #: known_hosts lines ssh must enforce (``StrictHostKeyChecking=yes``); empty: the inventory's own args
+    known_hosts: str = ""
 
 
 def _memory_dir() -> str | None:
@@ -145,9 +147,11 @@ def _memory_dir() -> str | None:
     return None
 
 
-def prepare_private_dir(job: AnsibleJob, private_dir: Path) -> None:
-    """The transmit side's private data dir: project + inventory, nothing secret."""
+def prepare_private_dir(job: AnsibleJob, private_dir: Path, worker_pdd: str | None = None) -> None:
+    """The transmit side's private data dir: project + inventory (+ known_hosts), nothing secret."""
     import yaml
+
+    from ir_toolkit.inventory.ansible import ssh_common_args
 
     if private_dir.exists():
         shutil.rmtree(private_dir)
@@ -155,7 +159,12 @@ def prepare_private_dir(job: AnsibleJob, private_dir: Path) -> None:
     shutil.copytree(job.project, private_dir / "project", symlinks=False,
                     ignore=shutil.ignore_patterns("*.retry", "__pycache__"))
     (private_dir / "inventory").mkdir(mode=0o700)
-    (private_dir / "inventory" / "hosts.yml").write_text(yaml.safe_dump(dict(job.inventory), sort_keys=False))
+    inventory = json.loads(json.dumps(dict(job.inventory)))
+    if job.known_hosts and worker_pdd is not None:
+        (private_dir / "known_hosts").write_text(job.known_hosts)
+        group = inventory.setdefault("all", {}).setdefault("vars", {})
+        group["ansible_ssh_common_args"] = ssh_common_args([os.path.join(worker_pdd, "known_hosts")])
+    (private_dir / "inventory" / "hosts.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
 
 
 def _child_env(worker_dir: str) -> dict[str, str]:
@@ -169,7 +178,7 @@ def _child_env(worker_dir: str) -> dict[str, str]:
         "ANSIBLE_HOME": os.path.join(worker_dir, ".ansible"),
         "ANSIBLE_LOCAL_TEMP": os.path.join(worker_dir, ".ansible", "tmp"),
         "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(worker_dir, ".ansible", "cp"),
-        "ANSIBLE_CONFIG": os.devnull,
+        "ANSIBLE_CONFIG": os.path.join(worker_dir, "ansible.cfg"),
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_NOCOLOR": "1",
@@ -314,10 +323,16 @@ def run_job(job: AnsibleJob, private_dir: Path, *,
     """Run ``job`` through an ansible-runner worker child process; events as they come."""
     from ansible_runner.streaming import Transmitter
 
-    prepare_private_dir(job, private_dir)
     worker_dir = tempfile.mkdtemp(prefix="irkit-ansible-", dir=_memory_dir())
     os.chmod(worker_dir, 0o700)
+    # an empty config file of our own: no ansible.cfg of the working directory or $HOME applies
+    Path(worker_dir, "ansible.cfg").write_text("[defaults]\n")
     worker_pdd = os.path.join(worker_dir, "job")
+    try:
+        prepare_private_dir(job, private_dir, worker_pdd)
+    except OSError as exc:
+        shutil.rmtree(worker_dir, ignore_errors=True)
+        raise AnsibleRunError("config", f"cannot prepare the Ansible job directory: {exc}") from exc
     cmd = [sys.executable, "-m", "ansible_runner", "worker", "--private-data-dir", worker_pdd, "--delete"]
     cmdline = ["--diff"] if job.diff else []
     if job.check:

@@ -1,0 +1,164 @@
+"""The ``ansible.playbook`` step on real lab hosts, through real ansible-runner and ansible-playbook.
+
+The lab is this module's own (MSP ``ans``, 2 tenants x 2 hosts): the hardening changes sshd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from containment_helpers import REPO, home, irkit, keyed_env, summary
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+SECRET = "Ans1ble-no_log-S3cret-7f3a9c"
+
+
+@pytest.fixture(scope="module")
+def ans(lab_factory):
+    return lab_factory("ans")
+
+
+@pytest.fixture(scope="module")
+def env(ans):
+    env = keyed_env(ans)
+    env["IRKIT_TEST_NOLOG_SECRET"] = SECRET
+    return env
+
+
+def _playbook(tmp: Path, steps: list[dict], name: str = "ansible-test") -> Path:
+    data = {
+        "version": 1, "name": name,
+        "defaults": {"timeout": 180, "retries": 0, "host_timeout": 900},
+        "phases": [
+            {"name": "access", "steps": [{"name": "responder key", "action": "responder.ensure_access"}]},
+            {"name": "harden", "steps": steps},
+        ],
+    }
+    path = tmp / f"{name}.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+HARDEN = {"name": "sshd hardening (Ansible)", "action": "ansible.playbook",
+          "params": {"playbook": "sshd-hardening.yml", "sshd_facts": True},
+          "evidence_override": "test of the Ansible step alone: no evidence phase here"}
+
+
+def _records(ans, case: str) -> list[dict]:
+    path = Path(ans.home) / "cases" / case / "audit" / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_hardening_through_ansible_runner(ans, env, tmp_path):
+    hosts = [h["name"] for h in ans.info["hosts"]]
+    pb = _playbook(tmp_path, [HARDEN])
+    # ---- dry run: check mode with a diff, and nothing changes on the hosts
+    dry = irkit(env, "contain", "--inventory", str(ans.inventory_path), "--playbook", str(pb), "--case", "ANS-1",
+                "--dry-run", "--format", "json", check=0, timeout=600)
+    plan = json.loads(dry.stdout)
+    text = json.dumps(plan)
+    assert "would change" in text and "10-irkit-hardening.conf" in text, dry.stdout[-2000:]
+    for name in hosts:
+        assert ans.exec(name, "test -e /etc/ssh/sshd_config.d/10-irkit-hardening.conf").returncode == 1
+    # ---- the real run
+    proc = irkit(env, "contain", "--inventory", str(ans.inventory_path), "--playbook", str(pb), "--case", "ANS-1",
+                 "--yes", "--format", "json", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in hosts:
+        conf = ans.exec(name, "cat /etc/ssh/sshd_config.d/10-irkit-hardening.conf").stdout.decode()
+        assert "MaxAuthTries 3" in conf and "AllowUsers root mspadmin" in conf, conf
+        assert "PermitRootLogin prohibit-password" in conf
+        # the running daemon uses it (sshd -T on the host)
+        eff = ans.exec(name, "/usr/sbin/sshd -T -C user=root,host=x,addr=198.19.0.1 2>/dev/null | "
+                             "grep -Ei '^(maxauthtries|allowusers) '").stdout.decode().lower()
+        assert "maxauthtries 3" in eff and "allowusers root" in eff, eff
+    records = _records(ans, "ANS-1")
+    tasks = [r for r in records if r["action"] == "ansible.task"]
+    for name in hosts:
+        mine = [r for r in tasks if r["host"] == name]
+        assert {r["params"]["task"] for r in mine} >= {
+            "sshd reads drop-in files",
+            "hardening settings (first match wins, so the drop-in beats later lines)"}, mine
+        assert any(r["params"]["changed"] for r in mine)
+        stats = [r for r in records if r["action"] == "ansible.stats" and r["host"] == name]
+        assert stats and stats[0]["params"]["failed"] == 0
+    assert irkit(env, "audit", "verify", "--case", "ANS-1").returncode == 0
+    # ---- a second run changes nothing (idempotent content; verify already ran check mode)
+    again = irkit(env, "contain", "--inventory", str(ans.inventory_path), "--playbook", str(pb), "--case", "ANS-2",
+                  "--yes", "--format", "json", timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:]
+    changed = [r for r in _records(ans, "ANS-2") if r["action"] == "ansible.task" and r["params"]["changed"]]
+    assert changed == []
+
+
+def test_failed_task_fails_the_host_and_counts(ans, env, tmp_path):
+    """A host where an Ansible task fails is failed for irkit (summary, max-fail); the others go on."""
+    hosts = [h["name"] for h in ans.info["hosts"]]
+    victim = hosts[0]
+    project = tmp_path / "content"
+    project.mkdir()
+    (project / "fail-one.yml").write_text(yaml.safe_dump([{
+        "name": "fails on one host", "hosts": "all", "gather_facts": False,
+        "tasks": [
+            {"name": "marker", "ansible.builtin.command": "true", "changed_when": False},
+            {"name": "break here", "ansible.builtin.command": "false", "when": f"inventory_hostname == '{victim}'"},
+        ]}]))
+    step = {"name": "content that fails on one host", "action": "ansible.playbook",
+            "params": {"playbook": str(project / "fail-one.yml"), "verify": "none"},
+            "evidence_override": "test"}
+    pb = _playbook(tmp_path, [step], name="ansible-fail")
+    proc = irkit(env, "contain", "--inventory", str(ans.inventory_path), "--playbook", str(pb), "--case", "ANS-3",
+                 "--yes", "--format", "json", timeout=900)
+    assert proc.returncode != 0
+    result = summary(proc)
+    status = {h["host"]: h for h in result["hosts"]}
+    assert status[victim]["status"] == "failed", status
+    assert "break here" in status[victim]["message"]
+    for name in hosts[1:]:
+        assert status[name]["status"] == "ok", status[name]
+
+
+def test_no_log_secret_appears_nowhere(ans, env, tmp_path):
+    """A ``no_log: true`` task's secret is in no audit record, run log, or file under the case directory."""
+    project = tmp_path / "content"
+    project.mkdir(exist_ok=True)
+    (project / "nolog.yml").write_text(yaml.safe_dump([{
+        "name": "uses a secret", "hosts": "all", "gather_facts": False,
+        "tasks": [
+            {"name": "write the secret on the host", "no_log": True,
+             "ansible.builtin.copy": {"content": "{{ app_secret }}\n", "dest": "/root/.irkit-ansible-secret",
+                                      "mode": "0600"}},
+            {"name": "echo the secret", "no_log": True, "ansible.builtin.command": "echo {{ app_secret }}",
+             "changed_when": False},
+        ]}]))
+    step = {"name": "content with a secret", "action": "ansible.playbook",
+            "params": {"playbook": str(project / "nolog.yml"), "secret_vars": {"app_secret": "env:IRKIT_TEST_NOLOG_SECRET"}},
+            "evidence_override": "test"}
+    pb = _playbook(tmp_path, [step], name="ansible-nolog")
+    proc = irkit(env, "contain", "--inventory", str(ans.inventory_path), "--playbook", str(pb), "--case", "ANS-4",
+                 "--yes", "--format", "json", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    host = ans.info["hosts"][0]["name"]
+    assert ans.exec(host, "cat /root/.irkit-ansible-secret").stdout.decode().strip() == SECRET  # it did run
+    assert SECRET not in proc.stdout and SECRET not in proc.stderr
+    case = Path(ans.home) / "cases" / "ANS-4"
+    leaks = []
+    for root, _dirs, files in os.walk(case):
+        for f in files:
+            p = Path(root, f)
+            try:
+                if SECRET.encode() in p.read_bytes():
+                    leaks.append(str(p))
+            except OSError:
+                pass
+    assert leaks == [], leaks
+    records = [r for r in _records(ans, "ANS-4") if r["action"] == "ansible.task"]
+    assert records and all(r["params"]["no_log"] for r in records if "secret" in r["params"]["task"])
+    # nothing of the job is left in the worker's memory directory either
+    assert not [p for p in Path("/dev/shm").glob("irkit-ansible-*")]
