@@ -33,3 +33,63 @@ def test_inventory_export_is_accepted_by_ansible_inventory(tmp_path):
     some = inv.hosts()[0]
     assert data["_meta"]["hostvars"][some.name]["ansible_host"] == some.address
     assert "StrictHostKeyChecking=yes" in data["_meta"]["hostvars"][some.name]["ansible_ssh_common_args"]
+
+
+# --------------------------------------------------------------------------- event parsing (hostile input)
+
+from ir_toolkit.transports.ansible_runner import (  # noqa: E402
+    MAX_LINE,
+    NO_LOG_TEXT,  # noqa: F401
+    _bounded_lines,
+    _stats,
+    parse_event,
+)
+
+
+def _ev(event: str, res: dict, **extra) -> dict:
+    return {"event": event, "event_data": {"host": "h1", "task": "t", "task_action": "command", "res": res,
+                                           "duration": 0.25, **extra}}
+
+
+def test_no_log_result_is_dropped_whole():
+    ev = parse_event(_ev("runner_on_ok", {"censored": "the output has been hidden", "_ansible_no_log": True,
+                                          "msg": "password=hunter2", "changed": True}))
+    assert ev is not None and ev.no_log and ev.message == "" and ev.diff == ""
+    assert "hunter2" not in repr(ev)
+
+
+def test_known_secrets_are_cut_from_messages_task_names_and_diffs():
+    secret = "S3cr3t-Value-123"
+    ev = parse_event(_ev("runner_on_failed", {"msg": f"bad {secret}", "diff": {"before": "", "after": secret}},
+                         task=f"set {secret}"), secrets=[secret])
+    assert ev is not None and ev.status == "failed"
+    assert secret not in ev.message and secret not in ev.task and secret not in ev.diff
+    assert "[REDACTED]" in ev.message
+
+
+def test_hostile_strings_are_bounded_and_single_line():
+    ev = parse_event(_ev("runner_on_ok", {"msg": "x\n" * 100_000, "changed": "yes"}, host="h" * 10_000))
+    assert ev is not None
+    assert len(ev.message) <= 301 and "\n" not in ev.message
+    assert len(ev.host) <= 256
+
+
+def test_non_host_events_and_garbage_are_ignored():
+    assert parse_event({"event": "playbook_on_start"}) is None
+    assert parse_event({"event": "runner_on_ok", "event_data": "not a dict"}) is None
+    ev = parse_event({"event": "runner_on_ok", "event_data": {"res": ["weird"], "duration": float("nan")}})
+    assert ev is not None and ev.duration is None and ev.host == ""
+
+
+def test_stats_keep_only_sane_counts():
+    stats = _stats({"ok": {"a": 2, "b": -1, 3: 1}, "failures": {"a": 1}, "dark": {"c": 10**12}, "changed": "x"})
+    assert stats["a"].ok == 2 and stats["a"].failed == 1 and not stats["a"].success
+    assert "b" not in stats and "c" not in stats
+
+
+def test_oversized_lines_are_skipped_not_buffered():
+    import io
+
+    data = b'{"a": 1}\n' + b"x" * (MAX_LINE * 2 + 5) + b"\n" + b'{"b": 2}\n'
+    lines = list(_bounded_lines(io.BytesIO(data)))
+    assert lines[0] == b'{"a": 1}\n' and lines[1] is None and lines[-1] == b'{"b": 2}\n'

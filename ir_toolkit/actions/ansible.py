@@ -62,6 +62,8 @@ class AnsibleParams(Params):
     verify: Literal["check", "none"] = "check"
     #: pass irkit's sshd facts (daemon pid, binary, config file, RevokedKeys) as host variables
     sshd_facts: bool = False
+    #: the run must change nothing (a re-check, e.g. in the containment playbook's verify phase)
+    expect_no_change: bool = False
 
     @field_validator("playbook")
     @classmethod
@@ -231,7 +233,7 @@ def _allow_users(ctx: ActionContext) -> list[str]:
 
 
 def _resolve_secrets(params: AnsibleParams) -> dict[str, str]:
-    from ir_toolkit.secrets.redaction import register_secret
+    from ir_toolkit.redaction import register_secret
     from ir_toolkit.secrets.references import parse_ref, resolve
 
     out: dict[str, str] = {}
@@ -367,6 +369,9 @@ class AnsiblePlaybook(Action):
         result, rel = self._run(ctx, params, "apply")
         changed, events = self._judge(ctx, result, rel)
         st = result.host_stats(ctx.host.name)
+        if changed and params.expect_no_change:
+            tasks = ", ".join(e.task for e in events if e.changed)
+            raise ActionFailed(f"Ansible {rel}: expected no change, but changed: {tasks}")
         return Outcome(changed, f"{rel}: {st.ok} ok, {st.changed} changed, {st.skipped} skipped",
                        {"playbook": rel, "changed_tasks": [e.task for e in events if e.changed][:50]},
                        verified=params.verify == "none")

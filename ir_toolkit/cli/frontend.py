@@ -42,6 +42,24 @@ def show_plan(plan: Plan, fmt: str = "table") -> None:
         out.print(f"  [yellow]{safe(item.host)}[/]: {safe(item.change.get('summary'))}")
     if len(unknown) > 10:
         out.print(f"  ... and {len(unknown) - 10} more hosts whose state is unknown")
+    diffs = [i for i in plan.items if i.change.get("diff")]
+    if diffs:
+        from rich.text import Text
+
+        shown: set[str] = set()
+        out.print(f"would change ({len(diffs)} host steps with a diff; identical diffs shown once):")
+        for item in diffs:
+            diff = item.change["diff"]
+            if diff in shown or len(shown) >= 5:
+                continue
+            shown.add(diff)
+            same = sum(1 for i in diffs if i.change["diff"] == diff and i.step_index == item.step_index)
+            out.print(Text(f"  {item.step} on {item.host}" + (f" (and {same - 1} more hosts)" if same > 1 else "")
+                           + ":", style="bold"))
+            for line in diff.splitlines()[:40]:
+                clean = "".join(ch if ch.isprintable() else "?" for ch in line)
+                style = "green" if clean.startswith("+") else "red" if clean.startswith("-") else None
+                out.print(Text("    " + clean, style=style or ""))
     out.print(f"plan saved: {plan.path()}")
 
 

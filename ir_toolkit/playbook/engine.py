@@ -151,6 +151,8 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
             try:
                 outcome = action.plan(ctx, params)
                 changes[row] = {"changed": outcome.changed, "summary": outcome.summary}
+                if outcome.changed and isinstance(outcome.details.get("diff"), str) and outcome.details["diff"]:
+                    changes[row]["diff"] = outcome.details["diff"][:4000]  # e.g. Ansible's --check --diff
             except (TransportError, ActionFailed) as exc:
                 changes[row] = {"changed": None, "summary": f"unknown: {exc}",
                                 "error": getattr(exc, "kind", "failed")}
