@@ -177,14 +177,7 @@ def _host_key_line(ctx: ActionContext) -> list[str]:
 
 def _pkey_text(ctx: ActionContext) -> str:
     """The responder's private key (OpenSSH format) for ssh-agent: the key irkit logs in with."""
-    fleet = ctx.services.get("fleet") if hasattr(ctx, "services") else None
-    keys: list[Any] = []
-    if fleet is not None:
-        keys = list(fleet.keys())
-    else:
-        from ir_toolkit.actions.credentials import responder_pkeys
-
-        keys = responder_pkeys(ctx)
+    keys = list(ctx.require_pool().keys())
     if not keys:
         raise ActionFailed("no responder key to give Ansible")
     return openssh_private_text(keys[0])
@@ -247,14 +240,6 @@ def _resolve_secrets(params: AnsibleParams) -> dict[str, str]:
     return out
 
 
-def _journal(ctx: ActionContext) -> Any:
-    return ctx.services.get("journal") if hasattr(ctx, "services") else getattr(ctx, "journal", None)
-
-
-def _actor(ctx: ActionContext) -> str:
-    return ctx.services.get("actor", "irkit") if hasattr(ctx, "services") else getattr(ctx, "actor", "irkit")
-
-
 # --------------------------------------------------------------------------- the action
 
 
@@ -267,6 +252,9 @@ class AnsiblePlaybook(Action):
     description = "run Ansible content through ansible-runner; events into the signed audit log"
     destructive = True
     os = ("linux",)
+    connection_kinds = ("ssh",)
+    #: a retry re-runs idempotent content; a half-run job is finished by the next run
+    retry_safe = True
 
     def _run(self, ctx: ActionContext, params: AnsibleParams, mode: str) -> tuple[AnsibleResult, str]:
         project, rel = resolve_playbook(params)
@@ -277,7 +265,7 @@ class AnsiblePlaybook(Action):
         digest = hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True, default=str).encode()).hexdigest()
         key = (ctx.case_id, mode, digest)
         check = mode != "apply"
-        journal = _journal(ctx) if mode == "apply" else None
+        journal = ctx.journal if mode == "apply" and not ctx.planning else None
 
         def run(members: list[_Member]) -> AnsibleResult:
             from ir_toolkit.inventory.ansible import host_vars
@@ -305,7 +293,7 @@ class AnsiblePlaybook(Action):
                 m = by_name.get(event.host)
                 if m is None:
                     return  # an event for a host that is not in this job: ignored
-                journal.append(action="ansible.task", actor=_actor(ctx), tenant=m.ctx.host.tenant,
+                journal.append_durable(action="ansible.task", actor=ctx.actor, tenant=m.ctx.host.tenant,
                                host=m.ctx.host.name, outcome=event.status, params={
                                    "case": ctx.case_id, "playbook": params.playbook, "task": event.task,
                                    "module": event.module, "changed": event.changed,
@@ -327,7 +315,7 @@ class AnsiblePlaybook(Action):
             if journal is not None:
                 for name, m in by_name.items():
                     st = result.host_stats(name)
-                    journal.append(action="ansible.stats", actor=_actor(ctx), tenant=m.ctx.host.tenant,
+                    journal.append_durable(action="ansible.stats", actor=ctx.actor, tenant=m.ctx.host.tenant,
                                    host=name, outcome="ok" if st.success and result.seen_stats else "failed",
                                    params={"case": ctx.case_id, "playbook": params.playbook,
                                            "status": result.status, "ok": st.ok, "changed": st.changed,
