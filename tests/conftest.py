@@ -160,8 +160,10 @@ class LabFactory:
         self.handles: list[LabHandle] = []
 
     def __call__(self, msp: str, *, tenants: int = 2, hosts_per_tenant: int = 2,
-                 blocks: range = range(0, 256, 4), hostile: dict[str, str] | None = None) -> LabHandle:
-        """``hostile``: host name -> kinds (``"bigfile,trickle"``), see ir_toolkit/lab/hostile.py."""
+                 blocks: range = range(0, 256, 4), hostile: dict[str, str] | None = None,
+                 up_args: tuple[str, ...] = ()) -> LabHandle:
+        """``hostile``: host name -> kinds (``"bigfile,trickle"``), see ir_toolkit/lab/hostile.py;
+        ``up_args``: further ``irkit lab up`` options (e.g. ``--no-host-firewall``)."""
         from ir_toolkit.lab import procs
         from ir_toolkit.lab.generate import generate_inventory, write_inventory
         from ir_toolkit.lab.netns import conflicts
@@ -179,7 +181,7 @@ class LabFactory:
             data = generate_inventory(msp=msp, tenants=tenants, hosts_per_tenant=hosts_per_tenant, base=str(net))
             write_inventory(inventory, data, force=True)
             extra = [a for name, kinds in (hostile or {}).items() for a in ("--hostile", f"{name}={kinds}")]
-            proc = run_irkit(home, "lab", "up", "--inventory", str(inventory), *extra)
+            proc = run_irkit(home, "lab", "up", "--inventory", str(inventory), *extra, *up_args)
             if proc.returncode == 0:
                 handle = LabHandle(msp, inventory, home, {})
                 self.handles.append(handle)

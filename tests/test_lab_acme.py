@@ -289,8 +289,8 @@ def test_lab_exec_reaches_a_network_isolated_host(acme):
         assert proc.returncode == 255  # no network path any more
         assert _ssh(info, _hosts(acme)[3]["address"], "true").returncode == 0  # only that host is cut off
         out = _exec(acme, victim["name"], "hostname; nft list tables")
-        assert out.returncode == 0 and out.stdout.decode().split() == [victim["name"], "table", "inet",
-                                                                         "irkit_test_iso"]
+        assert out.returncode == 0 and out.stdout.decode().split() == [victim["name"], "table", "inet", "filter",
+                                                                         "table", "inet", "irkit_test_iso"]
     finally:
         _exec(acme, victim["name"], "nft delete table inet irkit_test_iso")
     assert _ssh(info, victim["address"], "true").returncode == 0

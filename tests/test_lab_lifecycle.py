@@ -196,7 +196,7 @@ def test_reimage_rebuilds_a_host_clean_with_a_new_host_key(lab_factory):
     assert record["facts"]["new_host_key_fingerprint"] == handle.refresh()["hosts"][1]["host_key_fingerprint"]
     assert record["facts"]["new_host_key_fingerprint"] != record["facts"]["old_host_key_fingerprint"]
     out = handle.exec(second.name, "nft list tables; test -e /tmp/.kworkerd && echo dropper").stdout
-    assert out == b""  # a fresh network stack (no nftables table) and no breach
+    assert out == b"table inet filter\n"  # a fresh network stack (only the host firewall) and no breach
     stranger = second.model_copy(update={"name": "not-in-any-lab"})
     failed = run_to_completion(get_provider("lab"), stranger, interval=0.05)
     assert failed.status is ReimageStatus.FAILED and "not a host of any running lab" in failed.message

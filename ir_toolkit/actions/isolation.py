@@ -1,12 +1,17 @@
 """Host isolation with nftables, in irkit's own table, reversible exactly.
 
 ``host.isolate`` loads one table, ``inet irkit_isolation``, whose base chains
-(input, output, forward; policy drop) let through only loopback, established and
-related traffic, and the responder's controller address plus the inventory's
-``msp.responder.allow_from`` and the playbook's ``allow`` list. Other tables are
-not touched: a drop verdict in any base chain is final in nftables, so the
-table isolates whatever else is loaded, and removing it restores the rest as it
-was.
+(input, output, forward; policy drop) let through only loopback and traffic with
+the responder's controller address, the inventory's ``msp.responder.allow_from``
+and the playbook's ``allow`` list, in any connection state. There is no blanket
+``ct state established`` rule: an intruder's session that is open when the table
+loads is dropped like any other (security review §6), and then ended on the host:
+its sockets are destroyed (``ss -K``) and its conntrack entries deleted
+(``conntrack -D``), see :mod:`ir_toolkit.actions.flows`. Only ICMP errors related
+to a tracked flow pass besides (path-MTU discovery for the responders' sessions).
+Other tables are not touched: a drop verdict in any base chain is final in
+nftables, so the table isolates whatever else is loaded, and removing it
+restores the rest as it was.
 
 Safety: before loading the table irkit refuses if the address it connects from
 is not in the allowed set; it snapshots the ruleset (``nft -s list ruleset``) to
@@ -27,6 +32,7 @@ from typing import Any
 
 from pydantic import field_validator
 
+from ir_toolkit.actions import flows
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
 from ir_toolkit.actions.credentials import _record, responder_access_works
 from ir_toolkit.actions.sshd import client_address
@@ -36,7 +42,7 @@ FAMILY = "inet"
 STATE_DIR = "/var/lib/irkit/isolation"
 SNAPSHOT = f"{STATE_DIR}/before.nft"
 WATCHDOG_MARK = "irkit-isolation-watchdog"
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 
 def _networks(values: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -61,12 +67,15 @@ def ruleset(allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network], case_i
         lines = [f"  chain {name} {{", f"    type filter hook {hook} priority 0; policy drop;"]
         if iface:
             lines.append(f'    {iface} "lo" accept')
-        lines.append("    ct state established,related accept")
         if direction:
             if v4:
                 lines.append(f"    ip {direction} {{ {', '.join(v4)} }} accept")
             if v6:
                 lines.append(f"    ip6 {direction} {{ {', '.join(v6)} }} accept")
+        if hook == "input":
+            # ICMP errors (e.g. "fragmentation needed") about a flow that is still tracked: after the
+            # cut only the allowed peers' flows are, so this keeps path-MTU discovery working for them
+            lines.append("    ct state related meta l4proto { icmp, ipv6-icmp } accept")
         lines.append("  }")
         return "\n".join(lines)
 
@@ -91,6 +100,8 @@ class IsolateParams(Params):
     include_allow_from: bool = True
     #: the host deletes the table by itself after this many seconds unless irkit proves access and disarms it
     watchdog_seconds: int = 120
+    #: end the live flows (sockets, conntrack entries) of every peer that is not allowed
+    cut_flows: bool = True
 
     @field_validator("allow")
     @classmethod
@@ -141,6 +152,27 @@ def _check_controller_allowed(ctx: ActionContext, allowed: list[Any]) -> str:
     return seen
 
 
+def flow_facts(ctx: ActionContext) -> flows.FlowFacts:
+    """The host's addresses, connected sockets and conntrack table (see :mod:`ir_toolkit.actions.flows`)."""
+    return flows.parse_facts(ctx.run(flows.FACT_COMMAND).text)
+
+
+def cut_live_flows(ctx: ActionContext, allowed: list[Any]) -> dict[str, Any]:
+    """End every flow whose peer is not allowed (after the table is loaded); what was cut, for the record."""
+    facts = flow_facts(ctx)
+    plan = flows.cut_plan(facts, allowed)
+    if not plan.empty:
+        ctx.run(flows.cut_script(plan, facts))
+    after = flows.cut_plan(flow_facts(ctx), allowed)
+    return {
+        "peers": [str(a) for a in plan.peers],
+        "sockets": len(plan.sockets),
+        "conntrack_entries": len(plan.tracked),
+        "sockets_left": [f"{s.proto} {s.local}:{s.local_port} {s.peer}:{s.peer_port}" for s in after.sockets][:20],
+        "notes": list(plan.notes),
+    }
+
+
 @register
 class IsolateHost(Action):
     """Cut a host off the network except for the responder's controller (nftables, own table)."""
@@ -168,6 +200,11 @@ class IsolateHost(Action):
         script, spec = ruleset(allowed, ctx.case_id)
         current = _table(ctx)
         if current is not None and f"spec={spec}" in current:
+            cut = cut_live_flows(ctx, allowed) if params.cut_flows else None
+            if cut is not None and cut["peers"]:
+                _record(ctx, "host.flows_cut", cut)
+                return Outcome(True, f"already isolated; ended flows of {len(cut['peers'])} peer(s)",
+                               {"spec": spec, "flows_cut": cut})
             return Outcome(False, "already isolated with this allow-list", {"spec": spec})
         if current is None:
             # the state to return to on release (only taken when irkit's table is not loaded)
@@ -187,10 +224,15 @@ class IsolateHost(Action):
             _record(ctx, "host.isolation_rolled_back", {"reason": "fresh responder login failed"}, outcome="failed")
             raise ActionFailed("after isolating, a fresh login from the controller failed; isolation removed")
         self._disarm(ctx, watchdog)
-        details = {"spec": spec, "allowed": [_fmt(n) for n in allowed], "controller_seen_as": seen,
-                   "ruleset_before_sha256": before}
+        details: dict[str, Any] = {"spec": spec, "allowed": [_fmt(n) for n in allowed], "controller_seen_as": seen,
+                                   "ruleset_before_sha256": before}
+        # the table already drops every packet of a non-allowed peer; now end those flows on the host
+        if params.cut_flows:
+            details["flows_cut"] = cut_live_flows(ctx, allowed)
         _record(ctx, "host.isolated", details)
-        return Outcome(True, f"isolated; allowed: {', '.join(details['allowed'])}", details)
+        cut = details.get("flows_cut") or {}
+        ended = f"; ended flows of {len(cut['peers'])} peer(s)" if cut.get("peers") else ""
+        return Outcome(True, f"isolated; allowed: {', '.join(details['allowed'])}{ended}", details)
 
     def _arm_watchdog(self, ctx: ActionContext, seconds: int) -> int:
         cmd = (f"setsid sh -c 'sleep {seconds}; nft delete table {FAMILY} {TABLE} 2>/dev/null' {WATCHDOG_MARK} "
@@ -216,11 +258,18 @@ class IsolateHost(Action):
             problems.append("isolation table is not loaded")
         elif f"spec={spec}" not in current or "policy drop" not in current:
             problems.append("isolation table differs from the wanted one")
+        if params.cut_flows and current is not None:
+            facts = flow_facts(ctx)
+            left = flows.cut_plan(facts, allowed)
+            if left.sockets:
+                problems.append("live connections to peers that are not allowed: "
+                                + ", ".join(sorted({str(s.peer) for s in left.sockets})[:5]))
         if not responder_access_works(ctx):
             problems.append("fresh login from the controller FAILED")
         if problems:
             return Outcome(False, "; ".join(problems), ok=False)
-        return Outcome(False, "isolated (policy drop); fresh login from the controller works")
+        return Outcome(False, "isolated (policy drop, no live flow of a peer that is not allowed); "
+                              "fresh login from the controller works")
 
 
 class ReleaseParams(Params):

@@ -43,7 +43,11 @@ def lab() -> None:
               help="Make HOST misbehave for real (repeatable): bigfile, tarbomb, trickle, mtime, names "
                    "(see docs/lab.md, 'Hostile hosts').")
 @format_option
-def up(msp: str | None, inventory_path: str | None, hostile: tuple[str, ...], fmt: str) -> None:
+@click.option("--no-host-firewall", is_flag=True,
+              help="Boot hosts without their connection-tracking host firewall (default: an nftables table "
+                   "with ct state rules, like ufw/firewalld on real servers).")
+def up(msp: str | None, inventory_path: str | None, hostile: tuple[str, ...], fmt: str,
+       no_host_firewall: bool) -> None:
     """Materialise an inventory as real hosts, seeded with an MSP breach (idempotent)."""
     from ir_toolkit.lab.hostile import make_hostile, parse_hostile
 
@@ -56,7 +60,7 @@ def up(msp: str | None, inventory_path: str | None, hostile: tuple[str, ...], fm
         if name not in known:
             raise InputError(f"--hostile {name}: no such host in the inventory")
     the_lab = Lab(inv.msp.name)
-    result = the_lab.up(inv, path)
+    result = the_lab.up(inv, path, host_firewall=not no_host_firewall)
     for name, kinds in wanted.items():
         result.notes.append(f"{name}: {make_hostile(the_lab, name, kinds)}")
     total = len(result.started) + len(result.kept)

@@ -53,6 +53,7 @@ from ir_toolkit.log import get_logger
 REQUIRED_TOOLS = {
     "ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux", "mount": "mount",
     "umount": "mount", "pivot_root": "util-linux", "sshd": "openssh-server", "perl": "perl-base",
+    "nft": "nftables",
 }
 ROOT_MESSAGE = "the lab needs root (network namespaces); run as root"
 
@@ -136,7 +137,7 @@ class Lab:
             hosts.append({
                 "tenant": h.tenant, "name": h.name, "address": h.address, "port": h.port,
                 "host_key_fingerprint": fingerprint(pub.read_text()) if pub.exists() else None,
-                "pid": h.init_pid, "netns": h.netns, "breached": h.breached,
+                "pid": h.init_pid, "netns": h.netns, "breached": h.breached, "host_firewall": h.firewall,
                 "running": procs.alive(h.init_pid, h.init_start),
             })
         return {
@@ -190,8 +191,9 @@ class Lab:
         return run_in_host(h.init_pid, argv, input=input, capture=capture, timeout=timeout)
 
     # ------------------------------------------------------------------ up
-    def up(self, inv: Inventory, inventory_path: Path | str) -> UpResult:
-        """Make the running lab match the inventory; a second run changes nothing."""
+    def up(self, inv: Inventory, inventory_path: Path | str, *, host_firewall: bool = True) -> UpResult:
+        """Make the running lab match the inventory; a second run changes nothing. With
+        ``host_firewall`` (the default) every host loads a connection-tracking firewall at boot."""
         require_root()
         check_tools()
         if inv.msp.name != self.msp:
@@ -202,7 +204,7 @@ class Lab:
         t0 = time.monotonic()
         with locked(self.paths.lock, f"the lab of MSP {self.msp}"):
             self._approver_keys(inv)
-            result = self._up(plan, str(Path(inventory_path).absolute()))
+            result = self._up(plan, str(Path(inventory_path).absolute()), host_firewall)
         result.seconds = time.monotonic() - t0
         return result
 
@@ -219,7 +221,7 @@ class Lab:
                 if path.parent == folder and path.suffix == ".vkey":
                     ensure_approver_key(path, contact.name)
 
-    def _up(self, plan: LabPlan, inventory_path: str) -> UpResult:
+    def _up(self, plan: LabPlan, inventory_path: str, host_firewall: bool = True) -> UpResult:
         p = self.paths
         old = self.state()
         result = UpResult(self.msp, network=str(plan.network), controller_address=plan.controller_address,
@@ -255,7 +257,7 @@ class Lab:
                 name=ph.name, tenant=ph.tenant, slot=slots[ph.name], address=ph.address, port=ph.port,
                 netns=netns_name(self.lab_id, ph.name, slots[ph.name]),
                 veth=veth_name(self.lab_id, slots[ph.name]),
-                breached=prior.breached if prior else True,
+                breached=prior.breached if prior else True, firewall=host_firewall,
             )
         keep: dict[str, HostState] = {}
         if old and layers_ok and bridge_ok:

@@ -3,13 +3,14 @@
 A host is started as::
 
     nsenter --net=/run/netns/<netns> -- unshare --mount --uts --ipc --pid --fork \\
-        --propagation private -- /bin/sh init.sh NAME MNT FSTAB ADDR/PREFIX BREACHED
+        --propagation private -- /bin/sh init.sh NAME MNT FSTAB ADDR/PREFIX BREACHED FIREWALL
 
 ``unshare`` (in the controller's PID namespace) forks the host's PID 1, the
 init script below. It mounts a private tmpfs for the writable layer, mounts
 the overlay root (``breach:host:image`` lower layers) and read-only ``/usr``
 from a per-host fstab, sets the hostname and address, ``pivot_root``\\ s into
-the new root (the controller's file systems are then detached), starts
+the new root (the controller's file systems are then detached), loads the
+host firewall (:data:`HOST_FIREWALL`, unless the lab runs without one), starts
 ``sshd`` and, on a breached host, the implant from the ``/tmp`` dropper, and
 reaps children forever. Every mount lives in the host's own mount namespace,
 so everything disappears when its processes die.
@@ -30,12 +31,30 @@ from ir_toolkit.lab.netns import netns_path
 from ir_toolkit.lab.sshkeys import write_private
 from ir_toolkit.lab.state import HostState
 
+#: The lab hosts' own firewall, loaded at boot like ufw, firewalld or docker on a real server: policy
+#: accept, but with ``ct state`` rules, so every flow is tracked by conntrack from its first packet.
+#: Without any such rule a network namespace tracks nothing, and a flow that predates irkit's isolation
+#: table then dies by accident; with it, only a correct isolation ends the flow (security review §6).
+HOST_FIREWALL = """\
+table inet filter {
+  comment "lab host firewall (stands in for ufw/firewalld): connections are tracked"
+  chain input {
+    type filter hook input priority filter; policy accept;
+    ct state established,related accept
+    ct state invalid drop
+    iif "lo" accept
+    meta l4proto { icmp, ipv6-icmp } accept
+    tcp dport 22 accept
+  }
+}
+"""
+
 INIT_SCRIPT = f"""\
 #!/bin/sh
 # PID 1 of an irkit lab host (see ir_toolkit/lab/host.py). Arguments:
-#   NAME MNT FSTAB ADDR/PREFIX BREACHED(0|1)
+#   NAME MNT FSTAB ADDR/PREFIX BREACHED(0|1) FIREWALL(0|1)
 set -eu
-name=$1 mnt=$2 fstab=$3 cidr=$4 breached=$5
+name=$1 mnt=$2 fstab=$3 cidr=$4 breached=$5 firewall=${{6:-1}}
 read -r hostpid _rest < /proc/self/stat
 echo "irkit-lab-init: $name starting (controller pid $hostpid)"
 mount -t tmpfs -o mode=0755,size=512m irklab-rw "$mnt"
@@ -51,6 +70,10 @@ pivot_root . mnt
 cd /
 umount -l /mnt
 export PATH={HOST_PATH} HOME=/root LANG=C.UTF-8
+if [ "$firewall" = 1 ]; then
+  nft -f - <<'IRKIT_HOST_FIREWALL'
+{HOST_FIREWALL}IRKIT_HOST_FIREWALL
+fi
 /usr/sbin/sshd -D -E /var/log/sshd.log </dev/null >/dev/null 2>&1 &
 if [ "$breached" = 1 ] && [ -x {DROPPER_PATH} ]; then
   (cd /tmp && exec {DROPPER_PATH}) </dev/null >/dev/null 2>&1 &
@@ -112,7 +135,7 @@ class Spawner:
             self.nsenter, f"--net={netns_path(host.netns)}", "--",
             self.unshare, "--mount", "--uts", "--ipc", "--pid", "--fork", "--propagation", "private", "--",
             "/bin/sh", str(self.paths.init_script), host.name[:64], str(mnt), str(fstab_file),
-            f"{host.address}/{prefixlen}", "1" if host.breached else "0",
+            f"{host.address}/{prefixlen}", "1" if host.breached else "0", "1" if host.firewall else "0",
         ]
         log = str(self.paths.host_log(host.name))
         actions = [

@@ -35,6 +35,8 @@ class HostState:
     netns: str
     veth: str
     breached: bool = True
+    #: the host firewall (``ir_toolkit.lab.host.HOST_FIREWALL``) is loaded at boot
+    firewall: bool = True
     status: str = "intent"  # intent -> running (-> stopped)
     spawn_pid: int | None = None  # the unshare process in the controller's PID namespace
     spawn_start: int | None = None
@@ -43,7 +45,7 @@ class HostState:
 
     def config(self) -> tuple[Any, ...]:
         """What, if changed, requires the host to be rebuilt."""
-        return (self.tenant, self.slot, self.address, self.port, self.netns, self.veth)
+        return (self.tenant, self.slot, self.address, self.port, self.netns, self.veth, self.firewall)
 
 
 @dataclass
