@@ -17,9 +17,9 @@ demo: export IRKIT_KEY_PASSPHRASE ?= demo-passphrase-change-me
 
 system-deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make: the lab needs root (network namespaces); run as root" >&2; exit 4; fi
-	@(for t in /usr/sbin/sshd nft ssh-keygen sshpass perl nsenter unshare pivot_root ip iptables lsof setcap chattr; do command -v $$t >/dev/null 2>&1 || exit 1; done) || \
+	@(for t in /usr/sbin/sshd nft conntrack ssh-keygen sshpass perl nsenter unshare pivot_root ip iptables lsof setcap chattr; do command -v $$t >/dev/null 2>&1 || exit 1; done) || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	     openssh-server openssh-client nftables iproute2 procps util-linux sshpass perl iptables lsof libcap2-bin e2fsprogs >/dev/null)
+	     openssh-server openssh-client nftables conntrack iproute2 procps util-linux sshpass perl iptables lsof libcap2-bin e2fsprogs >/dev/null)
 	@ls /usr/sbin/sshd >/dev/null
 
 $(BIN)/irkit: pyproject.toml

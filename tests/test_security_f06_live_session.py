@@ -41,7 +41,7 @@ def _flowing(session, seconds: float = 1.5) -> int:
 def test_f06_sessions_opened_before_contain_carry_no_data_after_isolation(live, tmp_path):
     from ir_toolkit.inventory import load_inventory
     from ir_toolkit.lab.intruder import start_live_session
-    from ir_toolkit.playbook.fleet import Fleet
+    from ir_toolkit.transports.pool import ConnectionPool
 
     mode, lab, env = live
     a, b, c = lab.info["hosts"]
@@ -60,7 +60,7 @@ def test_f06_sessions_opened_before_contain_carry_no_data_after_isolation(live, 
         # the controller's own session, opened before contain, must survive it
         with home(env):
             inventory = load_inventory(lab.inventory_path)
-            fleet = Fleet(inventory, None)
+            fleet = ConnectionPool(inventory, None)
             conn = fleet.connection(inventory.host(a["name"]), time.monotonic() + 30)
         try:
             playbook = contain_playbook(lab, tmp_path / "contain.yml", phases=["access", "isolate"])
