@@ -27,8 +27,11 @@ CASE = "F06-1"
 
 @pytest.fixture(scope="module", params=["host-firewall", "no-host-firewall"])
 def live(request, lab_factory):
-    args = () if request.param == "host-firewall" else ("--no-host-firewall",)
-    lab = lab_factory(f"f06{'fw' if not args else 'nf'}", tenants=1, hosts_per_tenant=3, up_args=args)
+    """With the host firewall, the outbound session is the hostile lab kind ``session`` of t001-h001."""
+    if request.param == "host-firewall":
+        lab = lab_factory("f06fw", tenants=1, hosts_per_tenant=3, hostile={"t001-h001": "session"})
+    else:
+        lab = lab_factory("f06nf", tenants=1, hosts_per_tenant=3, up_args=("--no-host-firewall",))
     return request.param, lab, keyed_env(lab)
 
 
@@ -40,14 +43,18 @@ def _flowing(session, seconds: float = 1.5) -> int:
 
 def test_f06_sessions_opened_before_contain_carry_no_data_after_isolation(live, tmp_path):
     from ir_toolkit.inventory import load_inventory
-    from ir_toolkit.lab.intruder import start_live_session
+    from ir_toolkit.lab.intruder import LiveSession, start_live_session
     from ir_toolkit.transports.pool import ConnectionPool
 
     mode, lab, env = live
     a, b, c = lab.info["hosts"]
     assert all(h["host_firewall"] is (mode == "host-firewall") for h in lab.info["hosts"])
     # the intruder: a beacon on a -> collector on b (outbound from a), and c -> a (inbound to a)
-    out = start_live_session(lab.lab, a["name"], b["name"], b["address"], port=8443)
+    if mode == "host-firewall":  # opened by `irkit lab up --hostile t001-h001=session`
+        out = LiveSession(lab.lab, a["name"], b["name"], b["address"], port=8443)
+        assert out.beacon_running()
+    else:
+        out = start_live_session(lab.lab, a["name"], b["name"], b["address"], port=8443)
     inbound = start_live_session(lab.lab, c["name"], a["name"], a["address"], port=8444)
     sessions = (out, inbound)
     try:

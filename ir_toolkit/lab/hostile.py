@@ -28,7 +28,9 @@ Kinds (combine with commas):
     controller reports them (a HASH MISMATCH error on the console; on this host every second,
     single-read copy "mismatches" too).
 ``session``
-    Reserved for a live outbound intruder session (see the live-session isolation tests).
+    A live outbound intruder session: a beacon on the host writes a line every 0.1 s over one TCP
+    connection to a collector on the next lab host (by slot), port 8443
+    (:mod:`ir_toolkit.lab.intruder`). It is open before irkit acts; isolation must end it.
 """
 
 from __future__ import annotations
@@ -223,11 +225,35 @@ def host_config(kinds: list[str]) -> dict[str, Any]:
 
 def make_hostile(lab: Any, host: str, kinds: list[str]) -> str:
     """Make the running lab host ``host`` misbehave as ``kinds`` (idempotent); returns the host's answer."""
+    notes = []
     if "session" in kinds:
-        raise InputError("--hostile session: the live outbound session kind is not part of this lab build yet")
+        notes.append(_start_session(lab, host))
+        kinds = [k for k in kinds if k != "session"]
+        if not kinds:
+            return notes[0]
     proc = lab.exec(host, ["/usr/bin/python3", "-S", "-c", SETUP], input=json.dumps(host_config(kinds)).encode(),
                     timeout=60)
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         raise InputError(f"lab host {host}: cannot make it hostile: {err[-1] if err else proc.returncode}")
-    return proc.stdout.decode("utf-8", "replace").strip()
+    return "; ".join([*notes, proc.stdout.decode("utf-8", "replace").strip()])
+
+
+def _start_session(lab: Any, host: str) -> str:
+    """The ``session`` kind: a beacon on ``host`` streaming to a collector on the next lab host."""
+    from ir_toolkit.lab.intruder import DEFAULT_PORT, start_live_session
+
+    hosts = sorted(lab.state().hosts.values(), key=lambda h: h.slot)
+    if len(hosts) < 2:
+        raise InputError("--hostile session: the lab needs a second host for the session's other end")
+    index = next(i for i, h in enumerate(hosts) if h.name == host)
+    peer = hosts[(index + 1) % len(hosts)]
+    from ir_toolkit.lab.intruder import LiveSession
+
+    if LiveSession(lab, host, peer.name, peer.address).beacon_running():
+        return f"live session to {peer.name} ({peer.address}:{DEFAULT_PORT}) already running"
+    try:
+        start_live_session(lab, host, peer.name, peer.address, port=DEFAULT_PORT)
+    except RuntimeError as exc:
+        raise InputError(f"lab host {host}: {exc}") from None
+    return f"live session to {peer.name} ({peer.address}:{DEFAULT_PORT}) open"

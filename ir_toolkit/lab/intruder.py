@@ -86,10 +86,18 @@ class LiveSession:
         """``ss`` lines of ``host`` for the session's port (empty when the connection is gone)."""
         return self._sh(host, f"ss -H -n -t state connected '( sport = :{self.port} or dport = :{self.port} )'")
 
+    def beacon_running(self) -> bool:
+        return bool(self._sh(self.beacon_host, _pids(BEACON_MARK)).split())
+
     def stop(self) -> None:
         for host, mark in ((self.beacon_host, BEACON_MARK), (self.collector_host, COLLECTOR_MARK)):
-            self._sh(host, f"for p in /proc/[0-9]*; do if [ \"$(cat $p/cmdline 2>/dev/null | tr -d '\\0')\" = "
-                           f"'{mark}' ]; then kill -9 ${{p#/proc/}} 2>/dev/null; fi; done; true")
+            self._sh(host, f"for p in $({_pids(mark)}); do kill -9 $p 2>/dev/null; done; true")
+
+
+def _pids(mark: str) -> str:
+    """Shell that prints the pids of the processes named ``mark`` (perl sets its argv to it)."""
+    return (f"for p in /proc/[0-9]*; do if [ \"$(tr -d '\\0' < $p/cmdline 2>/dev/null)\" = '{mark}' ]; "
+            "then echo ${p#/proc/}; fi; done")
 
 
 def start_live_session(lab: Any, beacon_host: str, collector_host: str, collector_address: str, *,
