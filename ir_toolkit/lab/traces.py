@@ -139,10 +139,10 @@ TRACES: tuple[Trace, ...] = (
     Trace("S3", "module parameters", "true", "live/linux.live.kernel_modules.txt", "{A_MODULE_PARAM}"),
     Trace("S4", "kernel ring buffer", "true", "live/linux.live.dmesg.txt", "IRKIT-TRACE-dmesg"),
     Trace("S5", "kernel parameters (sysctl)", "true", "live/linux.live.sysctl.txt", "kernel.hostname = {HOSTNAME}"),
-    Trace("S6", "logged-in users (utmp, decoded by utmpdump)",
+    Trace("S6", "logged-in users (a utmp record whose process is gone)",
           f"printf '%s\\n' '{_UTMP.format(user='irkutmp', ip=NET + '.10')}' | utmpdump -r -o /run/utmp 2>/dev/null"
           " && { [ -L /var/run ] || cp /run/utmp /var/run/utmp; }",
-          "live/linux.live.last_logins.txt", "[irkutmp ]"),
+          "live/linux.live.sessions.txt", "irkutmp"),
     Trace("S7", "login history incl. rotated wtmp/btmp, lastlog",
           f"printf '%s\\n' '{_UTMP.format(user='irkrot', ip=NET + '.11')}' | utmpdump -r -o /var/log/wtmp.1 2>/dev/null"
           f" && printf '%s\\n' '{_UTMP.format(user='irkbad', ip=NET + '.13').replace('[7]', '[6]')}'"
