@@ -21,6 +21,7 @@ system-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	     openssh-server openssh-client nftables conntrack iproute2 procps util-linux sshpass perl iptables lsof libcap2-bin e2fsprogs >/dev/null)
 	@ls /usr/sbin/sshd >/dev/null
+	@(for t in samba samba-tool kinit kvno; do command -v $$t >/dev/null 2>&1 || exit 1; done) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq samba samba-ad-dc krb5-user >/dev/null)
 
 $(BIN)/irkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

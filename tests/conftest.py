@@ -161,9 +161,10 @@ class LabFactory:
 
     def __call__(self, msp: str, *, tenants: int = 2, hosts_per_tenant: int = 2,
                  blocks: range = range(0, 256, 4), hostile: dict[str, str] | None = None,
-                 up_args: tuple[str, ...] = ()) -> LabHandle:
+                 up_args: tuple[str, ...] = (), directories: int = 0) -> LabHandle:
         """``hostile``: host name -> kinds (``"bigfile,trickle"``), see ir_toolkit/lab/hostile.py;
-        ``up_args``: further ``irkit lab up`` options (e.g. ``--no-host-firewall``)."""
+        ``up_args``: further ``irkit lab up`` options (e.g. ``--no-host-firewall``);
+        ``directories``: the first N tenants get a Samba AD DC (docs/active-directory.md)."""
         from ir_toolkit.lab import procs
         from ir_toolkit.lab.generate import generate_inventory, write_inventory
         from ir_toolkit.lab.netns import conflicts
@@ -178,7 +179,8 @@ class LabFactory:
             net = ipaddress.ip_network(f"198.19.{block}.0/22")
             if conflicts(net, own_bridge=""):
                 continue
-            data = generate_inventory(msp=msp, tenants=tenants, hosts_per_tenant=hosts_per_tenant, base=str(net))
+            data = generate_inventory(msp=msp, tenants=tenants, hosts_per_tenant=hosts_per_tenant, base=str(net),
+                                      directories=directories)
             write_inventory(inventory, data, force=True)
             extra = [a for name, kinds in (hostile or {}).items() for a in ("--hostile", f"{name}={kinds}")]
             proc = run_irkit(home, "lab", "up", "--inventory", str(inventory), *extra, *up_args)

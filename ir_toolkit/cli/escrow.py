@@ -107,8 +107,10 @@ def _choose(store: esc.Escrow, tenant: str | None, host: str, account: str, entr
 
 @escrow.command("get")
 @case_option()
-@click.option("--host", required=True, metavar="NAME", help="Host name as in the inventory.")
-@click.option("--account", required=True, metavar="NAME", help="Account name, e.g. mspadmin.")
+@click.option("--host", default=None, metavar="NAME", help="Host name as in the inventory.")
+@click.option("--domain", default=None, metavar="DNS",
+              help="A directory account's domain (tenant directory: DNS name), instead of --host.")
+@click.option("--account", required=True, metavar="NAME", help="Account name, e.g. mspadmin or a sAMAccountName.")
 @click.option("--tenant", default=None, metavar="NAME", help="Tenant (needed only if the host name is ambiguous).")
 @click.option("--entry", "entry_id", default=None, metavar="ID", help="A specific entry (default: the newest verified).")
 @click.option("--key", "key_file", default=None, metavar="FILE",
@@ -116,15 +118,21 @@ def _choose(store: esc.Escrow, tenant: str | None, host: str, account: str, entr
 @click.option("--unaudited", is_flag=True,
               help="Print the secret even when the read cannot be recorded in the audit log right now (e.g. a "
                    "running contain holds it): the read is queued and recorded the next time the log is opened.")
-def get(case_id: str, host: str, account: str, tenant: str | None, entry_id: str | None,
+def get(case_id: str, host: str | None, domain: str | None, account: str, tenant: str | None, entry_id: str | None,
         key_file: str | None, unaudited: bool) -> None:
     """Decrypt and print one secret (the current one: newest verified).
+
+    A host account: --host NAME; a directory account (Active Directory): --domain DNS (e.g.
+    --tenant globex --domain globex.lab --account acme-admin).
 
     The read is recorded in the case's audit log (escrow.read) before the secret
     is printed. When that is impossible the secret is not printed (exit 2) unless
     --unaudited: then the read is queued (signed-key MAC) and recorded the next
     time irkit opens the log.
     """
+    if bool(host) == bool(domain):
+        raise InputError("name exactly one of --host NAME or --domain DNS")
+    host = host or str(domain).lower()
     store = _store(case_id)
     entry = _choose(store, tenant, host, account, entry_id)
     secret = entry.decrypt(_private_key(key_file))

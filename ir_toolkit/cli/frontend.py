@@ -70,6 +70,7 @@ def print_summary(summary: RunSummary, fmt: str = "table") -> None:
             "tenants": {t: {s: c[s] for s in ("ok", "failed", "timed_out", "skipped")} for t, c in table.items()},
             "hosts": {h: r.__dict__ for h, r in summary.hosts.items()},
             "incomplete": summary.incomplete, "reason": summary.reason, "ok": summary.all_ok,
+            "findings": summary.findings,
         })
         return
     from rich.table import Table
@@ -90,6 +91,10 @@ def print_summary(summary: RunSummary, fmt: str = "table") -> None:
         if r.status != "ok":
             # the message can carry host output (stderr): escaped and redacted, never read as markup
             out.print(f"  {safe(r.tenant)}/{safe(r.host)}: {safe(r.status)}: {safe(r.message)}")
+    if summary.findings:
+        out.print("[bold]findings:[/]")
+        for f in summary.findings:
+            out.print(f"  {safe(f['tenant'])}/{safe(f['host'])}: {safe(f['finding'])}")
     total_changed = sum(changed.values())
     if summary.all_ok and total_changed == 0:
         out.print("nothing changed: every host was already in the playbook's end state")

@@ -63,7 +63,7 @@ def rotate(msp: str | None, inventory_path: str | None, case_id: str | None, ten
     for tenant in tenants:
         if tenant not in known_tenants:
             raise InputError(f"unknown tenant {tenant!r} (inventory has: {', '.join(sorted(known_tenants))})")
-    known_hosts = {h.name for h in inventory.hosts()}
+    known_hosts = {h.name for h in inventory.targets()}  # hosts and directory domains
     for host in hosts:
         if host not in known_hosts:
             raise InputError(f"unknown host {host!r}")

@@ -87,6 +87,16 @@ def _check_unique(inv: Inventory, data: Any, path: Path) -> None:
                 _fail(data, path, ("tenants", ti, "hosts", hi, "address"),
                       f"duplicate address {host.address} (also host {addresses[key]!r})")
             addresses[key] = host.name
+        if tenant.directory is not None:
+            if tenant.directory.domain in names:
+                _fail(data, path, ("tenants", ti, "directory", "domain"),
+                      f"domain {tenant.directory.domain!r} is also a host's or another tenant's domain name")
+            names[tenant.directory.domain] = tenant.name
+            own = {h.name for h in tenant.hosts}
+            for di, dc in enumerate(tenant.directory.domain_controllers):
+                if dc.host is not None and dc.host not in own:
+                    _fail(data, path, ("tenants", ti, "directory", "domain_controllers", di, "host"),
+                          f"no host {dc.host!r} in tenant {tenant.name!r}")
 
 
 def _fail(data: Any, path: Path, loc: tuple[Any, ...], message: str) -> None:

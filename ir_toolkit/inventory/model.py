@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from ir_toolkit.inventory.directory import Directory
 from ir_toolkit.secrets.references import is_reference
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -178,8 +179,9 @@ class Host(_Model):
     name: HostName
     address: Address
     port: int | None = Field(default=None, ge=1, le=65535)
-    os: OsName = "linux"
-    transport: Literal["ssh", "winrm"] | None = None
+    os: OsName | Literal["directory"] = "linux"
+    #: ``ldap``: the pseudo-host of a tenant's directory (:meth:`Inventory.directory_hosts`)
+    transport: Literal["ssh", "winrm", "ldap"] | None = None
     user: UserName | None = None
     host_keys: list[Fingerprint] = []
     groups: list[Slug] = []
@@ -208,6 +210,8 @@ class Tenant(_Model):
     approvals_required: int = Field(default=1, ge=1, le=16)
     contacts: list[Contact] = []
     hosts: list[Host] = []
+    #: the tenant's Active Directory domain (docs/active-directory.md)
+    directory: Directory | None = None
 
     @model_validator(mode="after")
     def _bind_hosts(self) -> Tenant:
@@ -234,6 +238,25 @@ class Inventory(_Model):
     def hosts(self) -> list[Host]:
         """Every host of every tenant, in inventory order."""
         return [host for tenant in self.tenants for host in tenant.hosts]
+
+    def directory_hosts(self) -> list[Host]:
+        """One pseudo-host per tenant directory (name: the domain; transport ``ldap``; os ``directory``):
+        what directory steps target. Its address is the first domain controller's."""
+        out = []
+        for tenant in self.tenants:
+            d = tenant.directory
+            if d is None:
+                continue
+            dc = d.domain_controllers[0]
+            address = dc.address or next(h.address for h in tenant.hosts if h.name == dc.host)
+            host = Host(name=d.domain, address=address, port=d.effective_port, os="directory", transport="ldap")
+            host._tenant = tenant.name
+            out.append(host)
+        return out
+
+    def targets(self) -> list[Host]:
+        """Everything a playbook step may target: every host, then every tenant's directory."""
+        return self.hosts() + self.directory_hosts()
 
     def tenant(self, name: str) -> Tenant:
         for tenant in self.tenants:

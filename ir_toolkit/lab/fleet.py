@@ -19,7 +19,7 @@ from ir_toolkit import childenv
 from ir_toolkit.errors import EnvironmentProblem, InputError, VerificationFailed
 from ir_toolkit.home import lab_dir
 from ir_toolkit.inventory.model import Inventory
-from ir_toolkit.lab import netns, procs
+from ir_toolkit.lab import dc, netns, procs
 from ir_toolkit.lab.host import Spawner, find_init, log_tail, probe, run_in_host, write_init_script
 from ir_toolkit.lab.image import build_image, image_is_current, marker_path
 from ir_toolkit.lab.layout import (
@@ -162,7 +162,16 @@ class Lab:
             "dropper_path": DROPPER_PATH,
             "persistence_unit": PERSISTENCE_UNIT,
             "hosts": hosts,
+            "directories": dc.info(self, self._inventory(state), password),
         }
+
+    def _inventory(self, state: LabState) -> Inventory | None:
+        from ir_toolkit.inventory.loader import load_inventory
+
+        try:
+            return load_inventory(state.inventory)
+        except Exception:  # noqa: BLE001 - info works without it (no MSP account names then)
+            return None
 
     def status(self) -> list[dict[str, Any]]:
         """Per host: is its init alive, is its sshd alive, is the implant alive."""
@@ -205,6 +214,9 @@ class Lab:
         with locked(self.paths.lock, f"the lab of MSP {self.msp}"):
             self._approver_keys(inv)
             result = self._up(plan, str(Path(inventory_path).absolute()), host_firewall)
+            password = self.paths.password_file.read_text().strip()
+            result.started += [f"dc:{t}" for t in dc.ensure(self, inv, plan.prefixlen, bridge_name(self.lab_id),
+                                                             password, result.notes)]
         result.seconds = time.monotonic() - t0
         return result
 
@@ -448,6 +460,7 @@ class Lab:
             return result
         with locked(self.paths.lock, f"the lab of MSP {self.msp}"):
             state = self.state()
+            dc.down(self)
             if state is not None:
                 result.was_up = True
                 result.stopped = len(state.hosts)

@@ -28,7 +28,7 @@ def _tenant_prefix(hosts_per_tenant: int) -> int:
 
 
 def generate_inventory(*, msp: str, tenants: int, hosts_per_tenant: int,
-                       base: str = "198.18.0.0/16") -> dict:
+                       base: str = "198.18.0.0/16", directories: int = 0) -> dict:
     """The inventory as plain data (validated by the caller with ``load_inventory``)."""
     if not _SLUG.match(msp):
         raise InputError(f"--msp {msp!r} is not a valid name (lowercase letters, digits, '-', '_')")
@@ -72,6 +72,16 @@ def generate_inventory(*, msp: str, tenants: int, hosts_per_tenant: int,
                           "approval_key": f"file:{lab}/approvers/approver-{i}.vkey"}],
             "hosts": hosts,
         })
+        if i <= directories:  # a Samba AD DC at .5 of the tenant's subnet (docs/active-directory.md)
+            tenant_list[-1]["directory"] = {
+                "domain": f"{tname}.lab", "netbios": tname.upper(),
+                "domain_controllers": [{"address": str(subnet.network_address + 5), "name": f"dc01.{tname}.lab"}],
+                "ca_file": f"{lab}/ca/ca.pem",
+                "bind": {"user": "Administrator", "password": f"file:{lab}/directories/{tname}/admin_password"},
+                "msp_accounts": [f"{msp}-admin", f"{msp}-svc"],
+                "leaked_password": f"file:{lab}/msp_shared_password",
+                "replication_wait_seconds": 1,
+            }
     return {
         "version": 1,
         "msp": {

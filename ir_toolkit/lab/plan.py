@@ -85,7 +85,13 @@ def plan_lab(inv: Inventory) -> LabPlan:
         raise InputError(f"inventory of MSP {inv.msp.name} has no Linux/SSH host for the lab")
     if len(hosts) > MAX_SLOT + 1:
         raise InputError(f"a lab holds at most {MAX_SLOT + 1} hosts")
-    network = covering_network([controller] + [ipaddress.IPv4Address(h.address) for h in hosts], subnets)
+    from ir_toolkit.lab.dc import dc_addresses
+
+    dcs = [_lab_address(a, "domain controller address") for a in dc_addresses(inv)]
+    taken = {controller, *(ipaddress.IPv4Address(h.address) for h in hosts)}
+    if any(a in taken for a in dcs):
+        raise InputError("a domain controller address is also a lab host's or the controller's address")
+    network = covering_network([controller] + [ipaddress.IPv4Address(h.address) for h in hosts] + dcs, subnets)
     return LabPlan(
         msp=inv.msp.name,
         controller_address=str(controller),

@@ -76,6 +76,8 @@ class RunSummary:
     hosts: dict[str, HostResult] = field(default_factory=dict)
     incomplete: bool = False
     reason: str = ""
+    #: what steps reported for people to act on (``Outcome.details["report"]``), e.g. the privileged sweep's
+    findings: list[dict[str, Any]] = field(default_factory=list)
 
     def per_tenant(self) -> dict[str, Counter[str]]:
         table: dict[str, Counter[str]] = {}
@@ -128,7 +130,7 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
                 )
                 per_host.setdefault(host.name, []).append(len(rows))
                 rows.append((item, action_cls(), params))
-    hosts = {h.name: h for h in inventory.hosts()}
+    hosts = {h.name: h for h in inventory.targets()}
     changes: dict[int, dict[str, Any]] = {}
     journal = ReadOnlyJournal()
     keys = KeyProvider.locked()
@@ -205,7 +207,7 @@ class Engine:
         self.gate: EvidenceGate = self.options.evidence_gate or evidence_gate(plan.case)
         self.on_event = on_event or (lambda kind, data: None)
         self._cancel = threading.Event()
-        self._hosts = {h.name: h for h in inventory.hosts()}
+        self._hosts = {h.name: h for h in inventory.targets()}
         self.summary = RunSummary()
         self._tenant_stopped: set[str] = set()
         #: hosts held back (missing approvals, a safety stop): their steps stay pending for `resume`
@@ -459,6 +461,9 @@ class Engine:
                 "details": applied.details, "attempts": attempt})
             if applied.changed:
                 self.summary.hosts[host.name].changed += 1
+            for line in applied.details.get("report", []) if isinstance(applied.details, dict) else []:
+                self.summary.findings.append({"tenant": host.tenant, "host": host.name, "step": item.step,
+                                              "finding": str(line)})
             self.on_event("step.done", {"host": host.name, "tenant": host.tenant, "item": item.id,
                                         "action": item.action, "details": applied.details,
                                         "changed": applied.changed, "summary": applied.summary})

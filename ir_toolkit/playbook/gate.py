@@ -15,6 +15,13 @@ from collections.abc import Callable
 EvidenceGate = Callable[[str, str], bool]
 
 
+def _directory_ready(case_id: str, tenant: str, host: str) -> bool:
+    """A tenant's directory pseudo-host passes with its directory evidence (docs/active-directory.md)."""
+    from ir_toolkit.actions.directory import evidence_files, evidence_ready
+
+    return bool(evidence_files(case_id, tenant, host)) and evidence_ready(case_id, tenant, host)[0]
+
+
 def evidence_gate(case_id: str) -> EvidenceGate:
     """A host passes when its evidence bundle is collected, matches its seal and has a custody record.
 
@@ -29,7 +36,7 @@ def evidence_gate(case_id: str) -> EvidenceGate:
         with lock:
             if (tenant, host) in passed:
                 return True
-        if host_evidence_status(case_id, tenant, host, rehash=True).ready:
+        if host_evidence_status(case_id, tenant, host, rehash=True).ready or _directory_ready(case_id, tenant, host):
             with lock:
                 passed.add((tenant, host))
             return True

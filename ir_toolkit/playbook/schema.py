@@ -30,7 +30,7 @@ class Targets(_Model):
     tenants: list[str] = []
     groups: list[str] = []
     hosts: list[str] = []
-    os: list[Literal["linux", "windows"]] = []
+    os: list[Literal["linux", "windows", "directory"]] = []
 
 
 class Wave(_Model):

@@ -11,7 +11,7 @@ from ir_toolkit.playbook.schema import Targets, Wave
 def select_hosts(inventory: Inventory, targets: Targets) -> list[Host]:
     """Hosts matching every given selector, in inventory order."""
     return [
-        host for host in inventory.hosts()
+        host for host in inventory.targets()
         if (not targets.tenants or host.tenant in targets.tenants)
         and (not targets.groups or set(host.groups) & set(targets.groups))
         and (not targets.hosts or host.name in targets.hosts)

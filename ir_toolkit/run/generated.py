@@ -64,6 +64,15 @@ def rotation_playbook(*, tenants: list[str], hosts: list[str], accounts: list[st
                             "targets": targets}
     if evidence_override:
         step["evidence_override"] = evidence_override
+    # the MSP's accounts in each tenant's Active Directory (docs/active-directory.md), same rules
+    dir_params: dict[str, Any] = {"mode": {"lock": "disable"}.get(mode, mode), "remove_from_groups": False}
+    for key in ("accounts", "due_after_days", "unless_rotated_since", "old_password"):
+        if key in params:
+            dir_params[key] = params[key]
+    dir_step: dict[str, Any] = {"name": "rotate the MSP's directory accounts", "action": "directory.msp_accounts",
+                                "params": dir_params, "targets": {**targets, "os": ["directory"]}}
+    if evidence_override:
+        dir_step["evidence_override"] = evidence_override
     return {
         "version": 1,
         "name": "credential-rotation",
@@ -71,7 +80,7 @@ def rotation_playbook(*, tenants: list[str], hosts: list[str], accounts: list[st
         "phases": [
             {"name": "access", "steps": [{"name": "per-case responder key", "action": "responder.ensure_access",
                                           "targets": targets}]},
-            {"name": "rotate", "steps": [step]},
+            {"name": "rotate", "steps": [step, dir_step]},
         ],
     }
 
