@@ -253,8 +253,10 @@ def test_kill_9_between_escrow_and_modify_then_resume_recovers_the_password(adla
             time.sleep(0.0005)
         child.send_signal(signal.SIGSTOP)
         with home(env):
-            from ir_toolkit.actions.credentials import escrow_private_key
             from ir_toolkit.secrets import escrow as esc
+            from ir_toolkit.secrets.keyprovider import KeyProvider
+
+            escrow_private_key = KeyProvider.unlock().escrow_private_key
 
             entries = esc.Escrow(case).history("t001", d["domain"], first)
             secret = entries[0].decrypt(escrow_private_key()) if entries else None

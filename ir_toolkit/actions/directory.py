@@ -298,6 +298,7 @@ class CollectDirectoryEvidence(Action):
     Params = EvidenceParams
     description = "export the MSP accounts' attributes and the guarded groups' membership, with custody"
     os = ("directory",)
+    connection_kinds = ("ldap",)
 
     def plan(self, ctx: ActionContext, params: EvidenceParams) -> Outcome:
         ready, why = evidence_ready(ctx.case_id, ctx.host.tenant, ctx.host.name)
@@ -403,6 +404,7 @@ class DirectoryMspAccounts(Action):
     description = "MSP accounts out of every guarded group; unique escrowed password (reset twice) or disabled"
     destructive = True
     os = ("directory",)
+    connection_kinds = ("ldap",)
 
     def _mode(self, d: Directory, params: MspAccountsParams) -> str:
         return d.msp_account_action if params.mode == "inventory" else params.mode
@@ -628,6 +630,7 @@ class KrbtgtReset(Action):
     description = "reset krbtgt N times with a replication wait; a pre-run TGT must be refused afterwards"
     destructive = True
     os = ("directory",)
+    connection_kinds = ("ldap",)
 
     def plan(self, ctx: ActionContext, params: KrbtgtParams) -> Outcome:
         d = directory_of(ctx)
@@ -733,6 +736,7 @@ class PrivilegedSweep(Action):
     Params = SweepParams
     description = "report (and, if approved, disable) unexpected members of the guarded groups"
     os = ("directory",)
+    connection_kinds = ("ldap",)
 
     def _findings(self, ctx: ActionContext, params: SweepParams) -> list[dict[str, Any]]:
         d = directory_of(ctx)
