@@ -119,3 +119,32 @@ def test_escape_sequences_in_host_file_names_never_reach_the_terminal(hst, env, 
     assert "\x1b" not in text and "\x07" not in text, "a raw escape reached the terminal"
     assert "\\x1b]52;c;" in text, "the hostile name is shown, escaped"
     assert os.environ.get("TERM") is None or True
+
+
+def test_sftp_refuses_the_lying_size(hst, env, tmp_path):
+    """Over SFTP the host's st_size (64 GiB) differs from what its stat listed (4096): refused, not read."""
+    proc = irkit(env, "triage", "--inventory", str(hst.inventory_path), "--case", "HOSTILE-SFTP",
+                 "--host", LIAR, "--transfer", "sftp", "--format", "json", timeout=600)
+    (row,) = json.loads(proc.stdout)
+    assert row["status"] == "partial", row
+    home = Path(env["IRKIT_HOME"])
+    coll, seal = _manifest(home, "HOSTILE-SFTP", LIAR)
+    manifest = json.loads((coll / "manifest.json").read_text())
+    big = {f["source_path"]: f for f in manifest["files"]}["/var/log/syslog.1"]
+    assert big["status"] == "failed" and not big.get("received_size"), big
+    assert _du(coll) <= 64 << 20, "the host quota (IRKIT_EVIDENCE_HOST_QUOTA=64M) holds"
+
+
+def test_irkit_triage_ends_a_trickling_host_at_its_timeout(hst, env):
+    import time
+
+    start = time.monotonic()
+    proc = irkit(env, "triage", "--inventory", str(hst.inventory_path), "--case", "HOSTILE-TRICKLE",
+                 "--host", TRICKLER, "--host-timeout", "20", "--format", "json", timeout=600)
+    took = time.monotonic() - start
+    assert took < 60, f"irkit triage took {took:.0f}s with --host-timeout 20"
+    (row,) = json.loads(proc.stdout)
+    assert row["status"] == "failed" and "deadline" in (row["error"] or ""), row
+    assert "partial evidence sealed" in row["error"] and proc.returncode == 1, proc.stderr[-500:]
+    coll, seal = _manifest(Path(env["IRKIT_HOME"]), "HOSTILE-TRICKLE", TRICKLER)
+    assert seal["status"] == "partial"

@@ -33,10 +33,16 @@ from ir_toolkit.home import case_dir
               help="Extra artifact definitions (*.yml, optional profiles.yml) added to the built-in ones.")
 @click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Hosts collected at the same time.")
+@click.option("--host-timeout", default=None, type=click.FloatRange(1, 86400), metavar="SECONDS",
+              help="Seconds one host's collection may take in all (default 3600): a host that stalls or "
+                   "trickles ends there as timed_out, what was collected sealed as partial.")
+@click.option("--transfer", default="tar", show_default=True, type=click.Choice(["tar", "sftp"]),
+              help="How files come over (sftp: the host's sftp-server, for hosts without GNU tar).")
 @format_option
 def triage(msp: str | None, inventory_path: str | None, case_id: str, tenants: tuple[str, ...],
            hosts: tuple[str, ...], profile: str, recipients: tuple[str, ...], encrypt: bool,
-           allow_state_changes: bool, definitions: tuple[str, ...], workers: int, fmt: str) -> None:
+           allow_state_changes: bool, definitions: tuple[str, ...], workers: int, host_timeout: float | None,
+           transfer: str, fmt: str) -> None:
     """Collect evidence from hosts (volatile data first) before anything is changed.
 
     One bundle per host under $IRKIT_HOME/cases/ID/evidence/TENANT/HOST/, each
@@ -44,8 +50,9 @@ def triage(msp: str | None, inventory_path: str | None, case_id: str, tenants: t
     case's signed audit log. Host keys are checked strictly against the
     inventory's known_hosts. Runs as a generated `triage.collect` playbook through
     the engine (plan, deadlines, `irkit resume`). Exit 0: every host collected
-    without a hash mismatch; 1: a host failed or a file's hashes differ; 2: bad
-    input; 3: interrupted (irkit resume).
+    without a hash mismatch (a host that lied is sealed `partial`, with a
+    warning); 1: a host failed, timed out (partial evidence sealed) or a file's
+    hashes differ; 2: bad input; 3: interrupted (irkit resume).
     """
     from ir_toolkit.run import session
     from ir_toolkit.run.generated import select_hosts, triage_playbook, write_generated_playbook
@@ -65,7 +72,7 @@ def triage(msp: str | None, inventory_path: str | None, case_id: str, tenants: t
     log.configure(json_path=log.run_log_path(case_path), verbosity=_verbosity())
     data = triage_playbook(tenants=list(tenants), hosts=list(hosts), profile=profile, encrypt=encrypt,
                            recipients=list(recipients), allow_state_changes=allow_state_changes,
-                           definitions=list(definitions))
+                           definitions=list(definitions), host_timeout=host_timeout, transfer=transfer)
     path = write_generated_playbook(case_id, "triage", data)
     frontend = TriageFrontend(fmt, case_id=case_id, profile=profile, hosts=chosen)
     code = session.run_playbook(msp, inventory_path, case_id, path, frontend=frontend, dry_run=False,

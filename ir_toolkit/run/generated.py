@@ -163,7 +163,8 @@ def select_hosts(inventory: Inventory, tenants: tuple[str, ...] | list[str] = ()
 
 
 def triage_playbook(*, tenants: list[str], hosts: list[str], profile: str, encrypt: bool, recipients: list[str],
-                    allow_state_changes: bool, definitions: list[str]) -> dict[str, Any]:
+                    allow_state_changes: bool, definitions: list[str], host_timeout: float | None = None,
+                    transfer: str = "tar") -> dict[str, Any]:
     """``irkit triage``: one preserve phase, a fresh bundle per host (``force``), every transport's variant.
 
     Paths (definition directories, recipient key files) are made absolute so ``irkit resume``
@@ -175,6 +176,8 @@ def triage_playbook(*, tenants: list[str], hosts: list[str], profile: str, encry
     if hosts:
         targets["hosts"] = hosts
     params: dict[str, Any] = {"profile": profile, "encrypt": encrypt, "force": True}
+    if transfer != "tar":
+        params["transfer"] = transfer
     if allow_state_changes:
         params["allow_state_changes"] = True
     if definitions:
@@ -185,10 +188,13 @@ def triage_playbook(*, tenants: list[str], hosts: list[str], profile: str, encry
     step: dict[str, Any] = {"name": "collect evidence", "action": "triage.collect", "params": params}
     if targets:
         step["targets"] = targets
+    defaults: dict[str, Any] = {"timeout": 3600, "retries": 1, "host_timeout": 7200, "connect_timeout": 10}
+    if host_timeout is not None:  # the step's deadline is absolute on every read of the collection
+        defaults.update(timeout=host_timeout, host_timeout=host_timeout + 60, retries=0)
     return {
         "version": 1,
         "name": "triage",
         "description": "irkit triage: collect, hash, seal and record a bundle per host (volatile data first)",
-        "defaults": {"timeout": 3600, "retries": 1, "host_timeout": 7200, "connect_timeout": 10},
+        "defaults": defaults,
         "phases": [{"name": "preserve", "steps": [step]}],
     }
