@@ -122,6 +122,13 @@ def test_sections_split_tagged_lines():
                                  {"hidden": "h.txt", "attr": "a.txt", "socket": "s.txt"})
     assert main == b"0|/a|1\nhiddenish\t/y\n"
     assert parts == {"hidden": b"d\t/.x\n", "attr": b"----i---- /z\n", "socket": b""}
+    # a hostile host's endless line: only a piece that starts a line can carry a tag
+    long = b"0|" + b"x" * (3 << 20) + b"\nhidden\t/.y\n"
+    crafted = b"0|" + b"a" * ((1 << 20) - 3) + b"\nattr\tz\n"
+    main, parts = split_sections(b"0|" + b"b" * ((1 << 20) - 2) + b"hidden\t/forged\n" + long + crafted,
+                                 {"hidden": "h.txt", "attr": "a.txt"})
+    assert parts["hidden"] == b"/.y\n" and parts["attr"] == b"z\n"
+    assert b"hidden\t/forged" in main and main.count(b"\n") == 3
     with pytest.raises(ValueError, match="section tag"):
         Artifact(name="linux.t.x", description="d", os="linux", collector="command", command="true",
                  sections={"Bad-Tag": "x.txt"})
