@@ -59,7 +59,7 @@ def rf(lab_factory, tmp_path_factory):
         playbook = yaml.safe_load((REPO / "playbooks/reimage.yml").read_text())
         step = playbook["phases"][0]["steps"][0]
         step["params"].update({"power_on_timeout": 3, "power_off_timeout": 30, "media_timeout": 15,
-                               "override_grace": 0, "poll_interval": 0.2})
+                               "override_grace": 0, "poll_interval": 0.2, "accept_first_key": True})
         step["timeout"] = 120
         custom = work / "reimage.yml"
         custom.write_text(yaml.safe_dump(playbook, sort_keys=False))

@@ -220,19 +220,40 @@ def case_pins(case_id: str, address: str, port: int) -> set[str]:
     return read_known_hosts(case_known_hosts(case_id)).get(known_hosts_pattern(address, port), set())
 
 
+def key_trust(reported_fp: str | None, confirmed_fp: str | None, accept_first_key: bool) -> str | None:
+    """Where the reinstalled host's expected key comes from: ``provider``, ``operator`` (confirmed out of
+    band), ``first_use`` (explicitly allowed by ``accept_first_key``), or None (fail closed)."""
+    if reported_fp:
+        return "provider"
+    if confirmed_fp:
+        return "operator"
+    return "first_use" if accept_first_key else None
+
+
+def unconfirmed_key_message(host: Host, provider: str) -> str:
+    return (f"{host.name}: the reinstalled host's key cannot be confirmed (the {provider} provider reports "
+            f"none): give its fingerprint (irkit reimage --host-key {host.name}=SHA256:..., or host_keys: in "
+            "the step) or set accept_first_key: true in the playbook to trust the first key offered")
+
+
 def accept_reimaged_host_key(ctx: ActionContext, key: paramiko.PKey, *, old_fp: str | None,
-                             reimage_seq: int, reported_fp: str | None) -> dict[str, Any]:
+                             reimage_seq: int, reported_fp: str | None, confirmed_fp: str | None = None,
+                             accept_first_key: bool = False, provider: str = "reimage") -> dict[str, Any]:
     """The one place irkit accepts a changed host key: only for a host it reimaged itself in this case.
 
     Checks the audit log for the ``reimage.provider`` record ``reimage_seq`` (outcome ok, this
-    tenant/host, this case) and, when the provider reported the new key, that the host offers
-    exactly that key. Then the case pin is replaced, the fleet's pins updated, and a
-    ``host_key.accepted`` record written. Anything else is refused with ``host_key.refused``.
+    tenant/host, this case), then that the host offers exactly the key the provider reported or
+    the operator confirmed (``confirmed_fp``); with neither, the first key offered is trusted only
+    when the playbook says ``accept_first_key: true``, and the record says so (``trust: first_use``).
+    Then the case pin is replaced, the fleet's pins updated, and a ``host_key.accepted`` record
+    written. Anything else is refused with ``host_key.refused``.
     """
     host = ctx.host
     new_fp = fingerprint(key.asbytes())
+    trust = key_trust(reported_fp, confirmed_fp, accept_first_key)
     facts = {"old_host_key_fingerprint": old_fp, "new_host_key_fingerprint": new_fp,
-             "provider_reported_fingerprint": reported_fp, "reimage_record": reimage_seq,
+             "provider_reported_fingerprint": reported_fp, "operator_confirmed_fingerprint": confirmed_fp,
+             "trust": trust, "accept_first_key": accept_first_key, "reimage_record": reimage_seq,
              "address": host.address, "port": int(host.port or 22)}
     proof = [r for r in host_records(ctx.case_id, host.tenant, host.name, (RECORD_PROVIDER,))
              if r.get("seq") == reimage_seq and r.get("outcome") == "ok" and r.get("case") == ctx.case_id]
@@ -240,9 +261,17 @@ def accept_reimaged_host_key(ctx: ActionContext, key: paramiko.PKey, *, old_fp: 
     if not proof:
         why = (f"{host.name}: no record that irkit reimaged this host in case {ctx.case_id} "
                f"(audit seq {reimage_seq}); a changed host key is accepted only after irkit's own reimage")
+    elif reported_fp and confirmed_fp and reported_fp != confirmed_fp:
+        why = (f"{host.name}: the reimage provider reported host key {reported_fp} but the operator "
+               f"confirmed {confirmed_fp}")
     elif reported_fp and reported_fp != new_fp:
         why = (f"host key changed — possible interception: {host.name} offers {new_fp} but the reimage "
                f"provider reported {reported_fp}")
+    elif confirmed_fp and confirmed_fp != new_fp:
+        why = (f"host key changed — possible interception: {host.name} offers {new_fp} but the operator "
+               f"confirmed {confirmed_fp}")
+    elif trust is None:
+        why = unconfirmed_key_message(host, provider)
     if why:
         _record(ctx, RECORD_KEY_REFUSED, {**facts, "reason": why}, outcome="refused")
         raise ActionFailed(why)
@@ -273,6 +302,22 @@ class ReimageParams(Params):
     install_timeout: float = Field(default=3600, gt=0)
     command_timeout: float = Field(default=3600, gt=0)
     poll_interval: float = Field(default=2, gt=0, le=60)
+    #: host name -> SHA256 fingerprint of the reinstalled host's key, confirmed out of band by the
+    #: operator (``irkit reimage --host-key HOST=SHA256:...``); needed when the provider reports none
+    host_keys: dict[str, str] = {}
+    #: trust the first key the reinstalled host offers (TOFU) when neither the provider nor the operator
+    #: names it; recorded as ``trust: first_use`` in ``host_key.accepted``. Off: such a reimage is refused
+    accept_first_key: bool = False
+
+    @field_validator("host_keys")
+    @classmethod
+    def _fingerprints(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for name, fp in value.items():
+            if not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", fp or ""):
+                raise ValueError(f"host_keys[{name}]: {fp!r} is not a SHA256:... host key fingerprint")
+        return value
 
     @field_validator("image_url")
     @classmethod
@@ -356,8 +401,18 @@ class ReimageHost(Action):
 
         evidence = host_evidence_status(ctx.case_id, ctx.host.tenant, ctx.host.name, rehash=False)
         gate = "evidence verified" if evidence.ready else f"NO EVIDENCE, will be refused ({evidence.reason})"
+        try:
+            reports = provider_for(ctx.host, self._options(ctx, params)).reports_host_key
+        except IrkitError:
+            reports = False
+        confirmed = params.host_keys.get(ctx.host.name)
+        trust = {"provider": "the new key as the provider reports it",
+                 "operator": f"only the operator-confirmed new key {confirmed}",
+                 "first_use": "the FIRST key offered (accept_first_key: true)",
+                 None: "nothing: REFUSED, the new key cannot be confirmed (give --host-key or accept_first_key)"}[
+            key_trust("provider" if reports else None, confirmed, params.accept_first_key)]
         return Outcome(True, f"would reimage via {ctx.host.bmc.provider} ({gate}); host key "
-                             f"{ctx.conn.host_key_fingerprint} will be replaced")
+                             f"{ctx.conn.host_key_fingerprint} will be replaced by {trust}")
 
     def apply(self, ctx: ActionContext, params: ReimageParams) -> Outcome:
         host = ctx.host
@@ -375,7 +430,8 @@ class ReimageHost(Action):
             sp, pp = start.get("params") or {}, provider_record.get("params") or {}
             facts = pp.get("facts") or {}
             return self._guarded(ctx, sp.get("old_host_key_fingerprint"), sp.get("started_at") or start["ts"],
-                                 lambda t0: self._rekey(ctx, fleet, str(pp.get("provider")), provider_record["seq"],
+                                 lambda t0: self._rekey(ctx, params, fleet, str(pp.get("provider")),
+                                                        provider_record["seq"],
                                                         facts.get("new_host_key_fingerprint"),
                                                         sp.get("old_host_key_fingerprint"),
                                                         sp.get("started_at") or start["ts"], t0, resumed=True))
@@ -383,6 +439,10 @@ class ReimageHost(Action):
             provider = provider_for(host, self._options(ctx, params))
         except IrkitError as exc:
             raise ActionFailed(str(exc)) from None
+        # fail closed BEFORE the host is destroyed: after the reinstall its key must come from somewhere
+        if key_trust("provider" if provider.reports_host_key else None, params.host_keys.get(host.name),
+                     params.accept_first_key) is None:
+            raise ActionFailed(unconfirmed_key_message(host, provider.name))
         old_fp = ctx.conn.host_key_fingerprint
         started = _now()
         _record(ctx, RECORD_START, {"provider": provider.name, "reason": params.reason, "image_url": params.image_url,
@@ -416,17 +476,19 @@ class ReimageHost(Action):
                                        "error": why, "started_at": started, "finished_at": _now()},
                     outcome="failed")
             raise ActionFailed(f"reimage failed: {why}")
-        return self._rekey(ctx, fleet, provider.name, provider_seq, result.facts.get("new_host_key_fingerprint"),
-                           old_fp, started, t0)
+        return self._rekey(ctx, params, fleet, provider.name, provider_seq,
+                           result.facts.get("new_host_key_fingerprint"), old_fp, started, t0)
 
-    def _rekey(self, ctx: ActionContext, fleet: Any, provider: str, provider_seq: int, reported_fp: str | None,
-               old_fp: str | None, started: str, t0: float, *, resumed: bool = False) -> Outcome:
+    def _rekey(self, ctx: ActionContext, params: ReimageParams, fleet: Any, provider: str, provider_seq: int,
+               reported_fp: str | None, old_fp: str | None, started: str, t0: float, *,
+               resumed: bool = False) -> Outcome:
         """Accept the reinstalled host's key (audited rule), pin it, prove responder access over it."""
         host = ctx.host
         fleet.drop(host)
         key = wait_for_host_key(host, ctx.deadline.at)
         accepted = accept_reimaged_host_key(ctx, key, old_fp=old_fp, reimage_seq=provider_seq,
-                                            reported_fp=reported_fp)
+                                            reported_fp=reported_fp, confirmed_fp=params.host_keys.get(host.name),
+                                            accept_first_key=params.accept_first_key, provider=provider)
         new_fp = accepted["new_host_key_fingerprint"]
         # Responder access through the provider's path, over the new pin only (a fresh connection).
         conn = fleet.connection(host, ctx.deadline.at)
@@ -435,7 +497,8 @@ class ReimageHost(Action):
         details = {"provider": provider, "old_host_key_fingerprint": old_fp,
                    "new_host_key_fingerprint": new_fp, "host_key_changed": old_fp != new_fp,
                    "responder_user": conn.endpoint.user, "reimage_record": provider_seq,
-                   "host_key_record": accepted["seq"], "started_at": started, "finished_at": _now(),
+                   "host_key_record": accepted["seq"], "host_key_trust": accepted["trust"],
+                   "started_at": started, "finished_at": _now(),
                    "seconds": int(round(time.monotonic() - t0)), "resumed": resumed}
         details["done_record"] = _record(ctx, RECORD_DONE, details)
         note = "" if old_fp != new_fp else " (the host key did NOT change: was the host really reinstalled?)"

@@ -178,6 +178,9 @@ class ReimageProvider(ABC):
     """One reimage of one host: ``start(host)``, then ``poll()`` until not running."""
 
     name: ClassVar[str]
+    #: the provider reports the reinstalled host's key (``facts.new_host_key_fingerprint``), so the
+    #: first key offered need not be trusted on first use (security review §12)
+    reports_host_key: ClassVar[bool] = False
 
     def __init__(self, options: ReimageOptions | None = None) -> None:
         self.options = options or ReimageOptions()

@@ -8,6 +8,7 @@ flow as ``contain`` (``irkit resume`` finds the copy again).
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -47,6 +48,12 @@ def default_playbook() -> Path:
 @click.option("--reason", metavar="TEXT", default=None, help="Why these hosts are reimaged (in the audit log).")
 @click.option("--old-password", metavar="REF", default=None,
               help="Reference (env:NAME / file:PATH) to the leaked shared password; verification proves it dead.")
+@click.option("--host-key", "host_keys", multiple=True, metavar="HOST=SHA256:...",
+              help="The reinstalled HOST's new SSH host key fingerprint, confirmed out of band (repeatable); "
+                   "needed when the provider (redfish, command) reports none.")
+@click.option("--accept-first-key", is_flag=True,
+              help="Trust the first key a reinstalled host offers when nobody confirmed it (TOFU; recorded "
+                   "as such in the audit log). Avoid.")
 @click.option("--evidence-override", metavar="REASON", default=None,
               help="Reimage even without verified evidence (the reason is an audit record). Avoid.")
 @click.option("--playbook", metavar="FILE", default=None,
@@ -56,7 +63,8 @@ def default_playbook() -> Path:
 @forks_option
 @format_option
 def reimage(msp: str | None, inventory_path: str | None, case_id: str, hosts: tuple[str, ...],
-            image_url: str | None, reason: str | None, old_password: str | None, evidence_override: str | None,
+            image_url: str | None, reason: str | None, old_password: str | None, host_keys: tuple[str, ...],
+            accept_first_key: bool, evidence_override: str | None,
             playbook: str | None, yes: bool, dry_run: bool, forks: int, fmt: str) -> None:
     """Reimage hosts (after their evidence is verified), re-key and re-provision them.
 
@@ -88,6 +96,13 @@ def reimage(msp: str | None, inventory_path: str | None, case_id: str, hosts: tu
         from ir_toolkit.secrets.references import parse_ref
 
         parse_ref(old_password)
+    confirmed: dict[str, str] = {}
+    for item in host_keys:
+        name, sep, fp = item.partition("=")
+        if not sep or name not in chosen or not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", fp):
+            raise InputError(f"--host-key {item!r}: use HOST=SHA256:<43 base64 characters> for a host given "
+                             "with --hosts")
+        confirmed[name] = fp
     if evidence_override is not None and not evidence_override.strip():
         raise InputError("--evidence-override needs a written reason")
     if image_url is not None and image_url.split("://", 1)[0] not in ("http", "https", "nfs", "cifs", "smb"):
@@ -100,7 +115,8 @@ def reimage(msp: str | None, inventory_path: str | None, case_id: str, hosts: tu
 
     destructive = {name for name, variants in registry().items() if any(cls.destructive for cls in variants)}
     data = reimage_playbook(template, hosts=chosen, image_url=image_url, reason=reason, old_password=old_password,
-                            evidence_override=evidence_override, destructive=destructive)
+                            evidence_override=evidence_override, destructive=destructive,
+                            host_keys=confirmed, accept_first_key=accept_first_key)
     session.start_case_logging(case_id)
     frontend = CliFrontend(fmt, yes=yes)
     frontend.err.print(f"case {case_id}")

@@ -50,6 +50,7 @@ class LabProvider(ReimageProvider):
     """start: find the lab; poll: rebuild the host (about a second), then the optional ready_check."""
 
     name = "lab"
+    reports_host_key = True
 
     def __init__(self, options=None) -> None:  # type: ignore[no-untyped-def]
         super().__init__(options)

@@ -116,7 +116,8 @@ def _plain(value: Any) -> Any:
 
 def reimage_playbook(template: dict[str, Any], *, hosts: list[str], image_url: str | None, reason: str | None,
                      old_password: str | None, evidence_override: str | None,
-                     destructive: set[str]) -> dict[str, Any]:
+                     destructive: set[str], host_keys: dict[str, str] | None = None,
+                     accept_first_key: bool = False) -> dict[str, Any]:
     """The template with every step targeted at ``hosts`` and the command's options filled in."""
     data = _plain(template)
     found = False
@@ -133,6 +134,10 @@ def reimage_playbook(template: dict[str, Any], *, hosts: list[str], image_url: s
                     params["image_url"] = image_url
                 if reason:
                     params["reason"] = reason
+                if host_keys:
+                    params["host_keys"] = {**dict(params.get("host_keys") or {}), **host_keys}
+                if accept_first_key:
+                    params["accept_first_key"] = True
             if old_password and step.get("action") in _OLD_PASSWORD_ACTIONS:
                 params["old_password"] = old_password
             if params:
