@@ -386,7 +386,7 @@ def test_reimage_two_dcs_after_triage_refuses_a_host_without_evidence(rlab):
     # --- approvals: the reimage step required one; the responder's --yes gave it, on the record
     approvals = [r for r in records if r["action"] == "approval.given"]
     assert approvals and approvals[-1]["params"]["kind"] == "responder confirmation"
-    plan_hash = next(r for r in records if r["action"] == "run.start")["params"]["plan"]
+    plan_hash = [r for r in records if r["action"] == "run.start"][-1]["params"]["plan"]  # triage runs first
     plan = json.loads(next((Path(env["IRKIT_HOME"]) / "cases" / CASE / "journal").glob(f"plan-{plan_hash[:16]}.json")).read_text())
     assert {i["requires_approval"] for i in plan["items"] if i["action"] == "host.reimage"} == {True}
 
