@@ -22,6 +22,7 @@ system-deps:
 	     openssh-server openssh-client nftables conntrack iproute2 procps util-linux sshpass perl iptables lsof libcap2-bin e2fsprogs >/dev/null)
 	@ls /usr/sbin/sshd >/dev/null
 	@(for t in samba samba-tool kinit kvno; do command -v $$t >/dev/null 2>&1 || exit 1; done) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq samba samba-ad-dc krb5-user >/dev/null)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 $(BIN)/irkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,11 +40,13 @@ demo: setup
 	$(IRKIT) contain --msp acme --case $(CASE) --yes
 	$(IRKIT) audit verify --case $(CASE)
 	$(IRKIT) evidence verify --case $(CASE)
+	$(IRKIT) audit report --case $(CASE) --msp acme
 	@echo
 	@echo "Case $(CASE) is contained. Everything is in $(IRKIT_HOME)/cases/$(CASE)/:"
 	@echo "  audit log:  $(IRKIT) audit show --case $(CASE)     (signed; checkpoint: audit/checkpoint)"
 	@echo "  evidence:   $(IRKIT) evidence list --case $(CASE)"
 	@echo "  escrow:     $(IRKIT) escrow list --case $(CASE)"
+	@echo "  report:     $(IRKIT_HOME)/cases/$(CASE)/reports/report.html   (per tenant: $(IRKIT) audit report --case $(CASE) --tenant T)"
 	@echo "The lab is still up for you to look around ($(IRKIT) lab info --msp acme); remove it with: make lab-down"
 
 test: setup

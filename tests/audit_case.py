@@ -91,7 +91,7 @@ def write_case(signer: Any, case: str = "IR-REP", *, msp: str = "acme", failures
                                    params={"item": f"isolate/0/{HOSTILE}", "step_action": "host.isolate",
                                            "error": HOSTILE, "wave": 2}, outcome="failed")
             log.checkpoint()
-        log.append_durable(action="run.end", actor=actor, params={"plan": PLAN, "status": "done", "ok": 9137,
+        log.append_durable(action="run.end", actor=actor, params={"plan": PLAN, "status": "done", "ok": 987654321,
                                                                   "failed": 1})
     return owned(case)
 

@@ -39,9 +39,10 @@ def _write(out: str | None, data: bytes) -> str:
     if path.is_dir():
         raise InputError(f"--out {out}: is a directory (give a file name)")
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(path, data, mode=0o600)
-    except FileNotFoundError:
-        raise InputError(f"--out {out}: the directory {path.parent} does not exist") from None
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        raise InputError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
     return str(path)
 
 
