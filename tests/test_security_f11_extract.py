@@ -67,3 +67,11 @@ def test_raw_gives_the_decrypted_tar(tmp_path):
         assert "files/etc/./motd" in tar.getnames()
         assert tar.extractfile("files/etc/motd").read() == b"abc"
     assert hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def test_unsafe_member_names_are_problems_not_a_stop(tmp_path):
+    coll = _bundle(tmp_path, [("files/../../escape", b"x", MemberMeta()), ("files/etc/ok", b"ok", MemberMeta())])
+    result = extract_collection(coll, tmp_path / "out")
+    assert (tmp_path / "out/files/etc/ok").read_bytes() == b"ok"
+    assert not (tmp_path / "escape").exists() and not (tmp_path.parent / "escape").exists()
+    assert any("unsafe name" in p for p in result.problems)

@@ -64,7 +64,11 @@ def extract_collection(collection: Collection, out: Path, *,
                 if not member.isreg():
                     result.problems.append(f"{member.name}: not a regular file; not extracted")
                     continue
-                target = _safe_target(out, member.name)
+                try:
+                    target = _safe_target(out, member.name)
+                except VerificationFailed as exc:  # nothing is written for it; the others still are
+                    result.problems.append(f"{exc}; not extracted")
+                    continue
                 sha = hashlib.sha256()
                 written = False
                 try:
