@@ -161,10 +161,12 @@ class LabFactory:
 
     def __call__(self, msp: str, *, tenants: int = 2, hosts_per_tenant: int = 2,
                  blocks: range = range(0, 256, 4), hostile: dict[str, str] | None = None,
-                 up_args: tuple[str, ...] = (), directories: int = 0) -> LabHandle:
+                 up_args: tuple[str, ...] = (), directories: int = 0,
+                 windows_per_tenant: int = 0) -> LabHandle:
         """``hostile``: host name -> kinds (``"bigfile,trickle"``), see ir_toolkit/lab/hostile.py;
         ``up_args``: further ``irkit lab up`` options (e.g. ``--no-host-firewall``);
-        ``directories``: the first N tenants get a Samba AD DC (docs/active-directory.md)."""
+        ``directories``: the first N tenants get a Samba AD DC (docs/active-directory.md);
+        ``windows_per_tenant``: Windows hosts (WinRS endpoints) per tenant besides the Linux ones."""
         from ir_toolkit.lab import procs
         from ir_toolkit.lab.generate import generate_inventory, write_inventory
         from ir_toolkit.lab.netns import conflicts
@@ -180,7 +182,7 @@ class LabFactory:
             if conflicts(net, own_bridge=""):
                 continue
             data = generate_inventory(msp=msp, tenants=tenants, hosts_per_tenant=hosts_per_tenant, base=str(net),
-                                      directories=directories)
+                                      directories=directories, windows_per_tenant=windows_per_tenant)
             write_inventory(inventory, data, force=True)
             extra = [a for name, kinds in (hostile or {}).items() for a in ("--hostile", f"{name}={kinds}")]
             proc = run_irkit(home, "lab", "up", "--inventory", str(inventory), *extra, *up_args)

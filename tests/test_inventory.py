@@ -49,7 +49,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_shipped_acme_inventory_validates(capsys):
     code, out, err = run_cli(["inventory", "validate", str(REPO / "inventories/acme.yml")], capsys)
     assert code == 0, err
-    assert "ok: MSP acme, 4 tenants, 14 hosts" in out
+    assert "ok: MSP acme, 5 tenants, 18 hosts" in out
     inv = load_inventory(REPO / "inventories/acme.yml")
     assert len(inv.tenants) >= 3 and len(inv.hosts()) >= 12
     assert all(h.address.startswith("198.18.") for h in inv.hosts())
@@ -60,7 +60,7 @@ def test_inventory_list_json_by_msp(capsys, monkeypatch):
     code, out, _ = run_cli(["inventory", "list", "--msp", "acme", "--format", "json"], capsys)
     assert code == 0
     rows = json.loads(out)
-    assert len(rows) == 14
+    assert len(rows) == 18 and sum(r["os"] == "windows" for r in rows) == 4
     assert {"tenant", "name", "address", "port", "os", "transport"} <= set(rows[0])
     assert rows[0] == {**rows[0], "tenant": "globex", "name": "globex-dc01", "address": "198.18.1.10",
                        "port": 22, "os": "linux", "transport": "ssh"}

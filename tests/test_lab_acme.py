@@ -43,7 +43,7 @@ def acme(tmp_path_factory):
     proc = run_irkit(home, "lab", "up", "--inventory", str(ACME))
     try:
         assert proc.returncode == 0, proc.stderr
-        assert "14 hosts up (14 started, 0 kept)" in proc.stdout
+        assert "18 hosts up (18 started, 0 kept)" in proc.stdout
         info = json.loads(run_irkit(home, "lab", "info", "--msp", "acme", "--format", "json").stdout)
         yield {"home": home, "info": info}
     finally:
@@ -51,7 +51,12 @@ def acme(tmp_path_factory):
 
 
 def _hosts(acme):
-    return acme["info"]["hosts"]
+    """The Linux (sshd) hosts; the Windows hosts are WinRS endpoints (tests/test_windows_lab.py)."""
+    return [h for h in acme["info"]["hosts"] if h["os"] == "linux"]
+
+
+def _windows(acme):
+    return [h for h in acme["info"]["hosts"] if h["os"] == "windows"]
 
 
 def _exec(acme, host: str, script: str, stdin: bytes | None = None, shell: str = "/bin/sh") -> subprocess.CompletedProcess:
@@ -88,6 +93,13 @@ def test_info_names_keys_password_and_every_host(acme):
     assert sorted(ln.split()[0] for ln in lines) == sorted(h["address"] for h in _hosts(acme))
     assert all(ln.split()[1] == "ssh-ed25519" for ln in lines)
     assert len({h["host_key_fingerprint"] for h in _hosts(acme)}) == 14  # own host key per host
+    # the Windows hosts: one tenant all-Windows (wayne), one mixed (globex)
+    win = _windows(acme)
+    assert {h["tenant"] for h in win} == {"globex", "wayne"} and len(win) == 4
+    for h in win:
+        assert (h["winrm_port"], h["winrm_scheme"], h["running"]) == (5986, "https", True)
+    assert Path(info["winrm_ca_file"]).is_file()
+    assert info["windows_shared_account"] == "acmeadmin" and info["windows_shared_password"]
 
 
 def test_responder_ssh_with_pinned_host_keys_works_on_every_host(acme, tmp_path):
@@ -298,14 +310,18 @@ def test_lab_exec_reaches_a_network_isolated_host(acme):
 
 def test_second_up_changes_nothing_and_status_is_healthy(acme):
     proc = run_irkit(acme["home"], "lab", "up", "--msp", "acme", "--inventory", str(ACME))
-    assert proc.returncode == 0 and "already up: 14 hosts running; nothing changed" in proc.stdout
+    assert proc.returncode == 0 and "already up: 18 hosts running; nothing changed" in proc.stdout
     info = json.loads(run_irkit(acme["home"], "lab", "info", "--msp", "acme", "--format", "json").stdout)
-    assert [h["pid"] for h in info["hosts"]] == [h["pid"] for h in _hosts(acme)]
-    assert [h["host_key_fingerprint"] for h in info["hosts"]] == [h["host_key_fingerprint"] for h in _hosts(acme)]
+    assert [h["pid"] for h in info["hosts"]] == [h["pid"] for h in acme["info"]["hosts"]]
+    assert [h["host_key_fingerprint"] for h in info["hosts"]] == [h["host_key_fingerprint"]
+                                                                  for h in acme["info"]["hosts"]]
     proc = run_irkit(acme["home"], "lab", "status", "--msp", "acme", "--format", "json")
     status = json.loads(proc.stdout)
-    assert proc.returncode == 0 and status["healthy"] and len(status["hosts"]) == 14
-    assert all(r["init"] == "alive" and r["sshd"] == "alive" and r["implant"] == "alive" for r in status["hosts"])
+    assert proc.returncode == 0 and status["healthy"] and len(status["hosts"]) == 18
+    linux = {h["name"] for h in _hosts(acme)}
+    assert all(r["init"] == "alive" and r["sshd"] == "alive" and r["implant"] == ("alive" if r["name"] in linux
+                                                                                  else "-")
+               for r in status["hosts"])
 
 
 def test_down_leaves_no_namespace_veth_mount_or_process(acme):
@@ -314,7 +330,7 @@ def test_down_leaves_no_namespace_veth_mount_or_process(acme):
     pids = [h["pid"] for h in info["hosts"]]
     assert lab_leftovers(info["lab_id"], lab_dir)  # the check sees a running lab
     proc = run_irkit(acme["home"], "lab", "down", "--msp", "acme")
-    assert proc.returncode == 0 and "down (14 hosts stopped" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "down (18 hosts stopped" in proc.stdout, proc.stderr
     assert lab_leftovers(info["lab_id"], lab_dir) == []
     assert not any(os.path.exists(f"/proc/{pid}") and Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
                    for pid in pids)

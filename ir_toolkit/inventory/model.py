@@ -139,12 +139,42 @@ class SharedAccount(_Model):
     user: UserName
     os: OsName | None = None
     privileged: bool = True
-    action: Literal["rotate", "lock"] = "rotate"
+    #: ``deprivilege`` (Windows): out of Administrators / Remote Desktop Users / Remote Management
+    #: Users, sessions logged off, processes ended (the MSP's support accounts)
+    action: Literal["rotate", "lock", "deprivilege"] = "rotate"
+
+    @model_validator(mode="after")
+    def _deprivilege_is_windows(self) -> SharedAccount:
+        if self.action == "deprivilege" and self.os != "windows":
+            raise ValueError("action: deprivilege is for Windows accounts (set os: windows)")
+        return self
 
 
 class SharedCredentials(_Model):
     ssh_keys: list[SharedSshKey] = []
     accounts: list[SharedAccount] = []
+
+
+class WindowsAccess(_Model):
+    """How irkit logs in to Windows hosts over WinRM (see docs/windows.md)."""
+
+    user: UserName = "irkit-responder"
+    password: SecretRefStr
+    auth: Literal["ntlm", "kerberos", "basic"] = "ntlm"
+    scheme: Literal["https", "http"] = "https"
+    #: CA bundle (PEM) that validates the hosts' WinRM certificates; required for https
+    ca_file: str | None = None
+    #: certificate validation; turning it off is refused unless ``scheme`` is http (sealed NTLM)
+    validate_certificate: bool = True
+
+    @model_validator(mode="after")
+    def _checks(self) -> WindowsAccess:
+        if self.scheme == "https" and self.validate_certificate and not self.ca_file:
+            raise ValueError("windows.ca_file is required for https (certificate validation is on)")
+        if self.scheme == "http" and self.auth == "basic":
+            raise ValueError("Basic authentication over plain http would send the password readable; "
+                             "use https or ntlm/kerberos")
+        return self
 
 
 class Responder(_Model):
@@ -154,6 +184,7 @@ class Responder(_Model):
     key: SecretRefStr
     controller_address: Address
     allow_from: list[Network] = []
+    windows: WindowsAccess | None = None
 
 
 class Policy(_Model):

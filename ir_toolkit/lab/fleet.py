@@ -8,6 +8,7 @@ creates a resource, and removes only what is recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -48,6 +49,7 @@ from ir_toolkit.lab.sshkeys import (
     write_private,
 )
 from ir_toolkit.lab.state import HostState, LabState, load_state, locked, machine_lock, register, unregister
+from ir_toolkit.lab.winrs import labhosts
 from ir_toolkit.log import get_logger
 
 REQUIRED_TOOLS = {
@@ -136,9 +138,11 @@ class Lab:
             pub = p.host_key(h.name).with_name("ssh_host_ed25519_key.pub")
             hosts.append({
                 "tenant": h.tenant, "name": h.name, "address": h.address, "port": h.port,
-                "host_key_fingerprint": fingerprint(pub.read_text()) if pub.exists() else None,
+                "os": h.os,
+                "host_key_fingerprint": fingerprint(pub.read_text()) if pub.exists() and h.os == "linux" else None,
                 "pid": h.init_pid, "netns": h.netns, "breached": h.breached, "host_firewall": h.firewall,
                 "running": procs.alive(h.init_pid, h.init_start),
+                **(labhosts.host_info(p, h) if h.os == "windows" else {}),
             })
         return {
             "msp": state.msp,
@@ -161,6 +165,7 @@ class Lab:
             "implant_port": IMPLANT_PORT,
             "dropper_path": DROPPER_PATH,
             "persistence_unit": PERSISTENCE_UNIT,
+            **labhosts.lab_info(p, state),
             "hosts": hosts,
             "directories": dc.info(self, self._inventory(state), password),
         }
@@ -179,12 +184,15 @@ class Lab:
         rows = []
         for h in sorted(state.hosts.values(), key=lambda h: h.slot):
             up = procs.alive(h.init_pid, h.init_start)
-            health = probe(h.init_pid) if up and h.init_pid else {"sshd": False, "implant": False}
+            if h.os == "windows":
+                health = {"sshd": labhosts.is_ready(self.paths, h), "implant": False}
+            else:
+                health = probe(h.init_pid) if up and h.init_pid else {"sshd": False, "implant": False}
             rows.append({
                 "tenant": h.tenant, "name": h.name, "address": h.address, "pid": h.init_pid,
                 "init": "alive" if up else "dead",
                 "sshd": "alive" if health["sshd"] else "down",
-                "implant": "alive" if health["implant"] else ("gone" if h.breached else "-"),
+                "implant": "alive" if health["implant"] else ("gone" if h.breached and h.os == "linux" else "-"),
                 "ok": up and health["sshd"],
             })
         return rows
@@ -245,10 +253,12 @@ class Lab:
         msp_pub, _ = ensure_keypair(p.msp_key, f"{self.msp}-msp-shared-2019")
         password, _ = ensure_password(p.password_file)
         p.hosts.mkdir(exist_ok=True, mode=0o700)
+        if plan.windows is not None:
+            labhosts.ensure_files(p, self.msp)
         new_keys = set()
         for ph in plan.hosts:
             p.host_dir(ph.name).mkdir(exist_ok=True, mode=0o700)
-            if ensure_keypair(p.host_key(ph.name), f"root@{ph.name}")[1]:
+            if ph.os == "linux" and ensure_keypair(p.host_key(ph.name), f"root@{ph.name}")[1]:
                 new_keys.add(ph.name)
 
         epoch = old.breach_epoch if old and old.breach_epoch else (int(time.time()) // 3600 - 72) * 3600
@@ -269,7 +279,7 @@ class Lab:
                 name=ph.name, tenant=ph.tenant, slot=slots[ph.name], address=ph.address, port=ph.port,
                 netns=netns_name(self.lab_id, ph.name, slots[ph.name]),
                 veth=veth_name(self.lab_id, slots[ph.name]),
-                breached=prior.breached if prior else True, firewall=host_firewall,
+                breached=prior.breached if prior else True, firewall=host_firewall, os=ph.os,
             )
         keep: dict[str, HostState] = {}
         if old and layers_ok and bridge_ok:
@@ -278,7 +288,7 @@ class Lab:
                 if (want is not None and h.status == "running" and h.config() == want.config()
                         and name not in new_keys and procs.alive(h.init_pid, h.init_start)
                         and netns.netns_path(h.netns).exists() and h.init_pid
-                        and probe(h.init_pid)["sshd"]):
+                        and self._serving(h)):
                     keep[name] = h
         stale = [h for n, h in (old.hosts.items() if old else []) if n not in keep]
         result.kept = sorted(keep)
@@ -312,7 +322,8 @@ class Lab:
         state = LabState(msp=self.msp, lab_id=self.lab_id, inventory=inventory_path, network=str(plan.network),
                          controller_address=plan.controller_address, bridge=bridge,
                          responder_user=plan.responder_user,
-                         bridge_status="up" if bridge_ok else "intent", breach_epoch=epoch)
+                         bridge_status="up" if bridge_ok else "intent", breach_epoch=epoch,
+                         windows=dataclasses.asdict(plan.windows) if plan.windows else None)
         state.hosts = {**keep, **{h.name: h for h in to_start}}
         lines: list[str] = []
         with machine_lock():
@@ -336,9 +347,20 @@ class Lab:
         result.started = sorted(h.name for h in to_start)
         return result
 
+    def _serving(self, h: HostState) -> bool:
+        """Is the host's service up (sshd, or a Windows host's WinRS endpoint)?"""
+        if h.os == "windows":
+            return labhosts.is_ready(self.paths, h)
+        return bool(h.init_pid) and probe(h.init_pid)["sshd"]  # type: ignore[arg-type]
+
     def _start_hosts(self, state: LabState, hosts: list[HostState], prefixlen: int, msp_pub: str) -> None:
         p = self.paths
         msp_fp = fingerprint(msp_pub)
+        windows = [h for h in hosts if h.os == "windows"]
+        hosts_all, hosts = hosts, [h for h in hosts if h.os != "windows"]
+        for h in windows:
+            h.spawn_pid = h.init_pid = labhosts.start(p, state, h, prefixlen)
+            h.spawn_start = h.init_start = procs.start_time(h.spawn_pid)
         for h in hosts:
             write_host_layer(p.host_layer(h.name), name=h.name, address=h.address, port=h.port,
                              host_key=p.host_key(h.name), breached=h.breached,
@@ -348,13 +370,13 @@ class Lab:
             h.spawn_pid = spawner.start(h, prefixlen)
             h.spawn_start = procs.start_time(h.spawn_pid)
         state.save(p.state)
-        failures = self._wait_ready(hosts)
+        failures = self._wait_ready(hosts_all)
         state.save(p.state)
         self._write_known_hosts(state)
         if failures:
             shown = "; ".join(f"{n}: {why}" for n, why in sorted(failures.items())[:3])
             raise VerificationFailed(
-                f"{len(failures)} of {len(hosts)} lab hosts did not start ({shown}); "
+                f"{len(failures)} of {len(hosts_all)} lab hosts did not start ({shown}); "
                 f"logs in {p.hosts}/<host>/init.log; `irkit lab down --msp {self.msp}` cleans up"
             )
 
@@ -364,6 +386,14 @@ class Lab:
         deadline = time.monotonic() + 30 + 0.1 * len(hosts)
         while pending and time.monotonic() < deadline:
             for name, h in list(pending.items()):
+                if h.os == "windows":
+                    if labhosts.is_ready(self.paths, h):
+                        h.status = "running"
+                        del pending[name]
+                    elif not procs.alive(h.init_pid, h.init_start):
+                        failures[name] = labhosts.log_tail(self.paths, name)
+                        del pending[name]
+                    continue
                 if h.init_pid is None:
                     assert h.spawn_pid is not None
                     h.init_pid = find_init(h.spawn_pid)
@@ -383,8 +413,9 @@ class Lab:
                     del pending[name]
             if pending:
                 time.sleep(0.05)
-        for name in pending:
-            failures[name] = "not listening in time: " + log_tail(self.paths, name)
+        for name, h in pending.items():
+            tail = labhosts.log_tail(self.paths, name) if h.os == "windows" else log_tail(self.paths, name)
+            failures[name] = "not listening in time: " + tail
         return failures
 
     def _write_known_hosts(self, state: LabState) -> None:
@@ -498,7 +529,10 @@ class Lab:
             if state.bridge_status != "up" or not netns.link_exists(state.bridge):
                 raise EnvironmentProblem(f"the lab of MSP {self.msp} is not up; run `irkit lab up`")
             self._stop_hosts(state, [h])
-            if new_host_key:
+            if h.os == "windows":  # a clean model (no breach) and a new certificate from the lab CA
+                h.breached = breached
+                labhosts.prepare_host(self.paths, state, h, reset=True, new_certificate=True)
+            elif new_host_key:
                 key = self.paths.host_key(h.name)
                 key.unlink(missing_ok=True)
                 key.with_name(key.name + ".pub").unlink(missing_ok=True)

@@ -28,7 +28,8 @@ def _tenant_prefix(hosts_per_tenant: int) -> int:
 
 
 def generate_inventory(*, msp: str, tenants: int, hosts_per_tenant: int,
-                       base: str = "198.18.0.0/16", directories: int = 0) -> dict:
+                       base: str = "198.18.0.0/16", directories: int = 0,
+                       windows_per_tenant: int = 0) -> dict:
     """The inventory as plain data (validated by the caller with ``load_inventory``)."""
     if not _SLUG.match(msp):
         raise InputError(f"--msp {msp!r} is not a valid name (lowercase letters, digits, '-', '_')")
@@ -40,7 +41,7 @@ def generate_inventory(*, msp: str, tenants: int, hosts_per_tenant: int,
         raise InputError(f"--base {base!r} is not a network (e.g. 198.18.0.0/16)") from None
     if not isinstance(net, ipaddress.IPv4Network) or not net.subnet_of(LAB_RANGE):
         raise InputError(f"--base {base} must lie inside {LAB_RANGE} (the lab's address range)")
-    prefix = _tenant_prefix(hosts_per_tenant)
+    prefix = _tenant_prefix(hosts_per_tenant + windows_per_tenant)
     if prefix < net.prefixlen:
         raise InputError(f"--base {base} is too small for {hosts_per_tenant} hosts per tenant")
     subnets = list(net.subnets(new_prefix=prefix)) if prefix > net.prefixlen else [net]
@@ -62,6 +63,12 @@ def generate_inventory(*, msp: str, tenants: int, hosts_per_tenant: int,
              # `irkit reimage` rebuilds lab hosts through the lab provider (system_id: the lab's MSP)
              "bmc": {"provider": "lab", "system_id": msp}}
             for j in range(1, hosts_per_tenant + 1)
+        ]
+        # Windows hosts (WinRS endpoints in the lab) after the Linux ones
+        hosts += [
+            {"name": f"{tname}-w{j:0{hwidth}d}", "address": str(subnet.network_address + first + hosts_per_tenant + j - 1),
+             "os": "windows", "groups": ["scale"], "bmc": {"provider": "lab", "system_id": msp}}
+            for j in range(1, windows_per_tenant + 1)
         ]
         tenant_list.append({
             "name": tname,
@@ -90,10 +97,16 @@ def generate_inventory(*, msp: str, tenants: int, hosts_per_tenant: int,
             "known_hosts": f"{lab}/known_hosts",
             "shared_credentials": {
                 "ssh_keys": [{"name": f"{msp}-msp-shared", "public_key_file": f"{lab}/msp_shared_ed25519.pub"}],
-                "accounts": [{"user": MSP_ACCOUNT, "os": "linux", "privileged": True, "action": "rotate"}],
+                "accounts": [{"user": MSP_ACCOUNT, "os": "linux", "privileged": True, "action": "rotate"}]
+                + ([{"user": "acmeadmin", "os": "windows", "privileged": True, "action": "rotate"},
+                    {"user": "msp-support", "os": "windows", "privileged": True, "action": "deprivilege"}]
+                   if windows_per_tenant else []),
             },
             "responder": {"user": "root", "key": f"file:{lab}/responder_ed25519",
-                          "controller_address": controller},
+                          "controller_address": controller,
+                          **({"windows": {"user": "irkit-responder",
+                                          "password": f"file:{lab}/windows_responder_password",
+                                          "ca_file": f"{lab}/winrm_ca.pem"}} if windows_per_tenant else {})},
             "contacts": [{"name": "Lab Commander", "role": "incident commander",
                           "email": "commander@msp.example", "approver": True,
                           "approval_key": f"file:{lab}/approvers/lab-commander.vkey"}],

@@ -25,6 +25,16 @@ class PlannedHost:
     tenant: str
     address: str
     port: int
+    os: str = "linux"
+
+
+@dataclass(frozen=True)
+class WindowsPlan:
+    """What the lab's WinRS endpoints are seeded with (from the inventory)."""
+
+    responder_user: str
+    shared_user: str
+    msp_users: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,8 @@ class LabPlan:
     network: ipaddress.IPv4Network
     responder_user: str
     hosts: tuple[PlannedHost, ...]
-    skipped: tuple[str, ...]  # inventory hosts the lab does not build (Windows/WinRM)
+    skipped: tuple[str, ...]  # inventory hosts the lab does not build
+    windows: WindowsPlan | None = None
 
     @property
     def prefixlen(self) -> int:
@@ -69,7 +80,7 @@ def plan_lab(inv: Inventory) -> LabPlan:
     skipped: list[str] = []
     subnets: list[ipaddress.IPv4Network] = []
     for tenant in inv.tenants:
-        lab_hosts = [h for h in tenant.hosts if h.os == "linux" and h.transport == "ssh"]
+        lab_hosts = [h for h in tenant.hosts if (h.os, h.transport) in (("linux", "ssh"), ("windows", "winrm"))]
         skipped += [h.name for h in tenant.hosts if h not in lab_hosts]
         if tenant.subnet and lab_hosts:
             net = ipaddress.ip_network(tenant.subnet)
@@ -80,9 +91,18 @@ def plan_lab(inv: Inventory) -> LabPlan:
             addr = _lab_address(host.address, f"host {host.name}: address")
             if addr == controller:
                 raise InputError(f"host {host.name} has the controller's address {addr}")
-            hosts.append(PlannedHost(host.name, tenant.name, str(addr), int(host.port or 22)))
+            hosts.append(PlannedHost(host.name, tenant.name, str(addr), int(host.port or 22), host.os))
+    windows = None
+    if any(h.os == "windows" for h in hosts):
+        access = inv.msp.responder.windows
+        if access is None or access.scheme != "https":
+            raise InputError("the inventory has Windows hosts: the lab needs msp.responder.windows "
+                             "(user, password: file:..., ca_file) with scheme https")
+        accounts = [a for a in inv.msp.shared_credentials.accounts if a.os == "windows"]
+        shared = next((a.user for a in accounts if a.action in ("rotate", "lock")), "")
+        windows = WindowsPlan(access.user, shared, tuple(a.user for a in accounts if a.action == "deprivilege"))
     if not hosts:
-        raise InputError(f"inventory of MSP {inv.msp.name} has no Linux/SSH host for the lab")
+        raise InputError(f"inventory of MSP {inv.msp.name} has no Linux/SSH or Windows/WinRM host for the lab")
     if len(hosts) > MAX_SLOT + 1:
         raise InputError(f"a lab holds at most {MAX_SLOT + 1} hosts")
     from ir_toolkit.lab.dc import dc_addresses
@@ -99,6 +119,7 @@ def plan_lab(inv: Inventory) -> LabPlan:
         responder_user=inv.msp.responder.user,
         hosts=tuple(hosts),
         skipped=tuple(skipped),
+        windows=windows,
     )
 
 

@@ -42,10 +42,11 @@ class HostState:
     spawn_start: int | None = None
     init_pid: int | None = None  # the host's PID 1, as seen by the controller
     init_start: int | None = None
+    os: str = "linux"  # windows: the "init" is the host's WinRS endpoint (ir_toolkit/lab/winrs)
 
     def config(self) -> tuple[Any, ...]:
         """What, if changed, requires the host to be rebuilt."""
-        return (self.tenant, self.slot, self.address, self.port, self.netns, self.veth, self.firewall)
+        return (self.tenant, self.slot, self.address, self.port, self.netns, self.veth, self.firewall, self.os)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class LabState:
     responder_user: str = "root"
     bridge_status: str = "absent"  # absent | intent | up
     breach_epoch: int = 0
+    windows: dict[str, Any] | None = None  # what the Windows hosts are seeded with (lab.plan.WindowsPlan)
     version: int = STATE_VERSION
     hosts: dict[str, HostState] = field(default_factory=dict)
 

@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
-from ir_toolkit.transports.ssh import (
+from ir_toolkit.transports.base import (
     AUTH_FAILED,
     PROTOCOL,
     TIMED_OUT,
@@ -340,3 +340,45 @@ def probe_login(endpoint: WinrmEndpoint, password: str, *, timeouts: Timeouts = 
         return True
     finally:
         conn.close()
+
+
+def endpoint_for(host: Any, access: Any, *, user: str | None = None) -> WinrmEndpoint:
+    """The WinRM endpoint of an inventory ``host`` with the MSP's ``responder.windows`` settings."""
+    from ir_toolkit.secrets.references import expand_path
+
+    if access is None:
+        raise TransportError(PROTOCOL, f"{host.name}: Windows host but the inventory has no "
+                                       "msp.responder.windows (user, password reference, ca_file)")
+    ca = str(expand_path(access.ca_file)) if access.ca_file else None
+    return WinrmEndpoint(host.address, int(host.port or (5986 if access.scheme == "https" else 5985)),
+                         user or host.user or access.user, scheme=access.scheme, auth=access.auth,
+                         ca_file=ca, validate=access.validate_certificate, name=host.name)
+
+
+def responder_password(access: Any) -> str:
+    from ir_toolkit.secrets.references import parse_ref, resolve  # registers the value for redaction
+
+    try:
+        value = resolve(parse_ref(access.password))
+    except Exception as exc:  # noqa: BLE001 — one line, never the value
+        raise TransportError(AUTH_FAILED, f"cannot read the Windows responder password ({access.password}): "
+                                          f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+    return value
+
+
+def _open_winrm(pool: Any, host: Any, deadline: float) -> WinrmConnection:
+    """The pool's ``winrm`` factory: the MSP's ``responder.windows`` account, transient failures retried."""
+    access = pool.inventory.msp.responder.windows
+    endpoint = endpoint_for(host, access)
+    password = responder_password(access)
+    return pool.retrying(host, deadline, lambda: WinrmConnection.open(endpoint, password=password,
+                                                                       timeouts=pool.timeouts, deadline=deadline))
+
+
+def _register() -> None:
+    from ir_toolkit.transports.pool import register_transport
+
+    register_transport("winrm", _open_winrm)
+
+
+_register()
