@@ -49,9 +49,10 @@ def test_acme_plan_network_is_the_smallest_cover():
     plan = plan_lab(load_inventory(ACME))
     assert plan.controller_address == "198.18.0.1"
     assert plan.network == ipaddress.ip_network("198.18.0.0/21")
-    assert len(plan.hosts) == 14 and not plan.skipped
-    assert {h.tenant for h in plan.hosts} == {"globex", "initech", "umbrella", "vandelay"}
-    assert all(h.port == 22 for h in plan.hosts)
+    assert len(plan.hosts) == 18 and not plan.skipped
+    assert sum(h.os == "windows" for h in plan.hosts) == 4 and plan.windows is not None
+    assert {h.tenant for h in plan.hosts} == {"globex", "initech", "umbrella", "vandelay", "wayne"}
+    assert all(h.port == (5986 if h.os == "windows" else 22) for h in plan.hosts)
 
 
 def test_covering_network_avoids_network_and_broadcast_addresses():

@@ -91,9 +91,9 @@ def test_waves_canary_first_then_batches():
     hosts = inv.hosts()
     waves = make_waves(hosts, Wave(canary_tenant="initech", size=4))
     assert [h.tenant for h in waves[0]] == ["initech"] * 4
-    assert [len(w) for w in waves[1:]] == [4, 4, 2]
-    assert sum(len(w) for w in waves) == len(hosts)
-    assert [len(w) for w in make_waves(hosts, Wave(size="50%"))] == [7, 7]
+    assert [len(w) for w in waves[1:]] == [4, 4, 4, 2]
+    assert sum(len(w) for w in waves) == len(hosts) == 18
+    assert [len(w) for w in make_waves(hosts, Wave(size="50%"))] == [9, 9]
 
 
 def test_select_hosts_by_group_and_tenant():
