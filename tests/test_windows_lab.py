@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ir_toolkit.transports.ssh import AUTH_FAILED, TransportError
+from ir_toolkit.transports.base import AUTH_FAILED, TransportError
 from ir_toolkit.transports.winrm import WinrmConnection, WinrmEndpoint, probe_login
 from tests.conftest import run_irkit
 

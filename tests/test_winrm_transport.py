@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from ir_toolkit.transports.ssh import AUTH_FAILED, TIMED_OUT, UNREACHABLE, TransportError
+from ir_toolkit.transports.base import AUTH_FAILED, HOST_KEY_CHANGED, TIMED_OUT, UNREACHABLE, TransportError
 from ir_toolkit.transports.winrm import (
     CERT_REFUSED,
     WinrmConnection,
@@ -270,3 +270,26 @@ def test_parallel_commands_on_separate_connections(target):
     for t in threads:
         t.join(60)
     assert results == [True] * 4
+
+
+def test_certificate_pins_are_enforced_before_any_credential(target):
+    with WinrmConnection.open(target.endpoint, password=target.password) as c:
+        fp = c.host_key_fingerprint
+    assert fp.startswith("SHA256:") and len(fp) == 50
+    pinned = dataclasses.replace(target.endpoint, pinned=frozenset({fp}))
+    with WinrmConnection.open(pinned, password=target.password) as c:
+        assert c.run_cmd("whoami").ok
+    before = target.log() if target.is_lab else ""
+    other = dataclasses.replace(target.endpoint, pinned=frozenset({"SHA256:" + "A" * 43}))
+    with pytest.raises(TransportError) as err:
+        WinrmConnection.open(other, password=target.password)
+    assert err.value.kind == HOST_KEY_CHANGED
+    if target.is_lab:
+        assert target.log()[len(before):].count("POST /wsman") == 0
+
+
+def test_connection_meets_the_transport_contract(conn):
+    from ir_toolkit.transports.base import Connection
+
+    assert isinstance(conn, Connection) and conn.kind == "winrm"
+    assert conn.run("whoami", deadline=time.monotonic() + 20).ok

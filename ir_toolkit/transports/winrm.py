@@ -28,6 +28,7 @@ from typing import Any
 
 from ir_toolkit.transports.base import (
     AUTH_FAILED,
+    HOST_KEY_CHANGED,
     PROTOCOL,
     TIMED_OUT,
     UNREACHABLE,
@@ -55,6 +56,8 @@ class WinrmEndpoint:
     ca_file: str | None = None
     validate: bool = True
     name: str = ""
+    #: acceptable certificate fingerprints (``SHA256:`` + base64 of the DER's SHA-256); empty: the CA decides
+    pinned: frozenset[str] = frozenset()
 
     @property
     def url(self) -> str:
@@ -134,17 +137,58 @@ def _kind_of(exc: BaseException, endpoint: WinrmEndpoint) -> TransportError:
     return TransportError(PROTOCOL, f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
 
 
+def certificate_fingerprint(der: bytes) -> str:
+    """``SHA256:<base64>`` of a certificate's DER (the form the pins and the audit log use)."""
+    import hashlib
+
+    return "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
+
+
+def peer_certificate(endpoint: WinrmEndpoint, timeout: float) -> bytes:
+    """The server's certificate, validated against the endpoint's CA bundle and name (before any request).
+
+    Used to check pins and to name the server's identity; the pywinrm session that follows
+    validates the certificate again on its own connection.
+    """
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=endpoint.ca_file) if endpoint.validate else ssl._create_unverified_context()
+    try:
+        with socket.create_connection((endpoint.address, endpoint.port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=endpoint.address) as tls:
+                der = tls.getpeercert(binary_form=True)
+    except ssl.SSLCertVerificationError as exc:
+        raise TransportError(CERT_REFUSED, f"{endpoint.name or endpoint.address} ({endpoint.url}): server "
+                                           f"certificate refused ({exc.verify_message}); no credential was sent. "
+                                           "Check the inventory's WinRM CA bundle, or whether this is really "
+                                           "the host") from None
+    except ssl.SSLError as exc:
+        raise TransportError(CERT_REFUSED, f"{endpoint.name or endpoint.address}: TLS handshake failed "
+                                           f"({exc.reason or exc}); no credential was sent") from None
+    except (TimeoutError, socket.timeout):
+        raise TransportError(TIMED_OUT, f"{endpoint.name or endpoint.address}: connect timed out") from None
+    except OSError as exc:
+        raise TransportError(UNREACHABLE, f"{endpoint.name or endpoint.address} ({endpoint.url}): cannot "
+                                          f"connect: {exc.strerror or exc}") from None
+    if not der:
+        raise TransportError(CERT_REFUSED, f"{endpoint.name or endpoint.address}: no server certificate")
+    return der
+
+
 class WinrmConnection:
     """One authenticated WinRM session with one open WinRS shell."""
 
     kind = "winrm"
-    host_key_fingerprint = None  # WinRM hosts are identified by their certificate (validated per request)
 
-    def __init__(self, endpoint: WinrmEndpoint, protocol: Any, shell_id: str, timeouts: Timeouts) -> None:
+    def __init__(self, endpoint: WinrmEndpoint, protocol: Any, shell_id: str, timeouts: Timeouts,
+                 fingerprint: str = "") -> None:
         self.endpoint = endpoint
         self.protocol = protocol
         self.shell_id: str | None = shell_id
         self.timeouts = timeouts
+        #: the server's certificate (``SHA256:...`` of its DER), checked before any credential was sent
+        self.host_key_fingerprint = fingerprint
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ opening
@@ -187,23 +231,35 @@ class WinrmConnection:
                 raise TransportError(TIMED_OUT, f"{endpoint.address}: host deadline reached before connecting")
         op = max(1, min(int(limit) - 2, _MAX_OP))
         protocol = cls._protocol(endpoint, password, op, op + 2)
+        fingerprint = ""
+        if endpoint.scheme == "https":
+            fingerprint = certificate_fingerprint(peer_certificate(endpoint, min(timeouts.connect, limit)))
+            if endpoint.pinned and fingerprint not in endpoint.pinned:
+                raise TransportError(HOST_KEY_CHANGED, f"{endpoint.name or endpoint.address}: WinRM certificate "
+                                                       f"changed — possible interception: the server offers "
+                                                       f"{fingerprint}, pinned {', '.join(sorted(endpoint.pinned))}")
         try:
             shell_id = protocol.open_shell(codepage=65001, noprofile=True)
         except Exception as exc:  # noqa: BLE001 — mapped to a transport kind
             raise _kind_of(exc, endpoint) from None
-        return cls(endpoint, protocol, shell_id, timeouts)
+        return cls(endpoint, protocol, shell_id, timeouts, fingerprint)
 
     # ------------------------------------------------------------------ commands
-    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
-        """Run a PowerShell ``script`` in the host's shell; ``stdin`` (secrets) is fed to it."""
-        return self.run_cmd(f"{POWERSHELL} {encode_script(script)}", stdin=stdin, timeout=timeout)
+    def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            deadline: float | None = None) -> CommandResult:
+        """Run a PowerShell script (``command``) in the host's shell; ``stdin`` (secrets) is fed to it."""
+        return self.run_cmd(f"{POWERSHELL} {encode_script(command)}", stdin=stdin, timeout=timeout,
+                            deadline=deadline)
 
-    def run_cmd(self, command_line: str, *, stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
+    def run_cmd(self, command_line: str, *, stdin: bytes | None = None, timeout: float | None = None,
+                deadline: float | None = None) -> CommandResult:
         """Run a cmd.exe command line (``hostname``, ``whoami``, ``powershell.exe ...``)."""
         from winrm.exceptions import WinRMOperationTimeoutError, WSManFaultError
 
-        limit = self.timeouts.command if timeout is None else timeout
         start = time.monotonic()
+        limit = self.timeouts.command if timeout is None else timeout
+        if deadline is not None:
+            limit = min(limit, deadline - start)
         deadline = start + limit
         with self._lock:
             if self.shell_id is None:
@@ -294,6 +350,17 @@ class WinrmConnection:
             self.protocol.cleanup_command(self.shell_id, command_id)
         except Exception:  # noqa: BLE001 — the result is already in hand
             pass
+
+    def exec_stream(self, command: str, *, stdin: bytes | None = None, idle_timeout: float,
+                    deadline: float | None = None) -> Any:
+        raise TransportError(PROTOCOL, f"{self.endpoint.address}: streamed commands are not supported over "
+                                       "WinRM (files are fetched in chunks)")
+
+    def put(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+        raise TransportError(PROTOCOL, f"{self.endpoint.address}: put is not supported over WinRM")
+
+    def get(self, path: str, *, max_bytes: int) -> bytes:
+        raise TransportError(PROTOCOL, f"{self.endpoint.address}: get is not supported over WinRM")
 
     @property
     def alive(self) -> bool:

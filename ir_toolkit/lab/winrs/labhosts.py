@@ -51,7 +51,7 @@ def _ensure(path: Path) -> str:
     import string
 
     from ir_toolkit.lab.sshkeys import write_private
-    from ir_toolkit.secrets.redaction import register_secret
+    from ir_toolkit.redaction import register_secret
 
     if path.exists():
         value = path.read_text().strip()
