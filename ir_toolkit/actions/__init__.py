@@ -7,7 +7,7 @@ import importlib
 BUILTIN_MODULES = ("ir_toolkit.actions.basic", "ir_toolkit.actions.credentials", "ir_toolkit.actions.revocation",
                    "ir_toolkit.actions.isolation",
                    "ir_toolkit.actions.triage", "ir_toolkit.actions.reimage", "ir_toolkit.actions.ansible",
-                   "ir_toolkit.actions.directory")
+                   "ir_toolkit.actions.directory", "ir_toolkit.actions.windows")
 _loaded = False
 
 

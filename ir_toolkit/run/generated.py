@@ -39,7 +39,7 @@ def write_generated_playbook(case_id: str, kind: str, data: dict[str, Any]) -> P
 
 
 def _targets(tenants: list[str], hosts: list[str]) -> dict[str, Any]:
-    targets: dict[str, Any] = {"os": ["linux"]}
+    targets: dict[str, Any] = {"os": ["linux", "windows"]}  # each action runs its OS variant
     if tenants:
         targets["tenants"] = tenants
     if hosts:

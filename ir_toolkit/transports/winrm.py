@@ -449,3 +449,10 @@ def _register() -> None:
 
 
 _register()
+
+
+def ps_quote(text: str) -> str:
+    """A PowerShell single-quoted string literal (no expansion; ``'`` doubled)."""
+    if any(c in text for c in "\r\n\x00"):
+        raise ValueError("a PowerShell literal may not contain line breaks or NUL")
+    return "'" + text.replace("'", "''").replace("\u2018", "''").replace("\u2019", "''") + "'"

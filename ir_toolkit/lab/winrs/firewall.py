@@ -19,14 +19,25 @@ from ir_toolkit import childenv
 TABLE = "irkit_winfw"
 
 
-def _addresses(items: list[str]) -> str | None:
-    """nft set elements for a rule's RemoteAddress (None means Any)."""
-    out = []
+def _split(items: list[str]) -> tuple[list[str], list[str]] | None:
+    """A rule's RemoteAddress as (IPv4, IPv6) nft set elements; None means Any."""
+    v4, v6 = [], []
     for item in items:
         if item.lower() == "any":
             return None
-        out.append(item)
-    return "{ " + ", ".join(out) + " }" if out else None
+        (v6 if ":" in item else v4).append(item)
+    return v4, v6
+
+
+def _match_lines(rule: dict[str, Any], direction: str, verdict: str, extra: str = "") -> list[str]:
+    split = _split(rule["remote_address"])
+    if split is None:
+        return [f"    {extra}{verdict}"]
+    lines = []
+    for family, items in (("ip", split[0]), ("ip6", split[1])):
+        if items:
+            lines.append(f"    {family} {direction} {{ {', '.join(items)} }} {extra}{verdict}")
+    return lines
 
 
 def ruleset(rules: list[dict[str, Any]]) -> str:
@@ -37,24 +48,19 @@ def ruleset(rules: list[dict[str, Any]]) -> str:
     enabled = [r for r in rules if r.get("enabled")]
     for r in enabled:
         if r["direction"] == "Inbound" and r["action"] == "Block":
-            addrs = _addresses(r["remote_address"])
-            lines.append(f"    ip saddr {addrs} drop" if addrs else "    drop")
+            lines += _match_lines(r, "saddr", "drop")
     lines.append("    ct state established,related accept")
     for r in enabled:
         if r["direction"] == "Inbound" and r["action"] == "Allow":
-            addrs = _addresses(r["remote_address"])
-            match = f"ip saddr {addrs} " if addrs else ""
             port = r.get("local_port", "Any")
             proto = r.get("protocol", "Any").lower()
-            if proto in ("tcp", "udp") and port != "Any":
-                match += f"{proto} dport {int(port)} "
-            lines.append(f"    {match}accept")
+            extra = f"{proto} dport {int(port)} " if proto in ("tcp", "udp") and port != "Any" else ""
+            lines += _match_lines(r, "saddr", "accept", extra)
     lines += ["  }", "  chain output {", "    type filter hook output priority 0; policy accept;",
               '    oifname "lo" accept']
     for r in enabled:
         if r["direction"] == "Outbound" and r["action"] == "Block":
-            addrs = _addresses(r["remote_address"])
-            lines.append(f"    ip daddr {addrs} drop" if addrs else "    drop")
+            lines += _match_lines(r, "daddr", "drop")
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
 

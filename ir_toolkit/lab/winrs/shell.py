@@ -461,7 +461,7 @@ def _valid_address(text: str) -> bool:
     try:
         if "-" in text:
             a, b = text.split("-", 1)
-            return ipaddress.ip_address(a).version == 4 and ipaddress.ip_address(b).version == 4
+            return ipaddress.ip_address(a).version == ipaddress.ip_address(b).version
         ipaddress.ip_network(text, strict=False)
         return True
     except ValueError:

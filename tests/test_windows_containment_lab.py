@@ -1,0 +1,97 @@
+"""Containment of Windows hosts over WinRM on the lab (WinRS endpoints + real nftables), mixed with Linux.
+
+The done-when of issue 12, checked from outside irkit: the old shared password is refused over
+WinRM (pywinrm, NTLM over HTTPS, CA validated), the escrowed one (``irkit escrow get``) logs in and
+runs whoami, the MSP account is out of Administrators and Remote Desktop Users, a peer lab host
+cannot reach the host while the controller can, and the signed log verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import winrm
+
+from containment_helpers import IRKIT, REPO, contain_playbook, escrow_get, irkit, keyed_env, tcp_reach
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+MEMBERS = ("Get-LocalGroupMember -Group '{g}' | Select-Object Name,ObjectClass,PrincipalSource,SID | "
+           "ConvertTo-Json -Compress")
+
+
+@pytest.fixture(scope="module")
+def winc(lab_factory):
+    # t001: one Linux and two Windows hosts (mixed, several Windows); t002 the same
+    return lab_factory("winc", tenants=2, hosts_per_tenant=1, windows_per_tenant=2)
+
+
+@pytest.fixture(scope="module")
+def env(winc):
+    return keyed_env(winc)
+
+
+def _win(lab):
+    return [h for h in lab.info["hosts"] if h["os"] == "windows"]
+
+
+def session(lab, host, user, password):
+    """pywinrm directly (not irkit's transport): NTLM over HTTPS, the lab CA validating the certificate."""
+    return winrm.Session(f"https://{host['address']}:{host['winrm_port']}/wsman", auth=(user, password),
+                         transport="ntlm", server_cert_validation="validate", ca_trust_path=lab.info["winrm_ca_file"])
+
+
+def logs_in(lab, host, user, password) -> bool:
+    try:
+        r = session(lab, host, user, password).run_cmd("whoami")
+    except winrm.exceptions.InvalidCredentialsError:
+        return False
+    return r.status_code == 0 and r.std_out.decode().strip() == f"{host['name']}\\{user}"
+
+
+def members(lab, host, group):
+    s = session(lab, host, "irkit-responder",
+                Path(lab.info["windows_responder_password_file"]).read_text().strip())
+    r = s.run_ps(MEMBERS.format(g=group))
+    assert r.status_code == 0, r.std_err
+    out = json.loads(r.std_out or b"[]")
+    return [m["Name"].split("\\")[-1] for m in ([out] if isinstance(out, dict) else out)]
+
+
+def test_contain_mixed_fleet_on_windows_hosts(winc, env, tmp_path):
+    info = winc.info
+    win = _win(winc)
+    shared = info["windows_shared_password"]
+    linux = [h for h in info["hosts"] if h["os"] == "linux"]
+    assert all(logs_in(winc, h, "acmeadmin", shared) for h in win)
+    assert all("msp-support" in members(winc, h, "Administrators") for h in win)
+    assert tcp_reach(winc, linux[0]["name"], win, port=5986) == {h["name"]: True for h in win}
+
+    playbook = contain_playbook(winc, tmp_path / "contain.yml", phases=["access", "isolate", "revoke", "rotate",
+                                                                        "verify"])
+    proc = irkit(env, "contain", "--inventory", str(winc.inventory_path), "--case", "WC-1",
+                 "--playbook", str(playbook), "--yes", "--format", "json", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    for h in win:
+        assert not logs_in(winc, h, "acmeadmin", shared), h["name"]  # the leaked password is refused
+        new = escrow_get(env, "WC-1", h["name"], "acmeadmin")
+        assert new and new != shared and logs_in(winc, h, "acmeadmin", new), h["name"]
+        assert "msp-support" not in members(winc, h, "Administrators")
+        assert "msp-support" not in members(winc, h, "Remote Desktop Users")
+    passwords = {escrow_get(env, "WC-1", h["name"], "acmeadmin") for h in win}
+    assert len(passwords) == len(win)  # unique per host
+    # isolation by packets: peers blocked, the controller still in
+    assert tcp_reach(winc, linux[0]["name"], win, port=5986) == {h["name"]: False for h in win}
+    assert all(logs_in(winc, h, "irkit-responder",
+                       Path(info["windows_responder_password_file"]).read_text().strip()) for h in win)
+    assert irkit(env, "audit", "verify", "--case", "WC-1").returncode == 0
+    records = irkit(env, "audit", "show", "--case", "WC-1", "--format", "json").stdout
+    for h in win:
+        assert f'"{h["name"]}"' in records
