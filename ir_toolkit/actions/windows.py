@@ -44,7 +44,6 @@ from ir_toolkit.actions.credentials import (
     RotateAccounts,
     RotateParams,
     _record,
-    escrow_private_key,
     escrow_recipients,
     generate_password,
 )
@@ -192,6 +191,7 @@ class WindowsEnsureAccess(Action):
     Params = EnsureAccessParams
     description = "prove a fresh login as the responder (SSH key on Linux, WinRM on Windows)"
     os = ("windows",)
+    connection_kinds = ("winrm",)
 
     def plan(self, ctx: ActionContext, params: EnsureAccessParams) -> Outcome:
         return Outcome(False, "would prove a fresh WinRM login as the responder")
@@ -217,12 +217,13 @@ class WindowsRotateAccounts(RotateAccounts):
     """Rotate the shared local administrator to a unique escrowed password (or disable it)."""
 
     os = ("windows",)
+    connection_kinds = ("winrm",)
 
     def _accounts(self, ctx: ActionContext, params: RotateParams) -> list[tuple[str, str]]:
         return [(u, m) for u, m in super()._accounts(ctx, params) if m in ("rotate", "lock")]
 
     def _still_current(self, ctx: ActionContext, entry: esc.EscrowEntry, user: str) -> bool:
-        return fresh_login(ctx, user, entry.decrypt(escrow_private_key()))
+        return fresh_login(ctx, user, entry.decrypt(ctx.keys.escrow_private_key()))
 
     def plan(self, ctx: ActionContext, params: RotateParams) -> Outcome:
         notes, changed = [], False
@@ -265,7 +266,7 @@ class WindowsRotateAccounts(RotateAccounts):
         unsettled = store.unsettled(ctx.host.tenant, ctx.host.name, user)
         if not unsettled:
             return None
-        key = escrow_private_key()
+        key = ctx.keys.escrow_private_key()
         current = None
         for entry in unsettled:  # newest first
             if current is not None:
@@ -328,7 +329,7 @@ class WindowsRotateAccounts(RotateAccounts):
         problems = []
         if params.old_password and fresh_login(ctx, user, resolve(parse_ref(params.old_password))):
             problems.append("the old shared password STILL logs in")
-        if old_entry is not None and fresh_login(ctx, user, old_entry.decrypt(escrow_private_key())):
+        if old_entry is not None and fresh_login(ctx, user, old_entry.decrypt(ctx.keys.escrow_private_key())):
             problems.append(f"the previous escrowed password (entry {old_entry.id}) STILL logs in")
         return problems
 
@@ -364,7 +365,7 @@ class WindowsRotateAccounts(RotateAccounts):
                 ctx.inventory.msp.name, ctx.host.tenant, ctx.host.name, user)
             if entry is None:
                 problems.append(f"{user}: no verified escrowed password")
-            elif not fresh_login(ctx, user, entry.decrypt(escrow_private_key())):
+            elif not fresh_login(ctx, user, entry.decrypt(ctx.keys.escrow_private_key())):
                 problems.append(f"{user}: the escrowed password (entry {entry.id}) does NOT log in")
             else:
                 notes.append(f"{user}: escrowed password (entry {entry.id}) logs in over WinRM")
@@ -392,6 +393,7 @@ class DeprivilegeAccounts(Action):
     description = "MSP accounts out of Administrators / Remote Desktop Users; sessions logged off"
     destructive = True
     os = ("windows",)
+    connection_kinds = ("winrm",)
 
     def _accounts(self, ctx: ActionContext, params: DeprivilegeParams) -> list[str]:
         names = list(params.accounts) or [a.user for a in ctx.inventory.msp.shared_credentials.accounts
@@ -492,6 +494,7 @@ class WindowsIsolateHost(Action):
     description = "isolate the host (nftables on Linux, a Windows Firewall rule group on Windows)"
     destructive = True
     os = ("windows",)
+    connection_kinds = ("winrm",)
 
     def plan(self, ctx: ActionContext, params: IsolateParams) -> Outcome:
         expected = _expected(ctx, params)
@@ -547,6 +550,7 @@ class WindowsReleaseHost(Action):
     description = "remove irkit's isolation (nftables table / Windows Firewall rule group)"
     destructive = False
     os = ("windows",)
+    connection_kinds = ("winrm",)
 
     def plan(self, ctx: ActionContext, params: ReleaseParams) -> Outcome:
         return Outcome(bool(_rules(ctx)), "would remove the isolation rule group" if _rules(ctx) else "not isolated")
