@@ -73,7 +73,7 @@ def test_contain_mixed_fleet_on_windows_hosts(winc, env, tmp_path):
     assert all("msp-support" in members(winc, h, "Administrators") for h in win)
     assert tcp_reach(winc, linux[0]["name"], win, port=5986) == {h["name"]: True for h in win}
 
-    playbook = contain_playbook(winc, tmp_path / "contain.yml", phases=["access", "isolate", "revoke", "rotate",
+    playbook = contain_playbook(winc, tmp_path / "contain.yml", phases=["access", "isolate", "revoke", "rotate", "harden",
                                                                         "verify"])
     proc = irkit(env, "contain", "--inventory", str(winc.inventory_path), "--case", "WC-1",
                  "--playbook", str(playbook), "--yes", "--format", "json", timeout=600)
