@@ -358,3 +358,46 @@ def test_rotate_rotates_directory_accounts_and_due_only_what_is_due(adlab, env, 
     later = audit_records(env, case)[before:]
     assert not [r for r in later if r["action"] in ("directory.password_reset", "directory.password_escrowed")]
     assert binds(d, account, pw)  # not due: the escrowed password stays
+
+
+def test_sweep_disables_only_when_the_playbook_says_so_and_the_step_is_approved(adlab, env, dirs, tmp_path):
+    d = dirs["t002"]
+    data = yaml.safe_load((REPO / "playbooks/msp-breach-containment.yml").read_text())
+    phase = next(p for p in data["phases"] if p["name"] == "directory")
+    phase["steps"] = [s for s in phase["steps"] if s["action"] == "directory.collect_evidence"] + [
+        {"name": "disable intruder-made admins", "action": "directory.privileged_sweep",
+         "params": {"disable": True}, "requires_approval": True, "targets": {"tenants": ["t002"]}}]
+    phase["steps"][0]["targets"] = {"tenants": ["t002"]}
+    data["phases"] = [phase]
+    playbook = tmp_path / "sweep.yml"
+    playbook.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def disabled() -> bool:
+        conn = admin(d)
+        try:
+            base = ",".join(f"DC={x}" for x in d["domain"].split("."))
+            uac = int(conn.search(base, "(sAMAccountName=svc-backup)", ["userAccountControl"])[0][1]
+                      ["userAccountControl"][0])
+        finally:
+            conn.close()
+        return bool(uac & 0x2)
+
+    # two approvals needed, only the responder's --yes in hand: the step is held, nothing disabled
+    inv = yaml.safe_load(Path(adlab.inventory_path).read_text())
+    next(t for t in inv["tenants"] if t["name"] == "t002")["approvals_required"] = 2
+    strict = tmp_path / "strict.yml"
+    strict.write_text(yaml.safe_dump(inv, sort_keys=False))
+    held = irkit(env, "contain", "--inventory", str(strict), "--playbook", str(playbook), "--case", "AD-SWEEP1",
+                 "--yes", timeout=300)
+    assert held.returncode == 3, held.stdout + held.stderr  # incomplete: awaiting approval
+    assert not disabled()
+    # approved (one approval required, --yes gives it): disabled, recorded
+    done = irkit(env, "contain", "--inventory", str(adlab.inventory_path), "--playbook", str(playbook), "--case",
+                 "AD-SWEEP2", "--yes", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert disabled()
+    records = audit_records(env, "AD-SWEEP2")
+    assert any(r["action"] == "directory.account_disabled" and r["params"]["account"] == "svc-backup"
+               for r in records)
+    assert not binds(d, "svc-backup", (Path(adlab.home) / "lab" / adlab.msp / "directories" / "t002" /
+                                       "rogue_password").read_text().strip())
