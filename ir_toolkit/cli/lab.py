@@ -68,7 +68,8 @@ def up(msp: str | None, inventory_path: str | None, hostile: tuple[str, ...], fm
         emit_json({"msp": result.msp, "changed": result.changed, "hosts": total, "started": result.started,
                    "kept": result.kept, "removed": result.removed, "seconds": round(result.seconds, 2),
                    "network": result.network, "bridge": result.bridge,
-                   "controller_address": result.controller_address, "notes": result.notes})
+                   "controller_address": result.controller_address, "notes": result.notes,
+                   "directories_started": result.directories_started})
         return
     if not result.changed:
         click.echo(f"lab {result.msp}: already up: {total} hosts running; nothing changed")

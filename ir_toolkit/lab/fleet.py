@@ -87,9 +87,12 @@ class UpResult:
     bridge: str = ""
     controller_address: str = ""
 
+    #: tenants whose domain controller was (re)started (docs/active-directory.md)
+    directories_started: list[str] = field(default_factory=list)
+
     @property
     def changed(self) -> bool:
-        return bool(self.started or self.removed)
+        return bool(self.started or self.removed or self.directories_started)
 
 
 @dataclass
@@ -223,8 +226,8 @@ class Lab:
             self._approver_keys(inv)
             result = self._up(plan, str(Path(inventory_path).absolute()), host_firewall)
             password = self.paths.password_file.read_text().strip()
-            result.started += [f"dc:{t}" for t in dc.ensure(self, inv, plan.prefixlen, bridge_name(self.lab_id),
-                                                             password, result.notes)]
+            result.directories_started = dc.ensure(self, inv, plan.prefixlen, bridge_name(self.lab_id), password,
+                                                   result.notes)
         result.seconds = time.monotonic() - t0
         return result
 
