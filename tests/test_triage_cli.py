@@ -147,7 +147,7 @@ def test_encrypted_bundle_extracts_only_with_a_recipient_key(setup, capsys, tmp_
     assert code == 0 and json.loads(out)[0]["contents"] == "re-hashed"
 
 
-def test_encrypt_to_the_escrow_key(setup, capsys, tmp_path):
+def test_encrypt_to_the_evidence_key(setup, capsys, tmp_path):
     code, _, err = run(triage(setup, "C5", "--host", "app01", "--encrypt"), capsys)
     assert code == 0, err
     code, out, err = run(["evidence", "extract", "--case", "C5", "--host", "app01", "--out", str(tmp_path / "o")],

@@ -75,7 +75,8 @@ class CollectTriage(Action):
                                                        allow_modifies_state=params.allow_state_changes)
         recipients = [load_public_key(spec) for spec in params.recipients]
         if params.encrypt:
-            recipients.append(ctx.keys.escrow_public_key())
+            # the evidence key pair, never the escrow key (security review §14)
+            recipients.append(ctx.keys.evidence_public_key())
         target = HostTarget(case=ctx.case_id, msp=ctx.inventory.msp.name, tenant=ctx.host.tenant,
                             host=ctx.host.name, address=ctx.host.address, os=ctx.host.os,
                             ssh_user=ctx.conn.endpoint.user)

@@ -164,7 +164,8 @@ def extract(case_id: str, host: str, tenant: str | None, collection_id: str | No
 
 
 def _load_identities(paths: tuple[str, ...], collections: list[Any]) -> list[Any]:
-    """Keys from ``--identity``; else the escrow key if an encrypted bundle lists it as recipient."""
+    """Keys from ``--identity``; else the responder's evidence key if an encrypted bundle lists it as
+    recipient (the escrow key only for bundles made before the evidence key existed)."""
     from ir_toolkit.triage.crypto import fingerprint, load_private_key
 
     if paths:
@@ -186,9 +187,14 @@ def _load_identities(paths: tuple[str, ...], collections: list[Any]) -> list[Any
     except ImportError:
         return []
     try:
+        if fingerprint(keystore.evidence_public_key()) in wanted:
+            return [keystore.load_evidence_private_key()]
+    except InputError:
+        pass
+    try:
         public = keystore.escrow_public_key()
     except InputError:
         return []
     if fingerprint(public) not in wanted:
         return []
-    return [keystore.load_escrow_private_key()]
+    return [keystore.load_escrow_private_key()]  # a bundle encrypted before the evidence key existed

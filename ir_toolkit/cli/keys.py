@@ -19,14 +19,38 @@ def keys() -> None:
 @click.option("--name", metavar="NAME", help="Key name in signed notes (default: <host>/irkit-responder).")
 @click.option("--force", is_flag=True, help="Replace existing keys (the old ones move to keys/retired/).")
 @click.option("--if-missing", is_flag=True, help="Do nothing (exit 0) when keys already exist.")
+@click.option("--evidence-key", "evidence_only", is_flag=True,
+              help="Only add the evidence key pair to existing keys that lack it.")
 @format_option
-def init(name: str | None, force: bool, if_missing: bool, fmt: str) -> None:
-    """Create the signing key and the escrow key in $IRKIT_HOME/keys.
+def init(name: str | None, force: bool, if_missing: bool, evidence_only: bool, fmt: str) -> None:
+    """Create the signing key, the escrow key and the evidence key in $IRKIT_HOME/keys.
 
-    The passphrase comes from $IRKIT_KEY_PASSPHRASE or a hidden prompt.
+    The passphrase comes from $IRKIT_KEY_PASSPHRASE or a hidden prompt. The evidence
+    key (bundles are encrypted to it) is separate from the escrow key, so whoever reads
+    evidence need not be able to decrypt escrowed passwords; $IRKIT_EVIDENCE_PASSPHRASE
+    gives it a passphrase of its own.
     """
-    from ir_toolkit.secrets.keystore import get_passphrase, init_keys, keys_exist, show_keys
+    from ir_toolkit.secrets.keystore import (
+        EVIDENCE_PUB,
+        evidence_passphrase,
+        get_passphrase,
+        init_evidence_key,
+        init_keys,
+        keys_exist,
+        show_keys,
+    )
 
+    if evidence_only:
+        if not keys_exist():
+            raise InputError(f"no responder keys in {keys_dir()}: run `irkit keys init` first")
+        if (keys_dir() / EVIDENCE_PUB).exists():
+            raise InputError(f"an evidence key already exists in {keys_dir()}")
+        public = init_evidence_key(evidence_passphrase(get_passphrase(confirm=True)))
+        if fmt == "json":
+            emit_json({"created": True, "evidence_public_key": public})
+        else:
+            click.echo(f"created the evidence key in {keys_dir()}: {public}")
+        return
     if keys_exist() and not force:
         if if_missing:
             info = show_keys()
@@ -44,6 +68,7 @@ def init(name: str | None, force: bool, if_missing: bool, fmt: str) -> None:
     click.echo(f"created responder keys in {info['directory']}")
     click.echo(f"  audit signing key:  {info['verifier_key']}")
     click.echo(f"  escrow public key:  {info['escrow_public_key']}")
+    click.echo(f"  evidence public key: {info['evidence_public_key']}")
     if info.get("retired"):
         click.echo(f"  previous keys kept in {info['retired']}")
     click.echo("Give the verifier key to the client and auditors out of band: `irkit audit verify --key` pins it.")

@@ -25,7 +25,7 @@ from ir_toolkit.home import case_dir
 @click.option("--profile", default="ir_triage", show_default=True, help="Artifact profile (ir_triage, full).")
 @click.option("--recipient", "recipients", multiple=True, metavar="KEY",
               help="Encrypt bundles to this X25519 public key (PEM file, or base64 of 32 bytes); repeatable.")
-@click.option("--encrypt", is_flag=True, help="Encrypt bundles to the responder's escrow key (irkit keys init).")
+@click.option("--encrypt", is_flag=True, help="Encrypt bundles to the responder's evidence key (irkit keys init; not the escrow key).")
 @click.option("--allow-state-changes", is_flag=True,
               help="Also run artifacts marked modifies_state (e.g. iptables-save, which may load kernel modules).")
 @click.option("--definitions", "definitions", multiple=True, metavar="DIR",
@@ -67,7 +67,7 @@ def triage(msp: str | None, inventory_path: str | None, case_id: str, tenants: t
     for spec in recipients:
         load_public_key(spec)  # bad keys fail here, before a case directory is made
     if encrypt:
-        _escrow_public_key()
+        _evidence_public_key()
     case_path = case_dir(case_id, create=True)
     log.configure(json_path=log.run_log_path(case_path), verbosity=_verbosity())
     data = triage_playbook(tenants=list(tenants), hosts=list(hosts), profile=profile, encrypt=encrypt,
@@ -157,10 +157,10 @@ class TriageFrontend(CliFrontend):
             sys.exit(code)
 
 
-def _escrow_public_key() -> Any:
+def _evidence_public_key() -> Any:
     from ir_toolkit.secrets import keystore
 
-    return keystore.escrow_public_key()
+    return keystore.evidence_public_key()
 
 
 def _verbosity() -> int:

@@ -69,3 +69,9 @@ class KeyProvider:
         from ir_toolkit.secrets.keystore import escrow_public_key
 
         return escrow_public_key(self._directory)
+
+    def evidence_public_key(self) -> Any:
+        """The evidence recipient (bundles are encrypted to it; never the escrow key)."""
+        from ir_toolkit.secrets.keystore import evidence_public_key
+
+        return evidence_public_key(self._directory)

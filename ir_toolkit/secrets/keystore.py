@@ -70,6 +70,12 @@ PENDING_KEY = "signing.key.pending"
 PENDING_VKEY = "signing.vkey.pending"
 ESCROW_KEY = "escrow.key"
 ESCROW_PUB = "escrow.pub"
+#: the evidence recipient (bundles are encrypted to it), separate from escrow (security review §14):
+#: whoever reads evidence need not hold the key that decrypts every escrowed password
+EVIDENCE_KEY = "evidence.key"
+EVIDENCE_PUB = "evidence.pub"
+#: a distinct passphrase for the evidence key (default: the keys passphrase)
+EVIDENCE_PASSPHRASE_ENV = "IRKIT_EVIDENCE_PASSPHRASE"
 RETIRED = "retired"
 ROTATIONS = "rotations"
 _LINK_HEADER = "irkit key rotation v1"
@@ -251,20 +257,86 @@ def init_keys(passphrase: str, *, name: str | None = None, force: bool = False,
                      "public": b64encode(escrow_pub_raw), "created": _stamp()}
     escrow_doc = (json.dumps(seal_private(escrow_raw, passphrase, escrow_header), indent=1) + "\n").encode()
     signing_doc = _signing_doc(signer, passphrase)
-    retired = _retire(directory, [SIGNING_KEY, SIGNING_VKEY, ESCROW_KEY, ESCROW_PUB]) if force else None
+    retired = _retire(directory, [SIGNING_KEY, SIGNING_VKEY, ESCROW_KEY, ESCROW_PUB, EVIDENCE_KEY, EVIDENCE_PUB]) \
+        if force else None
     write_atomic(directory / SIGNING_KEY, signing_doc)
     write_atomic(directory / SIGNING_VKEY, (signer.verifier_key() + "\n").encode(), mode=0o644)
     write_atomic(directory / ESCROW_KEY, escrow_doc)
     pem = escrow_pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     write_atomic(directory / ESCROW_PUB, pem, mode=0o644)
+    evidence = init_evidence_key(evidence_passphrase(passphrase), name=signer.name, directory=directory)
     return {
         "directory": str(directory),
         "name": signer.name,
         "key_id": signer.key_id.hex(),
         "verifier_key": signer.verifier_key(),
         "escrow_public_key": b64encode(escrow_pub_raw),
+        "evidence_public_key": evidence,
         "retired": str(retired) if retired else None,
     }
+
+
+def evidence_passphrase(default: str | None = None) -> str:
+    """``$IRKIT_EVIDENCE_PASSPHRASE`` when set (a passphrase of the evidence key alone), else ``default``
+    (the keys passphrase), else :func:`get_passphrase`."""
+    import os
+
+    value = os.environ.get(EVIDENCE_PASSPHRASE_ENV)
+    if value:
+        register_secret(value)
+        return value
+    return default if default is not None else get_passphrase()
+
+
+def init_evidence_key(passphrase: str, *, name: str = "irkit", directory: Path | None = None) -> str:
+    """Create the evidence recipient key pair (X25519, sealed like the others); returns its public key."""
+    directory = directory or keys_dir(create=True)
+    key = X25519PrivateKey.generate()
+    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                            serialization.NoEncryption())
+    pub = key.public_key()
+    pub_raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    header = {"kind": "evidence", "algorithm": "x25519", "name": name, "public": b64encode(pub_raw),
+              "created": _stamp()}
+    write_atomic(directory / EVIDENCE_KEY, (json.dumps(seal_private(raw, passphrase, header), indent=1) + "\n").encode())
+    write_atomic(directory / EVIDENCE_PUB, pub.public_bytes(serialization.Encoding.PEM,
+                                                            serialization.PublicFormat.SubjectPublicKeyInfo),
+                 mode=0o644)
+    return b64encode(pub_raw)
+
+
+def evidence_public_key(directory: Path | None = None) -> X25519PublicKey:
+    """The evidence recipient public key (no passphrase needed)."""
+    directory = directory or keys_dir()
+    path = directory / EVIDENCE_PUB
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except FileNotFoundError:
+        if (directory / ESCROW_PUB).exists():
+            raise InputError(f"no evidence key in {directory} (keys made before it existed): run "
+                             "`irkit keys init --evidence-key`") from None
+        raise _missing(directory) from None
+    except ValueError:
+        raise InputError(f"{path}: not a PEM public key") from None
+    if not isinstance(key, X25519PublicKey):
+        raise InputError(f"{path}: not an X25519 public key")
+    return key
+
+
+def load_evidence_private_key(passphrase: str | None = None, directory: Path | None = None) -> X25519PrivateKey:
+    """The evidence recipient's private key (``$IRKIT_EVIDENCE_PASSPHRASE`` or the keys passphrase)."""
+    directory = directory or keys_dir()
+    path = directory / EVIDENCE_KEY
+    if not path.exists():
+        evidence_public_key(directory)  # the one clear line for a missing key
+        raise InputError(f"{path}: no such key file")
+    doc = _read_doc(path)
+    raw = open_private(doc, passphrase if passphrase is not None else evidence_passphrase(), path)
+    key = X25519PrivateKey.from_private_bytes(raw)
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if doc.get("kind") != "evidence" or b64encode(public) != doc.get("public"):
+        raise InputError(f"{path}: not the evidence key, or damaged")
+    return key
 
 
 def _load_signer_file(path: Path, passphrase: str) -> Signer:
@@ -425,6 +497,9 @@ def show_keys(directory: Path | None = None) -> dict[str, Any]:
         "key_id": signing.key_id.hex(),
         "verifier_key": signing.vkey,
         "escrow_public_key": b64encode(escrow_raw),
+        "evidence_public_key": (b64encode(evidence_public_key(directory).public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)) if (directory / EVIDENCE_PUB).exists()
+            else None),
         "kdf": {k: v for k, v in doc.get("kdf", {}).items() if k != "salt"},
         "retired_verifier_keys": retired,
         "pending_rotation": (directory / PENDING_KEY).exists(),
