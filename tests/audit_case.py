@@ -133,7 +133,18 @@ def _effect(log: AuditLog, case: str, phase: str, tenant: str, host: str, data: 
             **common, "provider": "redfish", "old_host_key_fingerprint": f"SHA256:old-{host}",
             "new_host_key_fingerprint": f"SHA256:new-{host}", "host_key_changed": True})
     elif phase == "directory" and host == next(iter(data["hosts"])):
+        digest = hashlib.sha256(f"directory {tenant}".encode()).hexdigest()
+        log.append_durable(action="directory.evidence", actor=actor, tenant=tenant, host=host, params={
+            **common, "file": f"evidence/{tenant}/{tenant}.example/directory-1.json", "sha256": digest,
+            "size": 999, "accounts": list(data["accounts"]), "groups": ["Domain Admins"], "dc": host,
+            "dc_certificate": "SHA256:dccert"})
+        log.append_durable(action="directory.krbtgt_reset", actor=actor, tenant=tenant, host=host,
+                           params={**common, "reset": 1, "of": 2, "kvno_before": 3, "cm": "CM0050"})
         for account in data["accounts"]:
+            log.append_durable(action="directory.account_disabled", actor=actor, tenant=tenant, host=host,
+                               params={**common, "account": account})
+            log.append_durable(action="directory.password_escrowed", actor=actor, tenant=tenant, host=host,
+                               params={**common, "account": account, "escrow": "e1"})
             log.append_durable(action="directory.password_reset", actor=actor, tenant=tenant, host=host,
                                params={**common, "account": account, "domain": f"{tenant}.example"})
 
@@ -155,7 +166,7 @@ def owned(case: str) -> dict[str, Any]:
             out[tenant]["leaves"].append(leaf_hash(line).hex())
             out[tenant]["seqs"].append(record["seq"])
             params = record.get("params", {})
-            for key in ("manifest_sha256", "ruleset_before_sha256", "entry"):
+            for key in ("manifest_sha256", "ruleset_before_sha256", "entry", "sha256"):
                 if isinstance(params.get(key), str):
                     out[tenant].setdefault("hashes", []).append(params[key])
     return out

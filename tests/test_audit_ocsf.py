@@ -66,6 +66,11 @@ def test_every_event_validates_against_its_class(signer, capsys):
     # a failure keeps its reason; a bundle its SHA-256
     failed = [e for e in events if e["unmapped"]["irkit"]["outcome"] in ("failed", "timed_out")]
     assert failed and all(e["status_detail"] for e in failed) and all(e["severity_id"] == 3 for e in failed)
+    directory = {e["unmapped"]["irkit"]["action"]: e for e in events if e["unmapped"]["irkit"]["action"].startswith("directory.")}
+    assert directory["directory.account_disabled"]["type_uid"] == 300105
+    assert directory["directory.password_reset"]["type_uid"] == 300104
+    assert directory["directory.krbtgt_reset"]["user"]["name"] == "krbtgt"
+    assert directory["directory.evidence"]["query_evidence"]["query_type_id"] == 14
     bundles = [e for e in events if e["class_uid"] == 5040]
     assert all(e["query_evidence"]["file"]["hashes"][0]["algorithm_id"] == 3 for e in bundles)
 

@@ -86,7 +86,13 @@ def test_full_report_has_verdict_timeline_and_every_fact(case, capsys):
     assert {e["host"] for e in initech["reimaged"]} == {"initech-app01"}
     assert {f["outcome"] for f in initech["failures"]} == {"timed_out", "failed"}
     assert [a["approver"] for a in initech["approvals"]] == ["cio@initech"]
-    assert initech["accounts"][0]["account"] == "it-peter.gibbons"
+    accounts = {(a["action"], a["account"]) for a in initech["accounts"]}
+    assert ("directory.password_reset", "it-peter.gibbons") in accounts
+    assert ("directory.account_disabled", "it-peter.gibbons") in accounts
+    assert ("directory.evidence", "it-peter.gibbons") in accounts
+    assert any(a["account"].startswith("krbtgt") for a in initech["accounts"])
+    directory_export = [e for e in initech["evidence"] if e["status"] == "directory export"]
+    assert len(directory_export) == 1 and directory_export[0]["sha256"] in page
     assert all(len(e["sha256"]) == 64 and e["custody"] is not None for e in initech["evidence"])
     assert "did not succeed" in initech["statement"] and "Initech Inc" in page
 

@@ -70,6 +70,15 @@ MAPPING: dict[str, tuple[str, int, str]] = {
     "reimage.start": ("remediation_activity", 3, "Restore"),
     "reimage.provider": ("remediation_activity", 3, "Restore"),
     "reimage.done": ("remediation_activity", 3, "Restore"),
+    # Active Directory (ir_toolkit/actions/directory.py)
+    "directory.evidence": ("evidence_info", 1, "Query"),
+    "directory.account_disabled": ("account_change", 5, "Disable"),
+    "directory.password_reset": ("account_change", 4, "Password Reset"),
+    "directory.password_refused": ("account_change", 4, "Password Reset"),
+    "directory.krbtgt_reset": ("account_change", 4, "Password Reset"),
+    "directory.group_member_removed": ("account_change", 99, "Group Member Removed"),
+    "directory.password_escrowed": ("api_activity", 1, "Create"),
+    "directory.privileged_member": ("base_event", 99, "directory.privileged_member"),
 }
 #: directory.<verb> records (the Active Directory actions) -> Account Change activity
 DIRECTORY_ACTIVITIES = {"create": (1, "Create"), "enable": (2, "Enable"), "password_change": (3, "Password Change"),
@@ -157,6 +166,8 @@ def _account_change(event: dict, action: str, params: dict, record: dict, _cmd: 
         fps = params.get("fingerprints") or []
         if fps:
             user["credential_uid"] = _str(fps[0])
+    elif action == "directory.krbtgt_reset":
+        user["name"] = "krbtgt"
     else:
         user["name"] = _str(params.get("account") or params.get("user") or params.get("sam") or "unknown")
         if params.get("domain"):
@@ -176,7 +187,14 @@ def _authentication(event: dict, action: str, params: dict, record: dict, _cmd: 
 
 def _evidence(event: dict, action: str, params: dict, record: dict, _cmd: str) -> None:
     query: dict[str, Any] = {"query_type_id": 99, "query_type": "irkit triage collection"}
-    if params.get("bundle_sha256"):
+    if action == "directory.evidence":
+        query = {"query_type_id": 14, "query_type": "Users",
+                 "users": [{"name": _str(a)} for a in params.get("accounts") or []]}
+        if params.get("sha256"):
+            query["file"] = {"name": _str(params.get("file") or "directory.json").rsplit("/", 1)[-1], "type_id": 1,
+                             "path": _str(params.get("file") or ""),
+                             "hashes": [{"algorithm_id": 3, "algorithm": "SHA-256", "value": _str(params["sha256"])}]}
+    elif params.get("bundle_sha256"):
         query["file"] = {"name": _str(params.get("bundle_file") or "bundle"), "type_id": 1,
                          "path": _str(params.get("bundle") or ""),
                          "hashes": [{"algorithm_id": 3, "algorithm": "SHA-256", "value": _str(params["bundle_sha256"])}]}
@@ -184,7 +202,8 @@ def _evidence(event: dict, action: str, params: dict, record: dict, _cmd: str) -
             query["file"]["size"] = params["bundle_size"]
     event["query_evidence"] = query
     status = params.get("status")
-    event["query_result_id"] = 4 if action.endswith("failed") else 1 if status == "complete" else 2
+    event["query_result_id"] = 4 if action.endswith("failed") else 1 if status == "complete" or \
+        action == "directory.evidence" else 2
     event["query_result"] = {1: "Exists", 2: "Partial", 4: "Error"}[event["query_result_id"]]
     event.setdefault("device", {"name": "unknown", "type_id": 0})
 
@@ -193,7 +212,7 @@ def _api(event: dict, action: str, params: dict, record: dict, _cmd: str) -> Non
     operation = params.get("step_action") if action.startswith("step.") else {
         "approval.given": "approve_plan", "escrow.read": "read_escrowed_secret",
         "credential.escrowed": "escrow_secret", "credential.reconciled": "reconcile_escrow",
-        "gate.override": "override_evidence_gate",
+        "gate.override": "override_evidence_gate", "directory.password_escrowed": "escrow_secret",
     }.get(action, action)
     event["api"] = {"operation": _str(operation or action)}
     if params.get("item"):

@@ -263,11 +263,22 @@ class _Tenant:
                                             f"{_str(params.get('failed'))} of {_str(params.get('hosts'))} hosts failed"})
             self.marks.append({"ts": ts, "kind": "stopped", "host": None, "phase": params.get("phase"),
                                "reason": "tenant stopped"})
-        elif action.startswith("directory.") or action == "account.created":
+        elif action == "directory.evidence":
+            self.evidence.append({**base, "collection_id": None, "bundle": params.get("file"),
+                                  "bundle_file": params.get("file"), "sha256": params.get("sha256"),
+                                  "size": params.get("size"), "manifest_sha256": None, "encrypted": False,
+                                  "recipients": [], "status": "directory export", "outcome": outcome,
+                                  "files": {"collected": 1, "failed": 0, "skipped": 0}, "hash_mismatches": 0,
+                                  "custody": []})
+            found = params.get("accounts") if isinstance(params.get("accounts"), list) else []
             self.accounts.append({**base, "action": action, "outcome": outcome,
-                                  "account": params.get("account") or params.get("user") or params.get("sam")
-                                  or params.get("name"), "details": {k: v for k, v in params.items()
-                                                                     if k not in ("case",)}})
+                                  "account": ", ".join(map(str, found)) or None, "details": {}})
+        elif action.startswith("directory.") or action == "account.created":
+            account = params.get("account") or params.get("user") or params.get("sam") or params.get("name")
+            if action == "directory.krbtgt_reset":
+                account = f"krbtgt (reset {_str(params.get('reset'))} of {_str(params.get('of'))})"
+            self.accounts.append({**base, "action": action, "outcome": outcome, "account": account,
+                                  "details": {k: v for k, v in params.items() if k not in ("case",)}})
         else:
             self.other.append({**base, "action": action, "outcome": outcome})
         if outcome in FAILED_OUTCOMES and not action.startswith("step.") and action not in (
