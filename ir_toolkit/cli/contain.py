@@ -15,21 +15,24 @@ from ir_toolkit.cli.options import (
 )
 from ir_toolkit.cli.run import forks_option
 from ir_toolkit.run import session
+from ir_toolkit.run.shipped import CONTAINMENT, resolve_playbook
 
-DEFAULT_PLAYBOOK = "playbooks/msp-breach-containment.yml"
+DEFAULT_PLAYBOOK = "playbooks/msp-breach-containment.yml"  # the shipped one (package data)
 
 
 @click.command("contain")
 @inventory_options
 @case_option(required=False)
-@click.option("--playbook", metavar="FILE", default=DEFAULT_PLAYBOOK, show_default=True, help="Playbook to run.")
+@click.option("--playbook", metavar="FILE", default=None,
+              help=f"Playbook to run: a file, or a shipped playbook's name (default: {DEFAULT_PLAYBOOK}, shipped "
+                   "with irkit; a file at that path overrides it).")
 @click.option("--yes", is_flag=True, help="Skip the confirmation prompt (counts as your approval).")
 @click.option("--dry-run", is_flag=True, help="Stop after showing the plan; change nothing.")
 @click.option("--approval-wait", type=float, default=0, show_default=True, metavar="SECONDS",
               help="Wait this long for other approvers' signatures.")
 @forks_option
 @format_option
-def contain(msp: str | None, inventory_path: str | None, case_id: str | None, playbook: str, yes: bool,
+def contain(msp: str | None, inventory_path: str | None, case_id: str | None, playbook: str | None, yes: bool,
             dry_run: bool, approval_wait: float, forks: int, fmt: str) -> None:
     """Contain an MSP breach across every tenant: preserve evidence, isolate,
     revoke the MSP's shared keys, rotate shared accounts, verify.
@@ -42,5 +45,6 @@ def contain(msp: str | None, inventory_path: str | None, case_id: str | None, pl
     session.start_case_logging(case_id)
     frontend = CliFrontend(fmt, yes=yes)
     frontend.err.print(f"case {case_id}")
-    sys.exit(session.run_playbook(msp, inventory_path, case_id, playbook, frontend=frontend, dry_run=dry_run,
+    path = resolve_playbook(playbook or DEFAULT_PLAYBOOK, CONTAINMENT)
+    sys.exit(session.run_playbook(msp, inventory_path, case_id, path, frontend=frontend, dry_run=dry_run,
                                   forks=forks, approval_wait=approval_wait))

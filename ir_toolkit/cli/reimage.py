@@ -25,17 +25,15 @@ from ir_toolkit.cli.run import forks_option
 from ir_toolkit.errors import FileInputError, InputError
 from ir_toolkit.run import session
 from ir_toolkit.run.generated import reimage_playbook, write_generated_playbook
+from ir_toolkit.run.shipped import REIMAGE, resolve_playbook
 from ir_toolkit.yamlfile import load
 
 DEFAULT_PLAYBOOK = "playbooks/reimage.yml"
 
 
 def default_playbook() -> Path:
-    """``playbooks/reimage.yml`` in the working directory, else the one shipped next to the package."""
-    here = Path(DEFAULT_PLAYBOOK)
-    if here.exists():
-        return here
-    return Path(__file__).resolve().parents[2] / DEFAULT_PLAYBOOK
+    """``playbooks/reimage.yml`` in the working directory if there is one, else the shipped one."""
+    return resolve_playbook(DEFAULT_PLAYBOOK, REIMAGE)
 
 
 @click.command("reimage")
@@ -107,7 +105,7 @@ def reimage(msp: str | None, inventory_path: str | None, case_id: str, hosts: tu
         raise InputError("--evidence-override needs a written reason")
     if image_url is not None and image_url.split("://", 1)[0] not in ("http", "https", "nfs", "cifs", "smb"):
         raise InputError(f"--image-url {image_url!r}: use an http(s)://, nfs:// or cifs:// URL")
-    template_path = Path(playbook) if playbook else default_playbook()
+    template_path = resolve_playbook(playbook, REIMAGE) if playbook else default_playbook()
     template = load(template_path, what="playbook")
     if not isinstance(template, dict):
         raise FileInputError(str(template_path), None, None, "a playbook is a mapping with name: and phases:")

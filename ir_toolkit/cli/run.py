@@ -14,6 +14,7 @@ from ir_toolkit.errors import EXIT_OK
 from ir_toolkit.playbook.engine import DEFAULT_FORKS
 from ir_toolkit.playbook.plan import load_plan
 from ir_toolkit.run import session
+from ir_toolkit.run.shipped import CONTAINMENT, resolve_playbook
 
 
 def forks_option(func):  # type: ignore[no-untyped-def]
@@ -24,13 +25,15 @@ def forks_option(func):  # type: ignore[no-untyped-def]
 @click.command("plan")
 @inventory_options
 @case_option()
-@click.option("--playbook", metavar="FILE", required=True, help="Playbook to plan.")
+@click.option("--playbook", metavar="FILE", required=True,
+              help="Playbook to plan: a file, or a shipped playbook's name (e.g. msp-breach-containment).")
 @forks_option
 @format_option
 def plan(msp: str | None, inventory_path: str | None, case_id: str, playbook: str, forks: int, fmt: str) -> None:
     """Inspect every targeted host and write a deterministic, content-hashed plan (changes nothing)."""
     session.start_case_logging(case_id)
-    the_plan, _, _, _ = session.make_plan(msp, inventory_path, playbook, case_id, forks=forks,
+    the_plan, _, _, _ = session.make_plan(msp, inventory_path, str(resolve_playbook(playbook, CONTAINMENT)),
+                                          case_id, forks=forks,
                                           frontend=CliFrontend(fmt))
     show_plan(the_plan, fmt)
 
