@@ -312,8 +312,9 @@ def test_contain_covers_every_domain_and_a_second_run_changes_nothing(adlab, env
                             "krbtgt.json").read_text())
         assert kvno >= state["kvno_before"] + 2 and state["old_tgt"].startswith("refused"), state
         found = [r for r in records if r["action"] == "directory.privileged_member" and r["tenant"] == tenant]
-        assert [r["params"]["account"] for r in found] == ["svc-backup"]
-        assert found[0]["params"]["in_incident_window"] is True
+        rogue = [r for r in found if r["params"]["account"] == "svc-backup"]
+        assert len(rogue) == 1 and rogue[0]["params"]["in_incident_window"] is True
+        assert not {r["params"]["account"] for r in found} & set(d["msp_accounts"])  # MSP accounts are not findings
         evidence = [r for r in records if r["action"] == "directory.evidence" and r["tenant"] == tenant]
         assert len(evidence) == 1
         path = Path(adlab.home) / "cases" / case / evidence[0]["params"]["file"]
@@ -401,3 +402,39 @@ def test_sweep_disables_only_when_the_playbook_says_so_and_the_step_is_approved(
                for r in records)
     assert not binds(d, "svc-backup", (Path(adlab.home) / "lab" / adlab.msp / "directories" / "t002" /
                                        "rogue_password").read_text().strip())
+
+
+def test_an_unreachable_dc_is_skipped_for_the_next_one_and_hostile_names_stay_inert(adlab, env, dirs, tmp_path):
+    """t001 lists a dead DC first (nothing answers at .99): irkit binds to the next one. A member of Domain
+    Admins whose name carries terminal escapes and rich markup is reported, inert, in the summary."""
+    import ldap3
+
+    data = yaml.safe_load(Path(adlab.inventory_path).read_text())
+    t1 = next(t for t in data["tenants"] if t["name"] == "t001")
+    dead = ".".join(dirs["t001"]["dc_address"].split(".")[:3] + ["99"])
+    t1["directory"]["domain_controllers"].insert(0, {"address": dead, "name": "dc99.t001.lab"})
+    t1["directory"]["connect_timeout"] = 2
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    d = dirs["t001"]
+    base = ",".join(f"DC={x}" for x in d["domain"].split("."))
+    conn = admin(d)
+    evil_cn = "evil\x1b[31m[bold red]x"
+    dn = f"CN={ldap3.utils.dn.escape_rdn(evil_cn)},CN=Users,{base}"
+    # the admin connection: add a user in Domain Admins with a hostile CN
+    ok = conn._op("add", lambda: conn._conn.add(dn, ["top", "person", "organizationalPerson", "user"],
+                                                 {"sAMAccountName": "evil1"}))
+    assert ok, conn._conn.result
+    conn.modify(f"CN=Domain Admins,CN=Users,{base}", {"member": [(ldap3.MODIFY_ADD, [dn])]})
+    conn.close()
+    playbook = directory_playbook(tmp_path / "dir.yml", steps=["directory.collect_evidence",
+                                                               "directory.privileged_sweep"], tenants=["t001"])
+    proc = irkit(env, "contain", "--inventory", str(inventory), "--playbook", str(playbook), "--case", "AD-FAILOVER",
+                 "--yes", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "evil1" in proc.stdout and "\x1b" not in proc.stdout + proc.stderr
+    records = [r for r in audit_records(env, "AD-FAILOVER") if r["action"] == "directory.privileged_member"]
+    evil = next(r for r in records if r["params"]["account"] == "evil1")
+    assert "\x1b" not in evil["params"]["dn"]
+    ev = next(r for r in audit_records(env, "AD-FAILOVER") if r["action"] == "directory.evidence")
+    assert ev["params"]["dc"] == d["dc_address"]  # the live DC, after the dead one

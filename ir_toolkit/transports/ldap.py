@@ -41,6 +41,8 @@ COMMAND_FAILED = "command_failed"
 #: AD's error for a password the domain's policy refuses (length, complexity, history)
 CONSTRAINT_VIOLATION = "constraintViolation"
 UF_ACCOUNTDISABLE = 0x2
+#: at most this many entries per search (guarded groups and MSP accounts are small; a DC that says otherwise lies)
+MAX_ENTRIES = 100_000
 MATCHING_RULE_IN_CHAIN = "1.2.840.113556.1.4.1941"
 
 
@@ -258,6 +260,9 @@ class LdapConnection:
                 for entry in self._conn.response or []:
                     if entry.get("type") != "searchResEntry":
                         continue
+                    if len(out) >= MAX_ENTRIES:  # a hostile DC may answer without end
+                        raise DirectoryError(f"{self.ldap_endpoint.where}: search {one_line(ldap_filter, 60)} "
+                                             f"returned more than {MAX_ENTRIES} entries", code="sizeLimit")
                     attrs = {k: (v if isinstance(v, list) else [v]) for k, v in entry.get("attributes", {}).items()}
                     out.append((entry["dn"], attrs))
                 controls = self._conn.result.get("controls", {})
