@@ -73,8 +73,7 @@ def test_contain_mixed_fleet_on_windows_hosts(winc, env, tmp_path):
     assert all("msp-support" in members(winc, h, "Administrators") for h in win)
     assert tcp_reach(winc, linux[0]["name"], win, port=5986) == {h["name"]: True for h in win}
 
-    playbook = contain_playbook(winc, tmp_path / "contain.yml", phases=["access", "isolate", "revoke", "rotate", "harden",
-                                                                        "verify"])
+    playbook = contain_playbook(winc, tmp_path / "contain.yml")  # the whole playbook: evidence first
     proc = irkit(env, "contain", "--inventory", str(winc.inventory_path), "--case", "WC-1",
                  "--playbook", str(playbook), "--yes", "--format", "json", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -92,6 +91,18 @@ def test_contain_mixed_fleet_on_windows_hosts(winc, env, tmp_path):
     assert all(logs_in(winc, h, "irkit-responder",
                        Path(info["windows_responder_password_file"]).read_text().strip()) for h in win)
     assert irkit(env, "audit", "verify", "--case", "WC-1").returncode == 0
-    records = irkit(env, "audit", "show", "--case", "WC-1", "--format", "json").stdout
+    assert irkit(env, "evidence", "verify", "--case", "WC-1").returncode == 0
+    records = json.loads(irkit(env, "audit", "show", "--case", "WC-1", "--format", "json", check=0).stdout)
     for h in win:
-        assert f'"{h["name"]}"' in records
+        mine = [r for r in records if r.get("host") == h["name"]]
+        actions = {r.get("action") for r in mine}
+        assert {"evidence.collected", "credential.rotated", "host.isolated"} <= actions, (h["name"], actions)
+        assert "group.member_removed" in actions
+    # the Windows bundle holds the volatile data and the exported event log, hashed on both ends
+    from ir_toolkit.triage.status import host_evidence_status
+    from containment_helpers import home
+
+    with home(env):
+        for h in win:
+            status = host_evidence_status("WC-1", h["tenant"], h["name"], rehash=True)
+            assert status.ready, (h["name"], status)

@@ -48,6 +48,7 @@ from ir_toolkit.actions.credentials import (
     generate_password,
 )
 from ir_toolkit.actions.isolation import IsolateParams, ReleaseParams, allowed_networks
+from ir_toolkit.actions.triage import CollectTriage
 from ir_toolkit.secrets import escrow as esc
 from ir_toolkit.secrets.references import parse_ref, resolve
 from ir_toolkit.transports.base import AUTH_FAILED, Timeouts, TransportError
@@ -566,3 +567,15 @@ class WindowsReleaseHost(Action):
         left = _rules(ctx)
         return Outcome(False, "no isolation rules left" if not left else f"{len(left)} isolation rule(s) left",
                        ok=not left)
+
+
+# =========================================================================== triage.collect
+
+
+@register
+class WindowsCollectTriage(CollectTriage):
+    """Triage over WinRM: volatile data via PowerShell, event logs (wevtutil epl) and hives (reg save)
+    fetched in chunks with SHA-256 on the host and on receipt (ir_toolkit/triage/windows.py)."""
+
+    os = ("windows",)
+    connection_kinds = ("winrm",)

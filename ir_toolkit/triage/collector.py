@@ -826,7 +826,12 @@ def collect_host(
     final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     budget = EvidenceBudget(limits, evidence_root(target.case) if directory is None else directory, final.parent)
     writer = BundleWriter(final, recipients, budget=budget)
-    collector = HostCollector(conn, target, selection, writer, transfer=transfer, idle_timeout=idle_timeout,
+    collector_cls = HostCollector
+    if target.os == "windows":  # over WinRM: PowerShell, wevtutil/reg save, chunked fetch (triage/windows.py)
+        from ir_toolkit.triage.windows import WindowsHostCollector
+
+        collector_cls = WindowsHostCollector
+    collector = collector_cls(conn, target, selection, writer, transfer=transfer, idle_timeout=idle_timeout,
                               deadline=deadline)
     collector.log.add("info", "collection started", case=target.case, tenant=target.tenant, host=target.host,
                       address=target.address, profile=selection.profile)

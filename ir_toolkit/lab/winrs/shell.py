@@ -456,6 +456,74 @@ class Script:
         self.host.on_restart()
         self.proc.sleep(3600)  # the service (and this shell with it) goes away under the command
 
+    # ------------------------------------------------------------------ files (triage)
+    def _files(self) -> dict[str, Any]:
+        return self.model.state.setdefault("files", {})
+
+    def _put_file(self, path: str, data: bytes) -> None:
+        self._files()[path.lower()] = {"path": path, "data": base64.b64encode(data).decode()}
+        self._changed()
+
+    def _file(self, cmd: str, path: str) -> bytes:
+        entry = self._files().get(path.lower())
+        if entry is None:
+            raise PsError(cmd, f"Cannot find path '{path}' because it does not exist.",
+                          f"ObjectNotFound: ({path}:String) [{cmd}], ItemNotFoundException",
+                          f"PathNotFound,Microsoft.PowerShell.Commands.{cmd.replace('-', '')}Command")
+        return base64.b64decode(entry["data"])
+
+    def s_mkdir(self, path: str) -> None:
+        self.model.state.setdefault("dirs", [])
+        if unquote(path).lower() not in self.model.state["dirs"]:
+            self.model.state["dirs"].append(unquote(path).lower())
+
+    def s_wevtutil_epl(self, channel: str, path: str) -> None:
+        name = unquote(channel)
+        records = next((v for k, v in self.model.state["events"].items() if k.lower() == name.lower()), None)
+        if records is None:
+            raise PsError("wevtutil.exe", f"Failed to export log {name}. The specified channel could not be found.",
+                          "NotSpecified: (:String) [], RemoteException", "NativeCommandError")
+        # the lab writes the records as JSON lines, not the binary EVTX format (docs/windows.md)
+        data = "".join(json.dumps({"Channel": name, **r}, sort_keys=True) + "\n" for r in records).encode()
+        self._put_file(unquote(path), data)
+
+    def s_reg_save(self, key: str, path: str) -> None:
+        k = unquote(key).upper()
+        state = self.model.state
+        parts = {"HKLM\\SOFTWARE": {"run_keys": state["run_keys"], "tasks": state["tasks"]},
+                 "HKLM\\SYSTEM": {"services": state["services"], "firewall": state["firewall"]},
+                 "HKLM\\SAM": {"users": {n: {"rid": u["rid"], "nt_hash": u["nt_hash"], "enabled": u["enabled"]}
+                                          for n, u in state["users"].items()}, "groups": state["groups"]},
+                 "HKLM\\SECURITY": {"policy": "lab"}, "HKU\\.DEFAULT": {}}
+        if k not in parts:
+            raise PsError("reg.exe", "ERROR: The system was unable to find the specified registry key or value.",
+                          "NotSpecified: (:String) [], RemoteException", "NativeCommandError")
+        # the lab writes the hive's content as JSON, not the REGF hive format (docs/windows.md)
+        self._put_file(unquote(path), json.dumps({"key": k, **parts[k]}, sort_keys=True, indent=1).encode())
+
+    def s_exitcode_check(self) -> None:
+        pass  # native failures already raised an error record in the lab
+
+    def s_file_length(self, path: str) -> None:
+        self.out(str(len(self._file("Get-Item", unquote(path)))))
+
+    def s_file_hash(self, path: str) -> None:
+        import hashlib
+
+        self.out(hashlib.sha256(self._file("Get-FileHash", unquote(path))).hexdigest().upper())
+
+    def s_file_chunk(self, path: str, offset: str, size: str, size2: str) -> None:
+        data = self._file("OpenRead", unquote(path))
+        n = min(int(size), 4 * 1024 * 1024)
+        self.out(base64.b64encode(data[int(offset):int(offset) + n]).decode())
+
+    def s_remove_item(self, path: str) -> None:
+        prefix = unquote(path).lower().rstrip("\\")
+        files = self._files()
+        for k in [k for k in files if k == prefix or k.startswith(prefix + "\\")]:
+            del files[k]
+        self._changed()
+
 
 def _valid_address(text: str) -> bool:
     try:
@@ -503,6 +571,18 @@ _SHAPES: list[tuple[re.Pattern[str], Callable[..., None]]] = [(re.compile(p, re.
      r"@\{n='Arguments';e=\{\$_\.Actions\[0\]\.Arguments\}\}" + _J, Script.s_get_tasks),
     (rf"Get-ItemProperty\s+-Path\s+{Q}\s*\|\s*Select-Object\s+-Property\s+\*\s+-ExcludeProperty\s+PS\*" + _J,
      Script.s_get_run_key),
+    (rf"New-Item\s+-ItemType\s+Directory\s+-Force\s+-Path\s+{Q}\s*\|\s*Out-Null", Script.s_mkdir),
+    (rf"wevtutil(?:\.exe)?\s+epl\s+{Q}\s+{Q}\s+/ow:true", Script.s_wevtutil_epl),
+    (rf"reg(?:\.exe)?\s+save\s+{Q}\s+{Q}\s+/y", Script.s_reg_save),
+    (r"if\s*\(\$LASTEXITCODE\s+-ne\s+0\)\s*\{\s*exit\s+\$LASTEXITCODE\s*\}", Script.s_exitcode_check),
+    (rf"\(Get-Item\s+-LiteralPath\s+{Q}\)\.Length", Script.s_file_length),
+    (rf"\(Get-FileHash\s+-Algorithm\s+SHA256\s+-LiteralPath\s+{Q}\)\.Hash", Script.s_file_hash),
+    (rf"\$f\s*=\s*\[IO\.File\]::OpenRead\({Q}\);\s*try\s*\{{\s*\$null\s*=\s*\$f\.Seek\((\d+),\s*'Begin'\);"
+     r"\s*\$b\s*=\s*New-Object\s+byte\[\]\s+(\d+);\s*\$n\s*=\s*\$f\.Read\(\$b,\s*0,\s*(\d+)\);\s*"
+     r"\[Convert\]::ToBase64String\(\$b,\s*0,\s*\$n\)\s*\}\s*finally\s*\{\s*\$f\.Close\(\)\s*\}",
+     Script.s_file_chunk),
+    (rf"Remove-Item\s+-LiteralPath\s+{Q}\s+-Recurse\s+-Force(?:\s+-ErrorAction\s+SilentlyContinue)?",
+     Script.s_remove_item),
     (r"Restart-Service\s+-Name\s+WinRM\s+-Force", Script.s_restart_winrm),
 ]]
 
