@@ -106,3 +106,69 @@ def test_contain_mixed_fleet_on_windows_hosts(winc, env, tmp_path):
         for h in win:
             status = host_evidence_status("WC-1", h["tenant"], h["name"], rehash=True)
             assert status.ready, (h["name"], status)
+
+
+# ----------------------------------------------------------------------------- kill -9 and resume
+
+
+@pytest.fixture(scope="module")
+def wrot(lab_factory):
+    return lab_factory("wrot", tenants=1, hosts_per_tenant=1, windows_per_tenant=2)
+
+
+def _secrets(env, case, host_name, account="acmeadmin"):
+    from ir_toolkit.secrets import escrow as esc
+    from ir_toolkit.secrets.keyprovider import KeyProvider
+
+    from containment_helpers import home
+
+    with home(env):
+        key = KeyProvider.unlock().escrow_private_key()
+        return [(e.state, e.decrypt(key)) for e in esc.Escrow(case).entries(host=host_name, account=account)]
+
+
+def _working(lab, host, candidates):
+    works = [p for p in dict.fromkeys(candidates) if logs_in(lab, host, "acmeadmin", p)]
+    assert len(works) <= 1, f"{host['name']}: {len(works)} different passwords log in"
+    return works[0] if works else None
+
+
+def test_kill_9_during_windows_rotation_then_resume(wrot):
+    import random
+
+    env = keyed_env(wrot)
+    rng = random.Random(int(os.environ.get("IRKIT_TEST_SEED", "12")))
+    win = _win(wrot)
+    known = {h["name"]: wrot.info["windows_shared_password"] for h in win}
+    assert all(_working(wrot, h, [known[h["name"]]]) for h in win)
+    for i in range(int(os.environ.get("IRKIT_TEST_KILLS", "3"))):
+        case = f"WKILL-{i}"
+        child = subprocess.Popen([IRKIT, "rotate", "--inventory", str(wrot.inventory_path), "--case", case, "--yes"],
+                                 env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # wait until the rotation has escrowed something (the kill lands inside the rotation), then kill
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            if any(_secrets(env, case, h["name"]) for h in win):
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 1.5))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        # right after the kill: every Windows host's password is known (the old one, or one in escrow)
+        for h in win:
+            candidates = [known[h["name"]], *(p for _, p in _secrets(env, case, h["name"]))]
+            assert _working(wrot, h, candidates), f"kill {i}: {h['name']}: no known password logs in"
+        proc = irkit(env, "resume", "--case", case, timeout=600)
+        if "no run to resume" in proc.stderr:
+            proc = irkit(env, "rotate", "--inventory", str(wrot.inventory_path), "--case", case, "--yes", timeout=600)
+        assert proc.returncode == 0, f"kill {i}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        for h in win:
+            entries = _secrets(env, case, h["name"])
+            assert entries and not [s for s, _ in entries if s in ("pending", "applied")], (i, h["name"], entries)
+            current = escrow_get(env, case, h["name"], "acmeadmin")
+            assert current == [p for s, p in entries if s == "verified"][-1]
+            assert logs_in(wrot, h, "acmeadmin", current), (i, h["name"])
+            if current != known[h["name"]]:
+                assert not logs_in(wrot, h, "acmeadmin", known[h["name"]])
+            known[h["name"]] = current
+        assert irkit(env, "audit", "verify", "--case", case).returncode == 0
