@@ -454,6 +454,7 @@ def _start(dc: DcState, paths: DcPaths, prefixlen: int) -> None:
         (os.POSIX_SPAWN_OPEN, 1, str(paths.log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
+    procs.no_inherit()  # no controller descriptor (e.g. a flock) lives on in the DC
     dc.spawn_pid = childenv.spawn(nsenter, argv, {"PATH": HOST_PATH, "LANG": "C.UTF-8"}, file_actions=actions,
                                   setsid=True)
     dc.spawn_start = procs.start_time(dc.spawn_pid)

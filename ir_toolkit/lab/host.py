@@ -143,6 +143,7 @@ class Spawner:
             (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
             (os.POSIX_SPAWN_DUP2, 1, 2),
         ]
+        procs.no_inherit()  # no controller descriptor (e.g. a flock) lives on in the host
         return childenv.spawn(self.nsenter, argv, self.env, file_actions=actions, setsid=True)
 
 

@@ -109,3 +109,20 @@ def kill_and_wait(pids: Iterable[int], timeout: float = 10.0) -> list[int]:
             break
         time.sleep(0.02)
     return sorted(pending)
+
+
+def no_inherit() -> None:
+    """Mark every descriptor above stderr close-on-exec before starting a long-lived lab process.
+
+    ``posix_spawn`` passes every inheritable descriptor on: a lab started under
+    ``flock LOCK -c 'irkit lab up ...'`` would otherwise keep the lock (and any other file the
+    controller had open) in every host and DC for as long as the lab runs.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
+
