@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chromium")
     parser.add_argument("html", type=Path)
     parser.add_argument("--inventory", type=Path, help="every host of this inventory must be on the page")
+    parser.add_argument("--case", help="every host named in this case's audit log ($IRKIT_HOME) must be on the page")
     parser.add_argument("--screenshot", type=Path, help="write a PNG of the top of the page (verdict, timeline)")
     parser.add_argument("--height", type=int, default=900)
     args = parser.parse_args(argv)
@@ -270,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         from ir_toolkit.inventory import load_inventory
 
         hosts = [h.name for h in load_inventory(args.inventory).hosts()]
+    if args.case:
+        from ir_toolkit.audit.review import read_log
+
+        hosts += sorted({r["host"] for r, _ in read_log(args.case) if isinstance(r.get("host"), str)} - set(hosts))
     with Browser() as browser:
         page = browser.open(args.html.resolve().as_uri(), width=1100, height=args.height)
         info = inspect(page)

@@ -81,6 +81,28 @@ def test_report_of_a_real_containment_run_renders_in_chromium(lab_factory, tmp_p
         info = check_page(page, hosts, tenants=len(inventory.tenants))
         for host in inventory.hosts():
             assert str(host.address) in info["text"]
+    # the real run's OCSF export validates, every event
+    from tests.test_audit_ocsf import assert_valid
+
+    proc = cli("audit", "export", "--case", "REP-LAB", "--format", "ocsf")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    classes = {assert_valid(json.loads(line)) for line in proc.stdout.splitlines()}
+    assert {"api_activity", "account_change", "evidence_info", "network_remediation_activity"} <= classes
+    # the tenant export of the real run verifies with only the public key, and fails when a record is dropped
+    vkey = json.loads(cli("keys", "show", "--format", "json").stdout)["verifier_key"]
+    export_dir = tmp_path / "export"
+    proc = cli("audit", "export", "--case", "REP-LAB", "--tenant", inventory.tenants[0].name, "--out", str(export_dir))
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-I", str(export_dir / "verify_export.py"), str(export_dir), "--key", vkey],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("VERIFIED"), proc.stdout + proc.stderr
+    lines = (export_dir / "records.jsonl").read_bytes().split(b"\n")
+    (export_dir / "records.jsonl").write_bytes(b"\n".join(lines[:3] + lines[4:]))
+    proc = subprocess.run([sys.executable, "-I", str(export_dir / "verify_export.py"), str(export_dir), "--key", vkey],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1 and "dropped" in proc.stdout
     # one tenant's report names nothing of the other, in the browser's text too
     first, second = inventory.tenants[0], inventory.tenants[1]
     out1 = tmp_path / "t1.html"
