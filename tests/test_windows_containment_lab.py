@@ -86,7 +86,9 @@ def test_contain_mixed_fleet_on_windows_hosts(winc, env, tmp_path):
         assert "msp-support" not in members(winc, h, "Remote Desktop Users")
     passwords = {escrow_get(env, "WC-1", h["name"], "acmeadmin") for h in win}
     assert len(passwords) == len(win)  # unique per host
-    # isolation by packets: peers blocked, the controller still in
+    # isolation by packets: peers blocked, the controller still in. The Linux peer is isolated too:
+    # take its own isolation table away (out of band), so only the Windows hosts' rules can block it.
+    assert winc.exec(linux[0]["name"], "nft delete table inet irkit_isolation").returncode == 0
     assert tcp_reach(winc, linux[0]["name"], win, port=5986) == {h["name"]: False for h in win}
     assert all(logs_in(winc, h, "irkit-responder",
                        Path(info["windows_responder_password_file"]).read_text().strip()) for h in win)
