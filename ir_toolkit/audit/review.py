@@ -344,12 +344,17 @@ class _Tenant:
         }
 
 
+def _readable(ts: object) -> str:
+    """``2026-05-01 12:00:00`` from a record timestamp (seconds; UTC)."""
+    return ts[:19].replace("T", " ") if isinstance(ts, str) and _TS.match(ts) else "?"
+
+
 def _statement(case: str, origin: str | None, tenant: dict[str, Any], verification: dict[str, Any],
                run: dict[str, Any]) -> str:
     """A short plain-text statement the client can receive."""
     hosts = tenant["hosts"]
     n = len(hosts)
-    parts = [f"Incident case {case}: between {tenant['first'] or '?'} and {tenant['last'] or '?'} (UTC) the "
+    parts = [f"Incident case {case}: between {_readable(tenant['first'])} and {_readable(tenant['last'])} (UTC) the "
              f"responders acted on {n} host{'s' if n != 1 else ''} of {tenant['name']}."]
     did = []
     if tenant["evidence"]:
