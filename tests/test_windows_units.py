@@ -80,3 +80,71 @@ def test_endpoint_firewall_block_rules_come_before_allow_rules():
     text = firewall.ruleset(rules)
     assert text.index("ip saddr { 10.0.0.0-10.0.0.9 } drop") < text.index("tcp dport 5986 accept")
     assert "policy drop" in text and text.count(" drop") == 2  # the disabled rule is not loaded
+
+
+# ----------------------------------------------------------------------------- a lying Windows host (triage)
+
+
+class LyingHost:
+    """A Windows host that answers the triage fetch shapes with what a hostile host might send."""
+
+    def __init__(self, data: bytes, *, claimed_hash: str | None = None, claimed_size: int | None = None,
+                 extra: bytes = b"") -> None:
+        import hashlib
+
+        self.data, self.extra = data, extra
+        self.hash = claimed_hash or hashlib.sha256(data).hexdigest().upper()
+        self.size = len(data) if claimed_size is None else claimed_size
+        self.alive = True
+
+    def run(self, command, *, stdin=None, timeout=None, deadline=None):
+        import base64
+        import re
+
+        from ir_toolkit.transports.base import CommandResult
+
+        if ").Length" in command:
+            return CommandResult(0, f"{self.size}\r\n".encode(), b"")
+        if "Get-FileHash" in command:
+            return CommandResult(0, f"{self.hash}\r\n".encode(), b"")
+        m = re.search(r"Seek\((\d+), 'Begin'\); \$b = New-Object byte\[\] (\d+)", command)
+        if m:
+            off, n = int(m.group(1)), int(m.group(2))
+            return CommandResult(0, base64.b64encode(self.data[off:off + n] + self.extra) + b"\r\n", b"")
+        return CommandResult(0, b"", b"")  # exports, volatile shapes, cleanup
+
+
+def _collect(tmp_path, host):
+    import dataclasses
+
+    from ir_toolkit.triage.collector import HostTarget, collect_host
+    from ir_toolkit.triage.schema import Selection, load_catalog
+
+    art = next(a for a in load_catalog().select("ir_triage", "windows").artifacts if a.name == "windows.eventlogs.core")
+    art = art.model_copy(update={"paths": ["C:\\Windows\\System32\\winevt\\Logs\\Security.evtx"]})
+    target = HostTarget(case="T", msp="m", tenant="t", host="w1", address="198.19.0.9", os="windows", ssh_user="r")
+    from ir_toolkit.triage.windows import VOLATILE
+
+    result = collect_host(host, target, Selection("ir_triage", (art,)), directory=tmp_path / "ev")
+    files = result.counts.get("collected", 0) - len(VOLATILE)  # the volatile outputs count as collected too
+    return result, files
+
+
+def test_windows_fetch_honest_host_hashes_agree(tmp_path, irkit_home):
+    result, files = _collect(tmp_path, LyingHost(b"x" * 300_000))  # two chunks
+    assert files == 1 and result.status == "complete", result
+
+
+def test_windows_fetch_hash_mismatch_is_recorded(tmp_path, irkit_home):
+    result, files = _collect(tmp_path, LyingHost(b"evidence", claimed_hash="AB" * 32))
+    assert result.counts.get("hash_mismatch") == 1 and files == 0 and result.status != "complete"
+
+
+def test_windows_fetch_oversized_chunk_is_an_anomaly(tmp_path, irkit_home):
+    result, files = _collect(tmp_path, LyingHost(b"evidence", extra=b"more than asked"))
+    assert files == 0 and result.anomalies and result.status == "partial"
+
+
+def test_windows_fetch_claimed_size_over_cap_is_not_fetched(tmp_path, irkit_home):
+    result, files = _collect(tmp_path, LyingHost(b"tiny", claimed_size=10 ** 13))
+    assert result.counts.get("skipped") == 1 and files == 0
