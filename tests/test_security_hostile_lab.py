@@ -63,7 +63,8 @@ def test_a_lying_and_a_trickling_host_do_not_stop_containment(hst, env, tmp_path
     data = yaml.safe_load(playbook.read_text())
     for phase in data["phases"]:
         if phase["name"] == "preserve":
-            phase["steps"][0]["timeout"] = 45  # the trickling host ends at this deadline
+            # the trickling host ends at this deadline; honest hosts need ~30-60 s of it under load (docs/triage.md)
+            phase["steps"][0]["timeout"] = 150
     playbook.write_text(yaml.safe_dump(data, sort_keys=False))
     proc = irkit(env, "contain", "--inventory", str(hst.inventory_path), "--playbook", str(playbook),
                  "--case", CASE, "--yes", "--format", "json", timeout=900)
