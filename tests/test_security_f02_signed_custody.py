@@ -178,3 +178,16 @@ def test_forged_reimage_history_and_step_results_do_not_count(env):
         assert last_reimage("IR-R", "globex", "web01") is None
         state = journal_state(log.verified_records())
         assert "reimage/0/web01" in state.failed
+
+
+def test_a_line_edited_while_the_writer_has_the_log_open_is_never_used(env):
+    from ir_toolkit.errors import VerificationFailed
+
+    signer = keystore.load_signing_key(PASS)
+    with AuditLog.open("IR-E", origin="acme/ir/IR-E", signer=signer) as log:
+        log.append_durable(action="evidence.collected", actor="dana", tenant="globex", host="web01",
+                           params={"collection_id": "C1", "bundle_sha256": "aa" * 32})
+        path = layout.log_path("IR-E")
+        path.write_bytes(path.read_bytes().replace(b'"aa', b'"bb', 1))     # same length, in place
+        with pytest.raises(VerificationFailed, match="changed on disk at seq 2"):
+            log.verified_records(("evidence.collected",))

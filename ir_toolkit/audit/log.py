@@ -170,6 +170,8 @@ class AuditLog:
         self._mac_key = line_mac_key(signer) if signer is not None else None
         self._leaves = bytearray()      # leaf hash of every complete record (32 bytes each)
         self._untrusted: list[tuple[int, int]] = []   # seq ranges never to be used for decisions
+        self._verified: dict[tuple[str, ...] | None, tuple[int, int, list[dict[str, Any]]]] = {}
+        self._verified_lock = threading.Lock()
         self._lock_fd = -1
         self._refs = 1
         self._acc = CompactRange()
@@ -737,30 +739,39 @@ class AuditLog:
         returned only if its leaf hash is the one this writer holds for it (so the
         file cannot be edited underneath a running process), and never a line
         flagged as appended without the key. ``actions`` filters by action.
+        Lines already checked are not read again (the result of each ``actions``
+        filter is kept and extended), so the gate's per-host calls stay cheap.
         """
         self._commit()
         with self._cond:
             size = self._size
-            leaves = bytes(self._leaves[: size * 32])
             untrusted = list(self._untrusted)
-        marks = [b'"action":"' + a.encode() + b'"' for a in actions] if actions else None
-        out: list[dict[str, Any]] = []
-        with open(self.path, "rb") as fh:
-            for seq, raw in enumerate(fh, start=1):
-                if seq > size:
-                    break
-                line = raw[:-1]
-                if not raw.endswith(b"\n") or leaf_hash(line) != leaves[(seq - 1) * 32: seq * 32]:
-                    raise VerificationFailed(
-                        f"audit log of case {self.case_id} was changed on disk at seq {seq} while irkit had it open")
-                if untrusted and _in_ranges(seq, untrusted):
-                    continue
-                if marks is not None and not any(m in line for m in marks):
-                    continue
-                record = json.loads(line)
-                if actions is None or record.get("action") in actions:
-                    out.append(record)
-        return out
+        key = tuple(sorted(actions)) if actions else None
+        with self._verified_lock:
+            upto, offset, found = self._verified.get(key, (0, 0, []))
+            if upto < size:
+                with self._cond:
+                    leaves = bytes(self._leaves[upto * 32: size * 32])
+                marks = [b'"action":"' + a.encode() + b'"' for a in key] if key else None
+                with open(self.path, "rb") as fh:
+                    fh.seek(offset)
+                    for seq in range(upto + 1, size + 1):
+                        raw = fh.readline()
+                        line = raw[:-1]
+                        i = seq - upto - 1
+                        if not raw.endswith(b"\n") or leaf_hash(line) != leaves[i * 32: (i + 1) * 32]:
+                            raise VerificationFailed(f"audit log of case {self.case_id} was changed on disk at "
+                                                     f"seq {seq} while irkit had it open")
+                        offset += len(raw)
+                        if untrusted and _in_ranges(seq, untrusted):
+                            continue
+                        if marks is not None and not any(m in line for m in marks):
+                            continue
+                        record = json.loads(line)
+                        if key is None or record.get("action") in key:
+                            found.append(record)
+                self._verified[key] = (size, offset, found)
+            return list(found)
 
     # ------------------------------------------------------------------ closing
 
