@@ -140,6 +140,11 @@ def _effect(log: AuditLog, case: str, phase: str, tenant: str, host: str, data: 
             "dc_certificate": "SHA256:dccert"})
         log.append_durable(action="directory.krbtgt_reset", actor=actor, tenant=tenant, host=host,
                            params={**common, "reset": 1, "of": 2, "kvno_before": 3, "cm": "CM0050"})
+        log.append_durable(action="group.member_removed", actor=actor, tenant=tenant, host=host,
+                           params={**common, "account": data["accounts"][0], "group": "Administrators"})
+        log.append_durable(action="ansible.task", actor=actor, tenant=tenant, host=host, params={
+            **common, "changed": True, "duration_ms": 12, "module": "ansible.builtin.lineinfile",
+            "playbook": "sshd-hardening.yml", "task": "no root login", "message": ""})
         for account in data["accounts"]:
             log.append_durable(action="directory.account_disabled", actor=actor, tenant=tenant, host=host,
                                params={**common, "account": account})

@@ -71,6 +71,8 @@ def test_every_event_validates_against_its_class(signer, capsys):
     assert directory["directory.password_reset"]["type_uid"] == 300104
     assert directory["directory.krbtgt_reset"]["user"]["name"] == "krbtgt"
     assert directory["directory.evidence"]["query_evidence"]["query_type_id"] == 14
+    by_action = {e["unmapped"]["irkit"]["action"]: e for e in events}
+    assert by_action["ansible.task"]["type_uid"] == 700104 and by_action["group.member_removed"]["class_uid"] == 3001
     bundles = [e for e in events if e["class_uid"] == 5040]
     assert all(e["query_evidence"]["file"]["hashes"][0]["algorithm_id"] == 3 for e in bundles)
 

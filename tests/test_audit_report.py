@@ -91,6 +91,7 @@ def test_full_report_has_verdict_timeline_and_every_fact(case, capsys):
     assert ("directory.account_disabled", "it-peter.gibbons") in accounts
     assert ("directory.evidence", "it-peter.gibbons") in accounts
     assert any(a["account"].startswith("krbtgt") for a in initech["accounts"])
+    assert "it-peter.gibbons removed from group Administrators" in {r["what"] for r in initech["revoked"]}
     directory_export = [e for e in initech["evidence"] if e["status"] == "directory export"]
     assert len(directory_export) == 1 and directory_export[0]["sha256"] in page
     assert all(len(e["sha256"]) == 64 and e["custody"] is not None for e in initech["evidence"])

@@ -79,6 +79,9 @@ MAPPING: dict[str, tuple[str, int, str]] = {
     "directory.group_member_removed": ("account_change", 99, "Group Member Removed"),
     "directory.password_escrowed": ("api_activity", 1, "Create"),
     "directory.privileged_member": ("base_event", 99, "directory.privileged_member"),
+    # Windows hosts (ir_toolkit/actions/windows.py), Ansible steps (one record per task)
+    "group.member_removed": ("account_change", 99, "Group Member Removed"),
+    "ansible.task": ("remediation_activity", 4, "Harden"),
 }
 #: directory.<verb> records (the Active Directory actions) -> Account Change activity
 DIRECTORY_ACTIVITIES = {"create": (1, "Create"), "enable": (2, "Enable"), "password_change": (3, "Password Change"),
@@ -229,6 +232,8 @@ def _remediation(event: dict, action: str, params: dict, record: dict, cmd: str)
             "sessions.ended": "live sessions of the account ended",
             "reimage.start": "reimage started", "reimage.provider": "reimage provider finished",
             "reimage.done": "reimage finished: new host key pinned"}.get(action, action)
+    if action == "ansible.task":
+        desc = f"ansible task {_str(params.get('task'))} ({_str(params.get('module'))}, playbook {_str(params.get('playbook'))})"
     event["remediation"] = {"desc": desc}
 
 

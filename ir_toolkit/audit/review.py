@@ -228,6 +228,12 @@ class _Tenant:
                 self.rotated.append(entry)
                 if host and params.get("account"):
                     host["rotated"].append(params.get("account"))
+        elif action in ("group.member_removed", "directory.group_member_removed"):
+            self.revoked.append({**base, "what": f"{_str(params.get('account'))} removed from group "
+                                                 f"{_str(params.get('group') or params.get('remove_from'))}",
+                                 "fingerprints": [], "removed": [], "krl": None})
+            if host:
+                host["revoked"] = True
         elif action == "account.locked":
             self.revoked.append({**base, "what": f"account {_str(params.get('account'))} locked",
                                  "fingerprints": [], "removed": [], "krl": None})
