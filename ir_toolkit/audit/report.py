@@ -203,7 +203,7 @@ h3{font-size:15px;margin:18px 0 6px}
 .verdict.valid{background:#dafbe1;border-color:#1a7f37}.verdict.invalid{background:#ffebe9;border-color:#cf222e}
 .verdict .big{font-size:20px;font-weight:700}
 table{border-collapse:collapse;width:100%;margin:6px 0 12px;font-size:13px}
-th,td{border:1px solid #d0d7de;padding:4px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{border:1px solid #d0d7de;padding:4px 6px;text-align:left;vertical-align:top}td{overflow-wrap:anywhere}
 th{background:#f6f8fa}td.mono,span.mono{font-family:ui-monospace,Consolas,monospace;font-size:12px;word-break:break-all}
 .bad{color:#cf222e;font-weight:600}.ok{color:#1a7f37}.muted{color:#57606a}
 blockquote.statement{margin:8px 0;padding:10px 14px;background:#f6f8fa;border-left:4px solid #4e79a7}
