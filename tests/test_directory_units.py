@@ -136,3 +136,24 @@ def test_generated_lab_inventory_with_directories_loads(tmp_path):
                                              directories=2))
     inv = load_inventory(path)
     assert [h.name for h in inv.directory_hosts()] == ["t001.lab", "t002.lab"]
+
+
+def test_ticket_caches_of_dead_runs_are_removed(tmp_path, monkeypatch):
+    """A kill -9 leaves a ticket cache (a TGT) behind: the next Kerberos proof deletes it."""
+    import tempfile
+
+    from ir_toolkit.transports import kerberos
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / "irkit-krb5-999999999-abc"
+    dead.mkdir()
+    (dead / "ccache").write_bytes(b"TGT")
+    alive = tmp_path / f"irkit-krb5-{__import__('os').getppid()}-xyz"
+    alive.mkdir()
+    cache = kerberos.TicketCache("EXAMPLE.TEST", "198.18.0.9")
+    try:
+        assert not dead.exists() and alive.exists() and cache.dir.parent == tmp_path
+        assert "198.18.0.9" in (cache.dir / "krb5.conf").read_text()
+    finally:
+        cache.close()
+    assert not cache.dir.exists()

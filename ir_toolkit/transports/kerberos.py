@@ -34,6 +34,28 @@ def tools_available() -> str | None:
     return None
 
 
+_PREFIX = "irkit-krb5-"
+
+
+def _remove_stale() -> None:
+    """Ticket caches of irkit processes that died (kill -9) hold a TGT: delete them."""
+    base = Path(tempfile.gettempdir())
+    for path in base.glob(f"{_PREFIX}*-*"):
+        try:
+            pid = int(path.name[len(_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or not path.is_dir() or path.is_symlink():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
 def _conf(realm: str, kdc: str) -> str:
     return (f"[libdefaults]\n default_realm = {realm}\n dns_lookup_kdc = false\n dns_lookup_realm = false\n"
             f" rdns = false\n dns_canonicalize_hostname = false\n udp_preference_limit = 1\n"
@@ -48,7 +70,8 @@ class TicketCache:
         self.realm = realm
         self.kdc = kdc
         self.timeout = timeout
-        self.dir = Path(tempfile.mkdtemp(prefix="irkit-krb5-"))
+        _remove_stale()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
         os.chmod(self.dir, 0o700)
         (self.dir / "krb5.conf").write_text(_conf(realm, kdc))
         self.env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C",
