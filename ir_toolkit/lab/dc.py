@@ -230,7 +230,19 @@ def _extract(tarball: Path, dest: Path) -> None:
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True, mode=0o700)
     with tarfile.open(tarball) as tar:
-        tar.extractall(dest, filter="tar")
+        if hasattr(tarfile, "tar_filter"):
+            tar.extractall(dest, filter="tar")
+            return
+        # Python < 3.11.4 (Debian 12's 3.11.2) has no extraction filters: the same checks by hand
+        for member in tar.getmembers():
+            parts = Path(member.name).parts
+            if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()
+                                                                    or member.issym() or member.islnk()):
+                raise EnvironmentProblem(f"refusing to extract {member.name!r} from the DC provisioning cache")
+            if (member.issym() or member.islnk()) and (member.linkname.startswith("/") or ".." in Path(member.linkname).parts):
+                raise EnvironmentProblem(f"refusing to extract the link {member.name!r} from the DC provisioning cache")
+            member.mode &= 0o7777 & ~0o6000  # no setuid/setgid, as the 'tar' filter does
+        tar.extractall(dest)  # noqa: S202 - members checked above
 
 
 # --------------------------------------------------------------------------- offline seeding (Debian's python3)
