@@ -67,6 +67,17 @@ class FakeConnection:
             raise TransportError(UNREACHABLE, f"{self.endpoint.name}: connection closed")
         raise TransportError(TIMED_OUT, f"{self.endpoint.name}: command timed out after {self._limit:g}s")
 
+    def work(self, seconds: float) -> None:
+        """A command that takes ``seconds``: honours the command's limit like a real transport."""
+        if self._closed.wait(max(0.0, min(seconds, self._limit))):
+            raise TransportError(UNREACHABLE, f"{self.endpoint.name}: connection closed")
+        if self._limit < seconds:
+            raise TransportError(TIMED_OUT, f"{self.endpoint.name}: command timed out after {self._limit:g}s")
+
+    def wedge(self, seconds: float) -> None:
+        """A call that ignores every limit and even a close (a wedged library call) for ``seconds``."""
+        time.sleep(seconds)
+
     def exec_stream(self, command: str, *, stdin: bytes | None = None, idle_timeout: float,
                     deadline: float | None = None) -> Any:
         result = self.run(command, stdin=stdin, timeout=idle_timeout, deadline=deadline)

@@ -290,7 +290,7 @@ def test_ctrl_c_stops_between_steps_exit_3_then_resume_finishes(lab, env):
     assert "Traceback" not in err
     ends = [r for r in records(env, "ENG-INT") if r["action"] == "run.end"]
     assert ends and ends[-1]["params"]["status"] == "incomplete"
-    proc = irkit(env, "resume", "--case", "ENG-INT", check=0)
+    irkit(env, "resume", "--case", "ENG-INT", check=0)
     for name in names:
         assert lab.exec(name, "cat /var/tmp/irkit-resume-marker").stdout == b"resumed\n"
         assert _count_lines(lab, name, "first") == 1 and _count_lines(lab, name, "second") == 1

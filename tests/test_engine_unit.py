@@ -517,3 +517,48 @@ def test_engine_evidence_gate_is_on_by_default(home: Path) -> None:
     summary, journal, _, _ = run(home, inv, pb, tracker, options=EngineOptions())  # no gate given
     assert statuses(summary) == {"globex-h0": "failed"} and tracker.log == []
     assert "no verified evidence" in journal.of("step.refused")[0]["params"]["reason"]
+
+
+def test_engine_host_budget_spans_the_whole_run(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 1)})
+    pb = playbook_file(home, [{"name": f"p{i}", "steps": [{"name": "a", "action": "t.step",
+                                                           "params": {"label": f"p{i}"}}]} for i in range(2)],
+                       defaults={"retries": 0, "host_timeout": 1.0, "timeout": 30})
+
+    def script(conn: FakeConnection, command: str, stdin: bytes | None) -> CommandResult:
+        conn.work(0.7)  # each phase's step fits in 1 s, both together do not
+        return CommandResult(0, b"", b"")
+
+    summary, journal, _, _ = run(home, inv, pb, script)
+    assert statuses(summary) == {"globex-h0": "timed_out"}
+    done = journal.of("step.done")
+    assert [r["outcome"] for r in done] == ["ok", "timed_out"]
+
+
+def test_engine_wave_watchdog_closes_an_overrunning_host_and_moves_on(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 2)})
+    pb = playbook_file(home, [{"name": "one", "steps": [{"name": "a", "action": "t.step", "params": {"label": "a"}}]},
+                              {"name": "two", "steps": [{"name": "b", "action": "t.step", "params": {"label": "b"}}]}],
+                       defaults={"retries": 0, "host_timeout": 1.0, "timeout": 30})
+    closed: list[bool] = []
+
+    def script(conn: FakeConnection, command: str, stdin: bytes | None) -> CommandResult:
+        if conn.endpoint.name == "globex-h0" and command.endswith(" a"):
+            conn.wedge(3.0)  # ignores its deadline and the close
+            closed.append(not conn.alive)
+        return CommandResult(0, b"", b"")
+
+    def fast_watchdog(engine: Engine) -> None:
+        engine.watchdog_grace = 0.2
+
+    started = time.monotonic()
+    summary, journal, _, _ = run(home, inv, pb, script, engine_hook=fast_watchdog)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.8, elapsed  # the barrier did not wait for the wedged call (3 s)
+    assert statuses(summary) == {"globex-h0": "timed_out", "globex-h1": "ok"}
+    assert "watchdog closed its connection" in summary.hosts["globex-h0"].message
+    assert [r["host"] for r in journal.of("host.timed_out")] == ["globex-h0"]
+    assert [r["host"] for r in journal.of("step.done") if r["params"]["item"].startswith("two/")] == ["globex-h1"]
+    time.sleep(3.5)
+    assert closed == [True]  # its connection had been closed under it
+    assert summary.hosts["globex-h0"].status == "timed_out"  # the late worker did not overwrite it

@@ -46,12 +46,15 @@ from ir_toolkit.actions.base import (
     register,
 )
 from ir_toolkit.cases import CaseLayout
+from ir_toolkit.deadline import Deadline
 from ir_toolkit.redaction import register_secret
 from ir_toolkit.secrets import escrow as esc
 from ir_toolkit.secrets.references import expand_path, is_reference, parse_ref, resolve
 from ir_toolkit.transports.hostkeys import fingerprint
+from ir_toolkit.transports.retry import RetryPolicy, transient
 from ir_toolkit.transports.ssh import (
     AUTH_FAILED,
+    TIMED_OUT,
     Endpoint,
     SshConnection,
     Timeouts,
@@ -76,41 +79,49 @@ def _endpoint(ctx: ActionContext, user: str) -> Endpoint:
     return dataclasses.replace(ctx.conn.endpoint, user=user)
 
 
-def _retrying(func: Any, attempts: int = 4) -> Any:
-    """Retry a login probe across transient failures (an sshd reload re-executes the daemon)."""
-    for attempt in range(attempts):
-        try:
-            return func()
-        except TransportError as exc:
-            if not exc.transient or attempt == attempts - 1:
-                raise
-            time.sleep(0.3 * (attempt + 1))
-    return None
+def _retrying(func: Any, deadline: Deadline, attempts: int = 4) -> Any:
+    """Retry a login probe across transient failures (an sshd reload re-executes the daemon).
+
+    The one notion of transient (``TransportError.transient``); pauses and attempts end at ``deadline``.
+    """
+    return RetryPolicy(attempts - 1, base=0.15, jitter=False).call(func, deadline, retry_if=transient)
 
 
-def fresh_login(endpoint: Endpoint, pkey: paramiko.PKey) -> bool:
-    """A brand-new SSH connection with exactly ``pkey`` authenticates and runs a command."""
+def _probe_timeouts(deadline: Deadline) -> Timeouts:
+    """The probe limits, capped by what is left of the step (a probe never outlives its step)."""
+    left = deadline.remaining()
+    if left <= 0:
+        raise TransportError(TIMED_OUT, "step deadline reached before a login probe")
+    t = _PROBE_TIMEOUTS
+    return Timeouts(connect=min(t.connect, left), banner=min(t.banner, left), auth=min(t.auth, left),
+                    command=min(t.command, left))
+
+
+def fresh_login(endpoint: Endpoint, pkey: paramiko.PKey, deadline: Deadline) -> bool:
+    """A brand-new SSH connection with exactly ``pkey`` authenticates and runs a command (within ``deadline``)."""
     def attempt() -> bool:
         try:
-            conn = SshConnection.open(endpoint, pkey=pkey, timeouts=_PROBE_TIMEOUTS)
+            conn = SshConnection.open(endpoint, pkey=pkey, timeouts=_probe_timeouts(deadline), deadline=deadline.at)
         except TransportError as exc:
             if exc.kind == AUTH_FAILED:
                 return False
             raise
         try:
-            return conn.run("true", timeout=10).ok
+            return conn.run("true", timeout=10, deadline=deadline.at).ok
         finally:
             conn.close()
 
-    return bool(_retrying(attempt))
+    return bool(_retrying(attempt, deadline))
 
 
-def login_with_password(endpoint: Endpoint, password: str) -> bool:
-    return bool(_retrying(lambda: probe_login(endpoint, password=password, timeouts=_PROBE_TIMEOUTS)))
+def login_with_password(endpoint: Endpoint, password: str, deadline: Deadline) -> bool:
+    return bool(_retrying(lambda: probe_login(endpoint, password=password, timeouts=_probe_timeouts(deadline),
+                                              deadline=deadline.at), deadline))
 
 
-def login_with_key(endpoint: Endpoint, pkey: paramiko.PKey) -> bool:
-    return bool(_retrying(lambda: probe_login(endpoint, pkey=pkey, timeouts=_PROBE_TIMEOUTS)))
+def login_with_key(endpoint: Endpoint, pkey: paramiko.PKey, deadline: Deadline) -> bool:
+    return bool(_retrying(lambda: probe_login(endpoint, pkey=pkey, timeouts=_probe_timeouts(deadline),
+                                              deadline=deadline.at), deadline))
 
 
 def responder_pkeys(ctx: ActionContext) -> list[paramiko.PKey]:
@@ -121,7 +132,7 @@ def responder_pkeys(ctx: ActionContext) -> list[paramiko.PKey]:
 def responder_access_works(ctx: ActionContext) -> bool:
     """A fresh login as the responder with any of irkit's keys works."""
     endpoint = _endpoint(ctx, ctx.conn.endpoint.user)
-    return any(fresh_login(endpoint, key) for key in responder_pkeys(ctx))
+    return any(fresh_login(endpoint, key, ctx.deadline) for key in responder_pkeys(ctx))
 
 
 def _passwd_entry(ctx: ActionContext, user: str) -> tuple[str, str, str] | None:
@@ -277,7 +288,7 @@ class EnsureResponderAccess(Action):
             changed = True
         # The proof: a brand-new connection with exactly this key, before anything else proceeds.
         pkey = load_private_key(key_path)
-        if not fresh_login(_endpoint(ctx, user), pkey):
+        if not fresh_login(_endpoint(ctx, user), pkey, ctx.deadline):
             _record(ctx, "responder.access_failed", {"fingerprint": fp, "file": path}, outcome="failed")
             raise ActionFailed(f"installed the case responder key in {path} but a fresh login with it failed; "
                                "nothing else will be changed on this host")
@@ -293,7 +304,7 @@ class EnsureResponderAccess(Action):
         key_path = case_key_path(ctx.case_id)
         if not key_path.exists():
             return Outcome(False, "the case responder key does not exist", ok=False)
-        ok = fresh_login(_endpoint(ctx, self._user(ctx, params)), load_private_key(key_path))
+        ok = fresh_login(_endpoint(ctx, self._user(ctx, params)), load_private_key(key_path), ctx.deadline)
         return Outcome(False, "fresh login with the case responder key works" if ok
                        else "fresh login with the case responder key FAILED", ok=ok)
 
@@ -431,7 +442,7 @@ def end_sessions(ctx: ActionContext, user: str) -> list[int]:
             return ended
         ctx.run("kill -KILL " + " ".join(str(p) for p in pids) + " 2>/dev/null; true")
         ended.extend(p for p in pids if p not in ended)
-        time.sleep(0.1)
+        ctx.deadline.sleep(0.1)
     left = session_pids(ctx, user)
     if left:
         raise ActionFailed(f"processes of {user} keep coming back: {left[:10]}")
@@ -562,7 +573,7 @@ class RotateAccounts(Action):
                 store.set_state(entry, esc.ROLLED_BACK, note=f"reconciled: superseded by {current_found}")
                 continue
             password = entry.decrypt(key)
-            works = login_with_password(endpoint, password) or bool(password_is_set(ctx, user, password))
+            works = login_with_password(endpoint, password, ctx.deadline) or bool(password_is_set(ctx, user, password))
             if works:
                 store.set_state(entry, esc.VERIFIED, note="reconciled: the host accepts this password")
                 current_found = entry.id
@@ -574,7 +585,7 @@ class RotateAccounts(Action):
 
     def _still_current(self, ctx: ActionContext, entry: esc.EscrowEntry, user: str) -> bool:
         password = entry.decrypt(ctx.keys.escrow_private_key())
-        return bool(password_is_set(ctx, user, password)) or login_with_password(_endpoint(ctx, user), password)
+        return bool(password_is_set(ctx, user, password)) or login_with_password(_endpoint(ctx, user), password, ctx.deadline)
 
     def _rotate(self, ctx: ActionContext, params: RotateParams, state: AccountState) -> tuple[bool, str, dict]:
         user = state.user
@@ -607,7 +618,7 @@ class RotateAccounts(Action):
         if ended:
             _record(ctx, "sessions.ended", {"account": user, "pids": ended})
         # 4. prove it: the new password logs in, the old ones do not
-        if not login_with_password(_endpoint(ctx, user), password):
+        if not login_with_password(_endpoint(ctx, user), password, ctx.deadline):
             _record(ctx, "credential.applied", {"account": user, "entry": entry.id, "state": esc.APPLIED,
                                                 "verified": False}, outcome="failed")
             raise ActionFailed(f"new password for {user} is set and escrowed (entry {entry.id}) but a fresh "
@@ -628,10 +639,10 @@ class RotateAccounts(Action):
         problems = []
         endpoint = _endpoint(ctx, user)
         if params.old_password:
-            if login_with_password(endpoint, resolve(parse_ref(params.old_password))):
+            if login_with_password(endpoint, resolve(parse_ref(params.old_password)), ctx.deadline):
                 problems.append("the old shared password STILL logs in")
         if old_entry is not None:
-            if login_with_password(endpoint, old_entry.decrypt(ctx.keys.escrow_private_key())):
+            if login_with_password(endpoint, old_entry.decrypt(ctx.keys.escrow_private_key()), ctx.deadline):
                 problems.append(f"the previous escrowed password (entry {old_entry.id}) STILL logs in")
         return problems
 
@@ -659,7 +670,7 @@ class RotateAccounts(Action):
             if not state.exists:
                 continue
             endpoint = _endpoint(ctx, user)
-            if params.old_password and login_with_password(endpoint, resolve(parse_ref(params.old_password))):
+            if params.old_password and login_with_password(endpoint, resolve(parse_ref(params.old_password)), ctx.deadline):
                 problems.append(f"{user}: the old shared password STILL logs in")
             if mode == "lock":
                 if not (state.locked and state.expired):
@@ -675,7 +686,7 @@ class RotateAccounts(Action):
             if entry is None:
                 problems.append(f"{user}: no verified escrowed password")
                 continue
-            if not login_with_password(endpoint, entry.decrypt(ctx.keys.escrow_private_key())):
+            if not login_with_password(endpoint, entry.decrypt(ctx.keys.escrow_private_key()), ctx.deadline):
                 problems.append(f"{user}: the escrowed password (entry {entry.id}) does NOT log in")
             else:
                 notes.append(f"{user}: escrowed password (entry {entry.id}) logs in")

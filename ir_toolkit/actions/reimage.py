@@ -107,7 +107,7 @@ def host_records(case_id: str, tenant: str, host: str, actions: tuple[str, ...])
     """
     from ir_toolkit.audit.log import signed_records
 
-    return [r for r in signed_records(case_id, actions=tuple(actions)) or []
+    return [r for r in signed_records(case_id, actions=tuple(actions), tenant=tenant, host=host) or []
             if r.get("host") == host and r.get("tenant") == tenant]
 
 
@@ -713,7 +713,7 @@ class VerifyClean(Action):
                 problems.append(f"host key {ctx.conn.host_key_fingerprint} is not the case pin")
             else:
                 endpoint = Endpoint(host.address, port, ctx.conn.endpoint.user, set(pins), host.name)
-                if any(fresh_login(endpoint, key) for key in responder_pkeys(ctx)):
+                if any(fresh_login(endpoint, key, ctx.deadline) for key in responder_pkeys(ctx)):
                     notes.append("responder logs in over the pinned new key")
                 else:
                     problems.append("responder login over the pinned new key FAILED")
@@ -734,7 +734,7 @@ class VerifyClean(Action):
                 a.user for a in ctx.inventory.msp.shared_credentials.accounts if (a.os or host.os) == host.os]
             for user in users:
                 endpoint = Endpoint(host.address, port, user, {ctx.conn.host_key_fingerprint}, host.name)
-                if login_with_password(endpoint, old):
+                if login_with_password(endpoint, old, ctx.deadline):
                     problems.append(f"the old shared password STILL logs in as {user}")
             if not any("old shared password" in p for p in problems):
                 notes.append(f"old shared password: no account has it, {len(users)} login(s) refused")

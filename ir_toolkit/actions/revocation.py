@@ -367,6 +367,6 @@ class RevokeSshKeys(Action):
                 continue
             for user in users:
                 attempts += 1
-                if login_with_key(_endpoint(ctx, user), pkey):
+                if login_with_key(_endpoint(ctx, user), pkey, ctx.deadline):
                     problems.append(f"the revoked key STILL logs in as {user}")
         return attempts

@@ -184,6 +184,12 @@ class AuditLog:
         self._syncing = False
         self._broken: BaseException | None = None
         self.stats = {"records": 0, "fsyncs": 0, "checkpoints": 0, "batches": 0}
+        # The index for decisions (gate, reimage history, resume): records by (tenant, host, action).
+        # Records this writer writes are indexed as written; the ones before (up to ``_open_size``) are read
+        # and verified once, on the first indexed query. Queries are then O(records asked for).
+        self._open_size: int | None = None
+        self._new_index: dict[tuple[str | None, str | None, str], list[dict[str, Any]]] = {}
+        self._old_index: dict[tuple[str | None, str | None, str], list[dict[str, Any]]] | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -610,6 +616,11 @@ class AuditLog:
         self._acc.append(h)
         self._leaves += h
         self._last_hash = h
+        if self._open_size is None:
+            self._open_size = seq - 1
+        indexed = json.loads(line)
+        self._new_index.setdefault((indexed.get("tenant"), indexed.get("host"), str(indexed.get("action"))),
+                                   []).append(indexed)
         self._size = seq
         self._offset += len(data)
         self.stats["records"] += 1
@@ -773,6 +784,43 @@ class AuditLog:
                 self._verified[key] = (size, offset, found)
             return list(found)
 
+    def indexed(self, actions: tuple[str, ...], *, tenant: str | None = None,
+                host: str | None = None) -> list[dict[str, Any]]:
+        """The trusted records of ``actions`` (for ``tenant``/``host`` when given), oldest first.
+
+        Same trust as :meth:`verified_records` (durable first; records from before this writer
+        opened the log are verified once, never a flagged line), answered from the in-memory
+        index by (tenant, host, action): O(records returned), not O(log).
+        """
+        self._commit()
+        with self._cond:
+            if self._open_size is None:
+                self._open_size = self._size
+            open_size = self._open_size
+            ready = self._old_index is not None
+        if not ready:
+            old: dict[tuple[str | None, str | None, str], list[dict[str, Any]]] = {}
+            for record in self.verified_records():
+                if int(record.get("seq", 0)) <= open_size:
+                    old.setdefault((record.get("tenant"), record.get("host"), str(record.get("action"))),
+                                   []).append(record)
+            with self._cond:
+                if self._old_index is None:
+                    self._old_index = old
+        with self._cond:
+            assert self._old_index is not None
+            out: list[dict[str, Any]] = []
+            for index in (self._old_index, self._new_index):
+                if host is not None and tenant is not None:
+                    for action in actions:
+                        out.extend(index.get((tenant, host, action), ()))
+                else:
+                    wanted = set(actions)
+                    for (t, h, action), records in index.items():
+                        if action in wanted and (tenant is None or t == tenant) and (host is None or h == host):
+                            out.extend(records)
+        return sorted(out, key=lambda r: int(r.get("seq", 0)))
+
     # ------------------------------------------------------------------ closing
 
     def close(self) -> None:
@@ -868,7 +916,8 @@ def open_instance(case_id: str) -> AuditLog | None:
     return log if log is not None and log._fd >= 0 else None
 
 
-def signed_records(case_id: str, actions: tuple[str, ...] | None = None) -> list[dict[str, Any]] | None:
+def signed_records(case_id: str, actions: tuple[str, ...] | None = None, *, tenant: str | None = None,
+                   host: str | None = None) -> list[dict[str, Any]] | None:
     """Records for control decisions: only the verified, signed history, never a flagged record.
 
     When this process has the log open, its writer vouches for the records (see
@@ -878,12 +927,17 @@ def signed_records(case_id: str, actions: tuple[str, ...] | None = None) -> list
     """
     log = open_instance(case_id)
     if log is not None:
-        return log.verified_records(actions)
-    if not layout.log_path(validate_case_id(case_id)).exists():
-        return None
-    from ir_toolkit.audit.verify import verified_records
+        if actions is not None:  # the open writer's index: O(records asked for)
+            return log.indexed(actions, tenant=tenant, host=host)
+        records = log.verified_records(actions)
+    else:
+        if not layout.log_path(validate_case_id(case_id)).exists():
+            return None
+        from ir_toolkit.audit.verify import verified_records
 
-    return verified_records(case_id, actions=actions).records
+        records = verified_records(case_id, actions=actions).records
+    return [r for r in records if (tenant is None or r.get("tenant") == tenant)
+            and (host is None or r.get("host") == host)]
 
 
 def iter_records(case_id: str) -> Iterator[dict]:

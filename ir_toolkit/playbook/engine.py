@@ -2,8 +2,11 @@
 
 Phases are fleet-wide barriers (all evidence is preserved before anything is
 isolated). Within a phase, hosts run in waves on a bounded worker pool; each
-host runs its steps in order over its one SSH connection, within a hard
-per-host deadline. Every step's intent is written durably to the audit log
+host runs its steps in order over its one connection, within a
+per-host budget that spans the whole run (``defaults.host_timeout``; every step,
+probe, stream and sleep takes what is left of it), enforced by a wave watchdog that
+marks an overrunning host ``timed_out`` and closes its connection so the barrier
+moves on. Every step's intent is written durably to the audit log
 before it runs and its result after, so ``irkit resume`` can finish exactly the
 steps that did not finish.
 """
@@ -15,6 +18,7 @@ import errno
 import os
 import resource
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,6 +33,7 @@ from ir_toolkit.actions.base import (
     Outcome,
     action_for,
 )
+from ir_toolkit.audit import events
 from ir_toolkit.audit.journal import Journal, JournalReadOnly, ReadOnlyJournal
 from ir_toolkit.deadline import Deadline
 from ir_toolkit.inventory.model import Host, Inventory
@@ -40,6 +45,7 @@ from ir_toolkit.playbook.targets import make_waves, select_hosts
 from ir_toolkit.secrets.keyprovider import KeyProvider
 from ir_toolkit.transports.base import TIMED_OUT, TransportError
 from ir_toolkit.transports.pool import ConnectionPool
+from ir_toolkit.transports.retry import RetryPolicy, transient
 
 # Host / step statuses.
 OK = "ok"
@@ -219,6 +225,15 @@ class Engine:
         self._actions: dict[str, Action] = {}
         #: host -> the transport failure kind that ended it (for the host.done event)
         self._kinds: dict[str, str] = {}
+        self._lock = threading.Lock()
+        #: host -> the deadline of its current phase (what is left of its budget when the phase began)
+        self._deadlines: dict[str, Deadline] = {}
+        #: host -> seconds of its budget used by earlier phases (phases do not reset the budget)
+        self._used: dict[str, float] = {}
+        #: hosts the wave watchdog gave up on (their late results are ignored)
+        self._abandoned: set[str] = set()
+        #: seconds past a host's budget before the watchdog steps in
+        self.watchdog_grace = 5.0
         #: host -> its wave (1-based) in the current phase; recorded with each step (the report's timeline)
         self._wave_of: dict[str, int] = {}
 
@@ -249,7 +264,7 @@ class Engine:
         raise_fd_limit()
         for item in self.plan.items:
             self.summary.hosts.setdefault(item.host, HostResult(item.host, item.tenant))
-        self._record("run.start", params={"plan": self.plan.hash, "playbook": self.playbook.name,
+        self._record(events.RUN_START, params={"plan": self.plan.hash, "playbook": self.playbook.name,
                                           "resumed": bool(self.options.finished)})
         try:
             for pi, phase in enumerate(self.playbook.phases):
@@ -263,7 +278,7 @@ class Engine:
             counts = Counter(r.status for r in self.summary.hosts.values())
             self.pool.close()
             if self.disk_full is None:
-                self._record("run.end", params={"plan": self.plan.hash, "status": status, **dict(counts)},
+                self._record(events.RUN_END, params={"plan": self.plan.hash, "status": status, **dict(counts)},
                              outcome="ok" if self.summary.all_ok else status if status == "incomplete" else "failed")
                 self.journal.checkpoint()
         if self.disk_full is not None:
@@ -297,7 +312,7 @@ class Engine:
                 self.summary.incomplete = True
                 self.summary.reason = (f"phase {phase.name} wave {wi + 1}: {failed}/{len(wave)} hosts failed, over "
                                        f"max_fail_percentage {phase.max_fail_percentage:g}")
-                self._record("run.stopped", params={"phase": phase.name, "wave": wi + 1, "reason": self.summary.reason},
+                self._record(events.RUN_STOPPED, params={"phase": phase.name, "wave": wi + 1, "reason": self.summary.reason},
                              outcome="stopped")
                 self.on_event("stopped", {"reason": self.summary.reason})
                 for later in waves[wi + 1:]:
@@ -315,7 +330,7 @@ class Engine:
             bad = sum(1 for s in statuses if s in (FAILED, TIMED_OUT_STATUS))
             if tenant not in self._tenant_stopped and bad * 100 / len(statuses) > phase.tenant_max_fail_percentage:
                 self._tenant_stopped.add(tenant)
-                self._record("tenant.stopped", tenant=tenant, outcome="stopped",
+                self._record(events.TENANT_STOPPED, tenant=tenant, outcome="stopped",
                              params={"phase": phase.name, "failed": bad, "hosts": len(statuses)})
 
     def _run_wave(self, phase: Phase, wave: list[Host], items_by_host: dict[str, list[PlanItem]]) -> dict[str, str]:
@@ -341,11 +356,19 @@ class Engine:
 
         results: dict[str, str] = {}
         workers = max(1, min(self.options.forks, len(wave) or 1))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="irkit-host") as executor:
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="irkit-host")
+        abandoned = False
+        try:
             futures: dict[Future[str], Host] = {executor.submit(guarded, host): host for host in wave}
             pending = set(futures)
             while pending:
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                done, pending = wait(pending, timeout=min(0.5, self.watchdog_grace), return_when=FIRST_COMPLETED)
+                for fut in list(pending):  # the wave watchdog: a host past its budget does not hold the barrier
+                    host = futures[fut]
+                    if self._overran(host):
+                        pending.discard(fut)
+                        results[host.name] = TIMED_OUT_STATUS
+                        abandoned = True
                 for fut in done:
                     host = futures[fut]
                     try:
@@ -361,7 +384,42 @@ class Engine:
                     except Exception as exc:  # noqa: BLE001 - a bug in one action must not stop the fleet
                         self._set(host, FAILED, f"internal error: {type(exc).__name__}: {exc}")
                         results[host.name] = FAILED
+        finally:
+            # an abandoned worker may still be blocked in a call that ignores its deadline: do not wait for it
+            executor.shutdown(wait=not abandoned, cancel_futures=abandoned)
         return results
+
+    def _host_deadline(self, host: Host) -> Deadline:
+        """What is left of the host's budget for the whole run: ``defaults.host_timeout`` of its own working
+        time, summed over phases (time spent waiting at phase barriers for other hosts is not counted)."""
+        with self._lock:
+            left = self.playbook.defaults.host_timeout - self._used.get(host.name, 0.0)
+            deadline = self._deadlines[host.name] = Deadline.after(left)
+            return deadline
+
+    def _overran(self, host: Host) -> bool:
+        """Watchdog: past the budget (and a grace for well-behaved code to time out by itself), the host is
+        ``timed_out``: its deadline is cancelled (sleeps wake, commands refuse) and its connection closed
+        (blocked reads fail), and the wave moves on without it."""
+        with self._lock:
+            deadline = self._deadlines.get(host.name)
+            if deadline is None or host.name in self._abandoned or deadline.at + self.watchdog_grace > time.monotonic():
+                return False
+            self._abandoned.add(host.name)
+        deadline.cancel()
+        try:
+            self.pool.drop(host)
+        except Exception:  # noqa: BLE001 - closing a wedged connection must not stop the run
+            pass
+        message = (f"{host.name}: over its host budget ({self.playbook.defaults.host_timeout:g}s); the watchdog "
+                   "closed its connection")
+        self._record(events.HOST_TIMED_OUT, host=host.name, tenant=host.tenant, outcome=TIMED_OUT_STATUS,
+                     params={"reason": message, "host_timeout": str(self.playbook.defaults.host_timeout)})
+        result = self.summary.hosts[host.name]
+        result.status, result.message = TIMED_OUT_STATUS, message
+        self.on_event("host.done", {"host": host.name, "tenant": host.tenant, "status": TIMED_OUT_STATUS,
+                                    "message": message, "kind": TIMED_OUT})
+        return True
 
     def _hold(self, host: Host, reason: str) -> None:
         """Leave a host's steps pending (not skipped): ``irkit resume`` runs them later."""
@@ -374,6 +432,8 @@ class Engine:
         action.on_failed(self.journal, self.options.actor, item.tenant, item.host, error)
 
     def _set(self, host: Host, status: str, message: str = "") -> None:
+        if host.name in self._abandoned:
+            return  # the watchdog already marked it timed_out; a late worker does not overwrite that
         result = self.summary.hosts[host.name]
         result.status, result.message = status, message
         self.on_event("host.done", {"host": host.name, "tenant": host.tenant, "status": status, "message": message,
@@ -382,16 +442,23 @@ class Engine:
     def _skip(self, items: Iterable[PlanItem], reason: str) -> None:
         for item in items:
             if item.id not in self.options.finished:
-                self._record("step.skipped", item, params={"reason": reason}, outcome="skipped")
+                self._record(events.STEP_SKIPPED, item, params={"reason": reason}, outcome="skipped")
 
     def _run_host(self, host: Host, items: list[PlanItem]) -> str:
-        deadline = Deadline.after(self.playbook.defaults.host_timeout)
+        started = time.monotonic()
+        try:
+            return self._run_host_items(host, items, self._host_deadline(host))
+        finally:
+            with self._lock:
+                self._used[host.name] = self._used.get(host.name, 0.0) + time.monotonic() - started
+
+    def _run_host_items(self, host: Host, items: list[PlanItem], deadline: Deadline) -> str:
         todo = [item for item in items if item.id not in self.options.finished]
         if not todo:
             self.on_event("host.done", {"host": host.name, "tenant": host.tenant, "status": OK, "message": "already done"})
             return OK
         for index, item in enumerate(todo):
-            if self._cancel.is_set():
+            if self._cancel.is_set() or host.name in self._abandoned:
                 return self.summary.hosts[host.name].status
             status, message = self._run_item(host, item, deadline)
             if status != OK:
@@ -412,7 +479,7 @@ class Engine:
             have = self.options.approvals.get(host.tenant, 0)
             if have < needed:
                 msg = f"awaiting approval: {have} of {needed} approvals for tenant {host.tenant}"
-                self._record("step.refused", item, params={"reason": msg}, outcome="refused")
+                self._record(events.STEP_REFUSED, item, params={"reason": msg}, outcome="refused")
                 self._held.add(host.name)
                 self.summary.incomplete = True
                 self.summary.reason = "steps await approvals (irkit approve PLAN --as NAME, then irkit resume)"
@@ -422,12 +489,12 @@ class Engine:
                 if not step.evidence_override:
                     msg = (f"refused: no verified evidence for {host.name}; run triage first or set "
                            "evidence_override: <reason> on the step")
-                    self._record("step.refused", item, params={"reason": msg}, outcome="refused")
+                    self._record(events.STEP_REFUSED, item, params={"reason": msg}, outcome="refused")
                     return FAILED, msg
-                self._record("gate.override", item, params={"reason": step.evidence_override})
+                self._record(events.GATE_OVERRIDE, item, params={"reason": step.evidence_override})
         retries = self.playbook.step_retries(step)
         timeout = self.playbook.step_timeout(step)
-        self._record("step.start", item, outcome="intent")
+        self._record(events.STEP_START, item, outcome="intent")
         attempt = 0
         while True:
             attempt += 1
@@ -442,21 +509,21 @@ class Engine:
                     raise ActionFailed(f"verify failed: {verdict.summary}")
             except TransportError as exc:
                 status = TIMED_OUT_STATUS if exc.kind == TIMED_OUT else FAILED
-                if exc.transient and action.retry_safe and attempt <= retries and not deadline.expired:
+                if transient(exc) and action.retry_safe and attempt <= retries and not deadline.expired:
                     self.pool.drop(host)
-                    deadline.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+                    deadline.sleep(RetryPolicy(retries, base=0.25, jitter=False).pause(attempt))
                     continue
                 self.pool.drop(host)
-                self._record("step.done", item, params={"error": str(exc), "kind": exc.kind, "attempts": attempt},
+                self._record(events.STEP_DONE, item, params={"error": str(exc), "kind": exc.kind, "attempts": attempt},
                              outcome=status)
                 self._failed(action, item, f"{exc.kind}: {exc}")
                 self._kinds[host.name] = exc.kind
                 return status, str(exc)
             except ActionFailed as exc:
-                self._record("step.done", item, params={"error": str(exc), "attempts": attempt}, outcome=FAILED)
+                self._record(events.STEP_DONE, item, params={"error": str(exc), "attempts": attempt}, outcome=FAILED)
                 self._failed(action, item, str(exc))
                 return FAILED, str(exc)
-            self._record("step.done", item, outcome=OK, params={
+            self._record(events.STEP_DONE, item, outcome=OK, params={
                 "changed": applied.changed, "summary": applied.summary, "verify": verdict.summary,
                 "details": applied.details, "attempts": attempt})
             if applied.changed:

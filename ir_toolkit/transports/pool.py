@@ -18,9 +18,7 @@ needs no edit here. Factories get the pool's inventory, case, timeouts and
 from __future__ import annotations
 
 import importlib
-import random
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -28,19 +26,19 @@ from typing import TypeVar
 import paramiko
 
 from ir_toolkit.cases import CaseLayout
+from ir_toolkit.deadline import Deadline
 from ir_toolkit.inventory.model import Host, Inventory
 from ir_toolkit.secrets.references import expand_path, parse_ref
 from ir_toolkit.transports.base import (
     AUTH_FAILED,
     PROTOCOL,
-    TIMED_OUT,
-    TRANSIENT,
     Connection,
     Endpoint,
     Timeouts,
     TransportError,
 )
 from ir_toolkit.transports.hostkeys import KnownHosts
+from ir_toolkit.transports.retry import RetryPolicy, connect_retryable
 from ir_toolkit.transports.ssh import SshConnection, load_private_key
 
 T = TypeVar("T")
@@ -152,24 +150,10 @@ class ConnectionPool:
         return conn
 
     def retrying(self, host: Host, deadline: float, attempt_once: Callable[[], T]) -> T:
-        """Call ``attempt_once`` until it succeeds, retrying transient failures with jittered backoff.
-
-        At most ``max_retries`` retries, never past ``deadline``. The one retry policy for opening
-        connections; "transient" means ``TransportError.kind == TRANSIENT`` (a dropped banner, a reset).
-        """
-        attempt = 0
-        while True:
-            try:
-                return attempt_once()
-            except TransportError as exc:
-                last = exc
-            attempt += 1
-            if last.kind != TRANSIENT or attempt > self.max_retries:
-                raise last
-            pause = min(0.2 * 2 ** attempt, 5.0) * (0.5 + random.random())
-            if time.monotonic() + pause >= deadline:
-                raise TransportError(TIMED_OUT, f"{host.name}: deadline reached while retrying: {last}")
-            time.sleep(pause)
+        """Call ``attempt_once`` with the one retry policy (``transports/retry.py``): at most
+        ``max_retries`` retries of kind ``transient``, jittered backoff, never past ``deadline``."""
+        return RetryPolicy(self.max_retries).call(attempt_once, Deadline(deadline), retry_if=connect_retryable,
+                                                  what=host.name)
 
     def drop(self, host: Host) -> None:
         """Close and forget every connection to ``host``."""

@@ -461,6 +461,7 @@ def probe_login(
     pkey: paramiko.PKey | None = None,
     password: str | None = None,
     timeouts: Timeouts = Timeouts(connect=5, banner=5, auth=10),
+    deadline: float | None = None,
 ) -> bool:
     """True if a fresh login with exactly this credential succeeds (used to prove a credential dead or alive).
 
@@ -469,7 +470,7 @@ def probe_login(
     for "the old credential no longer works".
     """
     try:
-        conn = SshConnection.open(endpoint, pkey=pkey, password=password, timeouts=timeouts)
+        conn = SshConnection.open(endpoint, pkey=pkey, password=password, timeouts=timeouts, deadline=deadline)
     except TransportError as exc:
         if exc.kind == AUTH_FAILED:
             return False

@@ -109,16 +109,16 @@ def open_audit_log(case_id: str, msp: str) -> Any | None:
     return module.AuditLog.open(case_id, origin=f"{msp}/ir/{case_id}", signer=signer)
 
 
-def custody_records(case_id: str) -> list[dict[str, Any]] | None:
-    """Every trusted ``evidence.collected`` record of the case; None when there is no audit log.
+def custody_records(case_id: str, *, tenant: str | None = None, host: str | None = None) -> list[dict[str, Any]] | None:
+    """Every trusted ``evidence.collected`` record of the case (of one host when given); None without a log.
 
-    Trusted: from the writer that has the log open in this process, else from the
-    verified, signed prefix of the log (``audit.log.signed_records``).
+    Trusted: from the writer that has the log open in this process (its index: O(records
+    asked for)), else from the verified, signed prefix of the log (``audit.log.signed_records``).
     """
     module = audit_module()
     if module is None or not (case_dir(case_id) / "audit" / "log.jsonl").exists():
         return None
-    return module.signed_records(case_id, actions=(ACTION_COLLECTED,))
+    return module.signed_records(case_id, actions=(ACTION_COLLECTED,), tenant=tenant, host=host)
 
 
 @dataclass(frozen=True)

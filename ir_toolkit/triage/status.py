@@ -46,7 +46,7 @@ def host_evidence_status(
     if not collections:
         return EvidenceStatus(False, f"no evidence collected for {tenant}/{host}: run irkit triage first")
     if records is None:
-        records = custody_records(case_id)
+        records = custody_records(case_id, tenant=tenant, host=host)
     reason = ""
     for collection in reversed(collections):
         try:

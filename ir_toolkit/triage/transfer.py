@@ -25,7 +25,10 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import TYPE_CHECKING, IO, Any
+
+if TYPE_CHECKING:
+    import tarfile
 
 import paramiko
 
