@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from containment_helpers import irkit, keyed_env, summary
+from containment_helpers import REPO, home, irkit, keyed_env, summary
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

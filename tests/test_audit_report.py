@@ -7,6 +7,7 @@ import html
 import json
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from ir_toolkit.audit import layout
 from ir_toolkit.audit.report import esc, md, render_html, render_markdown
 from ir_toolkit.audit.review import build_review
 from ir_toolkit.cli.main import main
-from tests.audit_case import TENANTS, secrets_of_others, write_case, write_inventory
+from tests.audit_case import HOSTILE, TENANTS, secrets_of_others, write_case, write_inventory
 
 CASE = "IR-REP"
 

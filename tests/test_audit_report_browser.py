@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ir_toolkit.audit.review import build_review
-from tests.audit_case import HOSTILE, write_case
+from tests.audit_case import HOSTILE, write_case, write_inventory
 from tests.chromium import Browser, chromium_path, inspect
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,12 +9,16 @@ cannot reach the host while the controller can, and the signed log verifies.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import winrm
 
-from containment_helpers import contain_playbook, escrow_get, irkit, keyed_env, tcp_reach
+from containment_helpers import IRKIT, REPO, contain_playbook, escrow_get, irkit, keyed_env, tcp_reach
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

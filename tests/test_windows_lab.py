@@ -14,6 +14,7 @@ import pytest
 
 from ir_toolkit.transports.base import AUTH_FAILED, TransportError
 from ir_toolkit.transports.winrm import WinrmConnection, WinrmEndpoint, probe_login
+from tests.conftest import run_irkit
 
 pytestmark = [pytest.mark.lab]
 

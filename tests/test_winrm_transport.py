@@ -19,6 +19,7 @@ from ir_toolkit.transports.base import AUTH_FAILED, HOST_KEY_CHANGED, TIMED_OUT,
 from ir_toolkit.transports.winrm import (
     CERT_REFUSED,
     WinrmConnection,
+    WinrmEndpoint,
     decode_clixml,
     encode_script,
     probe_login,
