@@ -122,6 +122,19 @@ def test_failed_task_fails_the_host_and_counts(ans, env, tmp_path):
     assert "break here" in status[victim]["message"]
     for name in hosts[1:]:
         assert status[name]["status"] == "ok", status[name]
+    # ... and in max-fail: with max_fail_percentage 0 the failed Ansible host stops the run before the next phase
+    data = yaml.safe_load(pb.read_text())
+    data["phases"][1]["max_fail_percentage"] = 0
+    data["phases"].append({"name": "after", "steps": [
+        {"name": "marker", "action": "command.run", "params": {"command": "touch /var/tmp/after-ansible"}}]})
+    pb.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = irkit(env, "contain", "--inventory", str(ans.inventory_path), "--playbook", str(pb), "--case", "ANS-5",
+                 "--yes", "--format", "json", timeout=900)
+    result = summary(proc)
+    assert proc.returncode != 0 and "max_fail_percentage" in result["reason"], result
+    assert any(r["action"] == "run.stopped" for r in _records(ans, "ANS-5"))
+    for name in hosts:
+        assert ans.exec(name, "test -e /var/tmp/after-ansible").returncode == 1, name
 
 
 def test_no_log_secret_appears_nowhere(ans, env, tmp_path):
