@@ -66,7 +66,12 @@ class CaseLayout:
 
     @property
     def responder_key(self) -> Path:
+        """The case-wide responder key of earlier versions (read only; new keys are per tenant)."""
         return self.keys / RESPONDER_KEY_NAME
+
+    def tenant_responder_key(self, tenant: str) -> Path:
+        """The case's responder key for one tenant (encrypted at rest; never valid for another tenant)."""
+        return self.keys / f"responder_{tenant}_ed25519"
 
     @property
     def known_hosts(self) -> Path:

@@ -84,6 +84,17 @@ def key_login(lab: Any, host: dict[str, Any], user: str, key_path: str | Path) -
     return probe_login(endpoint(lab, host, user), pkey=load_private_key(Path(key_path)))
 
 
+def case_key_login(lab: Any, host: dict[str, Any], user: str, env: dict[str, str], case: str) -> bool:
+    """A login with the case's responder key of the host's tenant (encrypted at rest: the passphrase is
+    derived from the keys passphrase, as irkit does)."""
+    from ir_toolkit.secrets.keyprovider import derive_case_key_passphrase
+    from ir_toolkit.transports.ssh import load_private_key, probe_login
+
+    path = Path(env["IRKIT_HOME"]) / "cases" / case / "keys" / f"responder_{host['tenant']}_ed25519"
+    pkey = load_private_key(path, derive_case_key_passphrase(env["IRKIT_KEY_PASSPHRASE"], case))
+    return probe_login(endpoint(lab, host, user), pkey=pkey)
+
+
 def password_login(lab: Any, host: dict[str, Any], user: str, password: str) -> bool:
     from ir_toolkit.transports.ssh import probe_login
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from containment_helpers import (
+    case_key_login,
     contain_playbook,
     escrow_get,
     home,
@@ -101,7 +102,7 @@ def test_contain_end_to_end(ctn, env, tmp_path):
         assert _mspadmin_sleepers(ctn, name) == "", name
         # irkit can still get in: the inventory's responder key and the case's own key
         assert key_login(ctn, host, "root", info["responder_private_key"]), name
-        assert key_login(ctn, host, "root", Path(env["IRKIT_HOME"]) / "cases" / CASE / "keys/responder_ed25519")
+        assert case_key_login(ctn, host, "root", env, CASE)
     assert len(set(new_passwords.values())) == len(hosts), "every host has its own password"
 
     listing = irkit(env, "escrow", "list", "--case", CASE, "--format", "json", check=0).stdout

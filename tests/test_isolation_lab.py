@@ -101,7 +101,8 @@ def test_refuses_when_the_controller_would_be_cut_off(iso, env, tmp_path):
                  "--evidence-override", "test", "--yes", "--format", "json")
     assert proc.returncode == 1
     message = json.loads(proc.stdout)["hosts"][a["name"]]["message"]
-    assert "refusing to isolate" in message
+    # refused at the first step that depends on it: the case key's from= (or the isolation itself)
+    assert "which is not the controller_address" in message and "refusing to" in message
     assert _ruleset(iso, a["name"]) == before
 
 

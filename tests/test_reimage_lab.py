@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import paramiko
 import pytest
 import yaml
-from containment_helpers import home, irkit, key_login, keyed_env, password_login
+from containment_helpers import case_key_login, home, irkit, key_login, keyed_env, password_login
 
 from ir_toolkit.actions.base import ActionContext, ActionFailed
 from ir_toolkit.actions.reimage import (
@@ -391,7 +391,6 @@ def test_reimage_two_dcs_after_triage_refuses_a_host_without_evidence(rlab):
     assert {i["requires_approval"] for i in plan["items"] if i["action"] == "host.reimage"} == {True}
 
     pins = (Path(env["IRKIT_HOME"]) / "cases" / CASE / "known_hosts").read_text()
-    case_key = Path(env["IRKIT_HOME"]) / "cases" / CASE / "keys" / "responder_ed25519"
     for name in DCS:
         old_fp = before[name]["host_key_fingerprint"]
         new = _host(after, name)
@@ -415,7 +414,7 @@ def test_reimage_two_dcs_after_triage_refuses_a_host_without_evidence(rlab):
         assert fingerprint(base64.b64decode(pin_blob)) == new_fp
         # --- the responder logs in over the new pin (the MSP's responder key and the case key)
         assert key_login(lab, new, "root", info["responder_private_key"])
-        assert key_login(lab, new, "root", case_key)
+        assert case_key_login(lab, new, "root", env, CASE)
         # --- the MSP key and the old shared password are dead; the unique escrowed password works
         assert not key_login(lab, new, "root", msp_key)
         assert not key_login(lab, new, "mspadmin", msp_key)

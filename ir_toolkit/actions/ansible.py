@@ -177,7 +177,7 @@ def _host_key_line(ctx: ActionContext) -> list[str]:
 
 def _pkey_text(ctx: ActionContext) -> str:
     """The responder's private key (OpenSSH format) for ssh-agent: the key irkit logs in with."""
-    keys = list(ctx.require_pool().keys())
+    keys = list(ctx.require_pool().keys(ctx.host))
     if not keys:
         raise ActionFailed("no responder key to give Ansible")
     return openssh_private_text(keys[0])

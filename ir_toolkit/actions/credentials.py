@@ -126,7 +126,7 @@ def login_with_key(endpoint: Endpoint, pkey: paramiko.PKey, deadline: Deadline) 
 
 def responder_pkeys(ctx: ActionContext) -> list[paramiko.PKey]:
     """The keys irkit logs in with (the per-case key first), for proofs of access."""
-    return list(ctx.require_pool().keys())
+    return list(ctx.require_pool().keys(ctx.host))
 
 
 def responder_access_works(ctx: ActionContext) -> bool:
@@ -187,17 +187,52 @@ def _write_file(ctx: ActionContext, path: str, content: str) -> None:
 _case_key_lock = threading.Lock()
 
 
-def case_key_path(case_id: str) -> Path:
-    return CaseLayout.of(case_id).responder_key
+def case_key_path(case_id: str, tenant: str) -> Path:
+    """The case's responder key for ``tenant`` (one per tenant: a key never opens another client's hosts)."""
+    return CaseLayout.of(case_id).tenant_responder_key(tenant)
 
 
 def public_line(path: Path) -> str:
     return path.with_name(path.name + ".pub").read_text().strip()
 
 
-def ensure_case_key(case_id: str) -> tuple[Path, bool]:
-    """The case's responder key pair, generated once (thread and process safe). Returns (path, created)."""
-    path = case_key_path(case_id)
+def key_options(inventory: Any) -> str:
+    """authorized_keys options of the case responder key: usable only from the controller and
+    ``allow_from``, and for nothing but a session (no agent, port or X11 forwarding)."""
+    responder = inventory.msp.responder
+    sources = [str(responder.controller_address), *(str(n) for n in responder.allow_from)]
+    return (f'from="{",".join(dict.fromkeys(sources))}",no-agent-forwarding,no-port-forwarding,'
+            "no-X11-forwarding")
+
+
+def _check_from(ctx: ActionContext) -> None:
+    """The key's ``from=`` must admit the address the host sees irkit connect from."""
+    import ipaddress
+
+    seen = sshd.client_address(ctx)
+    responder = ctx.inventory.msp.responder
+    try:
+        addr = ipaddress.ip_address(seen)
+    except ValueError:
+        raise ActionFailed(f"cannot tell the controller's address from SSH_CONNECTION ({seen!r})") from None
+    nets = [ipaddress.ip_network(str(n), strict=False) for n in (responder.controller_address, *responder.allow_from)]
+    if not any(addr.version == n.version and addr in n for n in nets):
+        raise ActionFailed(f"the controller reaches this host from {seen}, which is not the controller_address "
+                           "or allow_from: refusing to install the case responder key (its from= would not "
+                           "admit irkit)")
+
+
+def case_key_passphrase(ctx: ActionContext) -> str:
+    value = ctx.keys.case_key_passphrase(ctx.case_id)
+    if value is None:
+        raise ActionFailed("the case responder key is encrypted at rest and the keys are not unlocked here")
+    return value
+
+
+def ensure_case_key(case_id: str, tenant: str, passphrase: str) -> tuple[Path, bool]:
+    """The case's responder key pair for ``tenant``, generated once (thread and process safe), the private
+    key encrypted at rest with ``passphrase`` (OpenSSH format, bcrypt KDF). Returns (path, created)."""
+    path = case_key_path(case_id, tenant)
     with _case_key_lock:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path.parent / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -208,11 +243,11 @@ def ensure_case_key(case_id: str) -> tuple[Path, bool]:
                 return path, False
             key = Ed25519PrivateKey.generate()
             private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                        serialization.NoEncryption())
+                                        serialization.BestAvailableEncryption(passphrase.encode()))
             public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
             from ir_toolkit.fsutil import write_atomic
 
-            write_atomic(pub, public + f" irkit-responder-{case_id}\n".encode(), mode=0o644)
+            write_atomic(pub, public + f" irkit-responder-{case_id}-{tenant}\n".encode(), mode=0o644)
             write_atomic(path, private, mode=0o600)
             return path, True
         finally:
@@ -251,32 +286,37 @@ class EnsureResponderAccess(Action):
     def _user(self, ctx: ActionContext, params: EnsureAccessParams) -> str:
         return params.user or ctx.host.user or ctx.inventory.msp.responder.user
 
-    def _installed(self, ctx: ActionContext, path: str, blob: bytes) -> bool:
+    def _installed(self, ctx: ActionContext, path: str, blob: bytes, options: str) -> bool:
         content = _read_files(ctx, [path]).get(path, "")
-        return any(sshd.key_blob(line) == blob for line in content.splitlines())
+        return any(sshd.key_blob(line) == blob and line.startswith(options + " ") for line in content.splitlines())
 
     def plan(self, ctx: ActionContext, params: EnsureAccessParams) -> Outcome:
         user = self._user(ctx, params)
-        key = case_key_path(ctx.case_id)
+        key = case_key_path(ctx.case_id, ctx.host.tenant)
         path, _, _ = _responder_keyfile(ctx, user)
         if not key.exists():
             return Outcome(True, f"would create the case's responder key and install it in {path}")
         blob = sshd.key_blob(public_line(key))
         assert blob is not None
-        if self._installed(ctx, path, blob):
+        if self._installed(ctx, path, blob, key_options(ctx.inventory)):
             return Outcome(False, f"case responder key already in {path}")
         return Outcome(True, f"would install the case's responder key in {path}")
 
     def apply(self, ctx: ActionContext, params: EnsureAccessParams) -> Outcome:
         user = self._user(ctx, params)
-        key_path, created = ensure_case_key(ctx.case_id)
-        line = public_line(key_path)
+        passphrase = case_key_passphrase(ctx)
+        _check_from(ctx)
+        key_path, created = ensure_case_key(ctx.case_id, ctx.host.tenant, passphrase)
+        options = key_options(ctx.inventory)
+        line = f"{options} {public_line(key_path)}"
         blob = sshd.key_blob(line)
         assert blob is not None
         fp = fingerprint(blob)
         path, uid, home = _responder_keyfile(ctx, user)
         changed = False
-        if not self._installed(ctx, path, blob):
+        if not self._installed(ctx, path, blob, options):
+            if _read_files(ctx, [path]).get(path) is not None:
+                _remove_key_lines(ctx, path, blob)  # an older line of this key without the options
             q = ctx.quote(path)
             owner = ctx.quote(user)
             script = (f'f={q}; d=$(dirname "$f"); '
@@ -287,7 +327,7 @@ class EnsureResponderAccess(Action):
             ctx.run(script, stdin=(line + "\n").encode(), check=True)
             changed = True
         # The proof: a brand-new connection with exactly this key, before anything else proceeds.
-        pkey = load_private_key(key_path)
+        pkey = load_private_key(key_path, passphrase)
         if not fresh_login(_endpoint(ctx, user), pkey, ctx.deadline):
             _record(ctx, "responder.access_failed", {"fingerprint": fp, "file": path}, outcome="failed")
             raise ActionFailed(f"installed the case responder key in {path} but a fresh login with it failed; "
@@ -296,17 +336,121 @@ class EnsureResponderAccess(Action):
             ctx.pool.reload_keys()  # the pool prefers the case key from now on
         if changed:
             _record(ctx, "responder.key_installed", {"fingerprint": fp, "file": path, "user": user,
-                                                     "key_created": created})
+                                                     "key_created": created, "options": options})
         return Outcome(changed, f"case responder key {'installed in' if changed else 'already in'} {path}; "
                                 "fresh login proven", {"fingerprint": fp, "file": path})
 
     def verify(self, ctx: ActionContext, params: EnsureAccessParams) -> Outcome:
-        key_path = case_key_path(ctx.case_id)
+        key_path = case_key_path(ctx.case_id, ctx.host.tenant)
         if not key_path.exists():
             return Outcome(False, "the case responder key does not exist", ok=False)
-        ok = fresh_login(_endpoint(ctx, self._user(ctx, params)), load_private_key(key_path), ctx.deadline)
+        ok = fresh_login(_endpoint(ctx, self._user(ctx, params)),
+                         load_private_key(key_path, case_key_passphrase(ctx)), ctx.deadline)
         return Outcome(False, "fresh login with the case responder key works" if ok
                        else "fresh login with the case responder key FAILED", ok=ok)
+
+
+def _remove_key_lines(ctx: ActionContext, path: str, blob: bytes) -> int:
+    """Remove every line of ``path`` that holds the key ``blob`` (any options); returns how many."""
+    content = _read_files(ctx, [path]).get(path)
+    if content is None:
+        return 0
+    lines = content.splitlines(keepends=True)
+    kept = [line for line in lines if sshd.key_blob(line.strip()) != blob]
+    if len(kept) != len(lines):
+        _write_file(ctx, path, "".join(kept))
+    return len(lines) - len(kept)
+
+
+class RemoveAccessParams(Params):
+    #: account irkit logs in as (default: the inventory's responder user)
+    user: str | None = None
+
+
+@register
+class RemoveResponderAccess(Action):
+    """Take the case's responder key off the host when the case is closed (``irkit case close``).
+
+    The key's lines are removed from the responder's authorized_keys; then a fresh login with the
+    case key must fail and a fresh login with the MSP's responder key (the inventory's) must work:
+    if it does not, the case key is put back and the step fails (never lose responder access)."""
+
+    name = "responder.remove_access"
+    Params = RemoveAccessParams
+    description = "remove the case's responder key from the host (case close); the MSP's key keeps access"
+
+    def _user(self, ctx: ActionContext, params: RemoveAccessParams) -> str:
+        return params.user or ctx.host.user or ctx.inventory.msp.responder.user
+
+    def _blob(self, ctx: ActionContext) -> tuple[Path, bytes] | None:
+        key = case_key_path(ctx.case_id, ctx.host.tenant)
+        pub = key.with_name(key.name + ".pub")
+        if not pub.exists():
+            return None
+        blob = sshd.key_blob(public_line(key))
+        return (key, blob) if blob else None
+
+    def _present(self, ctx: ActionContext, path: str, blob: bytes) -> bool:
+        content = _read_files(ctx, [path]).get(path, "")
+        return any(sshd.key_blob(line.strip()) == blob for line in content.splitlines())
+
+    def _msp_key_works(self, ctx: ActionContext, user: str) -> bool:
+        from ir_toolkit.transports.pool import responder_key_paths
+
+        keys = [load_private_key(p) for p in responder_key_paths(ctx.inventory, None) if p.exists()]
+        return any(fresh_login(_endpoint(ctx, user), k, ctx.deadline) for k in keys)
+
+    def plan(self, ctx: ActionContext, params: RemoveAccessParams) -> Outcome:
+        found = self._blob(ctx)
+        if found is None:
+            return Outcome(False, "this case has no responder key for the tenant")
+        path, _, _ = _responder_keyfile(ctx, self._user(ctx, params))
+        if not self._present(ctx, path, found[1]):
+            return Outcome(False, f"case responder key not in {path}")
+        return Outcome(True, f"would remove the case responder key from {path}")
+
+    def apply(self, ctx: ActionContext, params: RemoveAccessParams) -> Outcome:
+        found = self._blob(ctx)
+        if found is None:
+            return Outcome(False, "this case has no responder key for the tenant")
+        key_path, blob = found
+        user = self._user(ctx, params)
+        path, _, _ = _responder_keyfile(ctx, user)
+        fp = fingerprint(blob)
+        if not self._present(ctx, path, blob):
+            return Outcome(False, f"case responder key not in {path}", {"fingerprint": fp})
+        before = _read_files(ctx, [path]).get(path, "")
+        removed = _remove_key_lines(ctx, path, blob)
+        if not self._msp_key_works(ctx, user):
+            _write_file(ctx, path, before)  # never lose responder access
+            _record(ctx, "responder.key_removal_rolled_back", {"fingerprint": fp, "file": path}, outcome="failed")
+            raise ActionFailed(f"after removing the case responder key from {path}, a fresh login with the "
+                               "MSP's responder key failed: the case key was put back")
+        if ctx.pool is not None:
+            ctx.pool.reload_keys()
+        _record(ctx, "responder.key_removed", {"fingerprint": fp, "file": path, "user": user, "lines": removed})
+        return Outcome(True, f"case responder key removed from {path}; the MSP's responder key logs in",
+                       {"fingerprint": fp, "file": path, "lines": removed})
+
+    def verify(self, ctx: ActionContext, params: RemoveAccessParams) -> Outcome:
+        found = self._blob(ctx)
+        if found is None:
+            return Outcome(False, "this case has no responder key for the tenant")
+        key_path, blob = found
+        user = self._user(ctx, params)
+        path, _, _ = _responder_keyfile(ctx, user)
+        problems = []
+        if self._present(ctx, path, blob):
+            problems.append(f"the case responder key is still in {path}")
+        passphrase = ctx.keys.case_key_passphrase(ctx.case_id)
+        if passphrase is not None and key_path.exists() and \
+                fresh_login(_endpoint(ctx, user), load_private_key(key_path, passphrase), ctx.deadline):
+            problems.append("a fresh login with the case responder key still WORKS")
+        if not self._msp_key_works(ctx, user):
+            problems.append("a fresh login with the MSP's responder key FAILED")
+        if problems:
+            return Outcome(False, "; ".join(problems), ok=False)
+        return Outcome(False, "case responder key gone: it logs in no more, the MSP's responder key does")
 
 
 # =========================================================================== accounts.rotate

@@ -152,8 +152,8 @@ def responder_fingerprints(ctx: ActionContext) -> set[str]:
     fps: set[str] = set()
     for key in responder_pkeys(ctx):
         fps.add(fingerprint(key.asbytes()))
-    case_key = case_key_path(ctx.case_id)
-    if case_key.exists():
+    case_key = case_key_path(ctx.case_id, ctx.host.tenant)
+    if case_key.with_name(case_key.name + ".pub").exists():
         blob = sshd.key_blob(public_line(case_key))
         if blob:
             fps.add(fingerprint(blob))

@@ -39,8 +39,9 @@ def isolate(msp: str | None, inventory_path: str | None, case_id: str, hosts: tu
             yes: bool, dry_run: bool, forks: int, fmt: str) -> None:
     """Cut hosts off the network except for the responder's controller.
 
-    Only loopback, established sessions, msp.responder.controller_address,
-    msp.responder.allow_from and --allow stay reachable. Isolation is gated on
+    Only loopback, msp.responder.controller_address, msp.responder.allow_from
+    and --allow stay reachable; live sessions of every other peer are ended
+    (sockets destroyed, conntrack entries deleted), the responders' survive. Isolation is gated on
     collected evidence like every destructive step (or --evidence-override).
     --release removes irkit's table and checks the ruleset is as before.
     """

@@ -13,6 +13,7 @@ import click
 
 from ir_toolkit import __version__, log
 from ir_toolkit.cli.audit import audit
+from ir_toolkit.cli.case import case
 from ir_toolkit.cli.contain import contain
 from ir_toolkit.cli.escrow import escrow
 from ir_toolkit.cli.evidence import evidence
@@ -64,7 +65,7 @@ def cli(verbose: int) -> None:
 
 for command in (
     contain, rotate, triage, isolate, reimage, plan, approve, apply, resume,
-    audit, escrow, evidence, inventory, keys, lab,
+    audit, escrow, evidence, inventory, keys, lab, case,
 ):
     cli.add_command(command)
 

@@ -105,6 +105,18 @@ def isolation_playbook(*, tenants: list[str], hosts: list[str], release: bool, a
     }
 
 
+def case_close_playbook(*, tenants: list[str]) -> dict[str, Any]:
+    """``irkit case close``: take the case's responder keys off every host of the tenants that have one."""
+    return {
+        "version": 1,
+        "name": "case-close",
+        "description": "remove the case's responder keys from the hosts; the MSP's responder key keeps access",
+        "phases": [{"name": "close", "steps": [
+            {"name": "remove the case responder key", "action": "responder.remove_access",
+             "targets": {**_targets(tenants, []), "os": ["linux"]}}]}],
+    }
+
+
 def _plain(value: Any) -> Any:
     """Line-annotated YAML containers -> plain dicts/lists (deep copies: no shared anchors)."""
     if isinstance(value, dict):

@@ -187,6 +187,8 @@ def execute(plan: Plan, loaded: LoadedPlaybook, inventory: Inventory, *, forks: 
     try:
         approvals = gather_approvals(plan, inventory, journal, responder_confirmed, approval_wait, frontend)
         pool = pool or make_pool(inventory, plan.case, loaded)
+        pool.case_key_passphrase = keys.case_key_passphrase(plan.case)  # the case keys are encrypted at rest
+        pool.reload_keys()
         # the evidence gate is the engine's own (on by default); approvals are verified here
         options = EngineOptions(forks=forks, finished=finished or set(), approvals=approvals, keys=keys)
         frontend.event("run.begin", {"plan": plan.hash})

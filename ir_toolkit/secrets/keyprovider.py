@@ -16,6 +16,19 @@ from ir_toolkit.errors import InputError
 from ir_toolkit.redaction import register_secret
 
 
+def derive_case_key_passphrase(passphrase: str, case_id: str) -> str:
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"irkit-case-responder-key-v1",
+               info=case_id.encode()).derive(passphrase.encode())
+    value = base64.b64encode(raw).decode()
+    register_secret(value)
+    return value
+
+
 class KeysLocked(InputError):
     """A private key was asked for where none is unlocked (planning, or a run without keys)."""
 
@@ -64,6 +77,13 @@ class KeyProvider:
             if self._escrow is None:
                 self._escrow = load_escrow_private_key(self._need("escrow key"))
             return self._escrow
+
+    def case_key_passphrase(self, case_id: str) -> str | None:
+        """The passphrase that encrypts the case's responder keys at rest (derived from the keys
+        passphrase with HKDF, bound to the case; None while locked)."""
+        if self._passphrase is None:
+            return None
+        return derive_case_key_passphrase(self._passphrase, case_id)
 
     def escrow_public_key(self) -> Any:
         from ir_toolkit.secrets.keystore import escrow_public_key

@@ -73,13 +73,15 @@ def transport_factory(kind: str) -> ConnectionFactory:
     return factory
 
 
-def responder_key_paths(inventory: Inventory, case_id: str | None) -> list[Path]:
-    """Keys irkit logs in with, most specific first: the case's own responder key, then the MSP's."""
+def responder_key_paths(inventory: Inventory, case_id: str | None, tenant: str | None = None) -> list[Path]:
+    """Keys irkit logs in with, most specific first: the case's own responder key for the host's tenant
+    (or the case-wide key of earlier versions), then the MSP's."""
     paths: list[Path] = []
     if case_id:
-        case_key = CaseLayout.of(case_id).responder_key
-        if case_key.exists():
-            paths.append(case_key)
+        layout = CaseLayout.of(case_id)
+        for case_key in ([layout.tenant_responder_key(tenant)] if tenant else []) + [layout.responder_key]:
+            if case_key.exists():
+                paths.append(case_key)
     ref = parse_ref(inventory.msp.responder.key)
     if ref.scheme == "file":
         paths.append(ref.path)
@@ -112,24 +114,40 @@ class ConnectionPool:
         # the case's pins override the MSP's for the hosts they name (a reimaged host's old key is refused)
         self.known_hosts = KnownHosts(known_hosts_files(inventory, None),
                                       override=[case_known_hosts(case_id)] if case_id else [])
-        self._keys: list[paramiko.PKey] | None = None
+        self._keys: dict[str | None, list[paramiko.PKey]] = {}
+        #: decrypts the case's responder keys (set by run/ from the unlocked KeyProvider); without it
+        #: only the MSP's responder key is used
+        self.case_key_passphrase: str | None = None
         self._conns: dict[tuple[str, str], Connection] = {}
         self._lock = threading.Lock()
 
-    def keys(self) -> list[paramiko.PKey]:
+    def keys(self, host: Host | None = None) -> list[paramiko.PKey]:
+        """The responder keys for ``host`` (its tenant's case key first, when it can be decrypted)."""
+        tenant = host.tenant if host is not None else None
         with self._lock:
-            if self._keys is None:
-                paths = responder_key_paths(self.inventory, self.case_id)
-                self._keys = [load_private_key(p) for p in paths if p.exists()]
-                if not self._keys:
+            if tenant not in self._keys:
+                paths = responder_key_paths(self.inventory, self.case_id, tenant)
+                layout = CaseLayout.of(self.case_id) if self.case_id else None
+                loaded = []
+                for path in paths:
+                    if not path.exists():
+                        continue
+                    if layout is not None and path.parent == layout.keys and path != layout.responder_key:
+                        if self.case_key_passphrase is None:
+                            continue  # encrypted at rest: usable once run/ has unlocked the keys
+                        loaded.append(load_private_key(path, self.case_key_passphrase))
+                    else:
+                        loaded.append(load_private_key(path))
+                if not loaded:
                     missing = ", ".join(str(p) for p in paths) or "(none configured)"
                     raise TransportError(AUTH_FAILED, f"no responder key found: {missing}")
-            return self._keys
+                self._keys[tenant] = loaded
+            return self._keys[tenant]
 
     def reload_keys(self) -> None:
-        """Forget loaded keys (after a per-case responder key was installed)."""
+        """Forget loaded keys (after a per-case responder key was installed or removed)."""
         with self._lock:
-            self._keys = None
+            self._keys = {}
 
     def endpoint(self, host: Host) -> Endpoint:
         user = host.user or self.inventory.msp.responder.user
@@ -174,7 +192,7 @@ def _open_ssh(pool: ConnectionPool, host: Host, deadline: float) -> Connection:
 
     def once() -> SshConnection:
         last: TransportError | None = None
-        for key in pool.keys():
+        for key in pool.keys(host):
             try:
                 return SshConnection.open(endpoint, pkey=key, timeouts=pool.timeouts, deadline=deadline)
             except TransportError as exc:

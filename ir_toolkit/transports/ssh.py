@@ -102,13 +102,13 @@ class _PinnedPolicy(paramiko.MissingHostKeyPolicy):
             )
 
 
-def load_private_key(path: Path) -> paramiko.PKey:
-    """Load an unencrypted OpenSSH/PEM private key (Ed25519, ECDSA or RSA)."""
+def load_private_key(path: Path, passphrase: str | None = None) -> paramiko.PKey:
+    """Load an OpenSSH/PEM private key (Ed25519, ECDSA or RSA), encrypted with ``passphrase`` or not."""
     try:
-        return paramiko.PKey.from_path(str(path))
+        return paramiko.PKey.from_path(str(path), password=passphrase.encode() if passphrase else None)  # type: ignore[arg-type]
     except FileNotFoundError:
         raise TransportError(AUTH_FAILED, f"responder key {path} does not exist") from None
-    except (paramiko.SSHException, ValueError) as exc:
+    except (paramiko.SSHException, ValueError, TypeError) as exc:  # TypeError: encrypted, no passphrase
         raise TransportError(AUTH_FAILED, f"cannot load responder key {path}: {exc}") from None
 
 
