@@ -176,11 +176,12 @@ def _host_key_line(ctx: ActionContext) -> list[str]:
 
 
 def _pkey_text(ctx: ActionContext) -> str:
-    """The responder's private key (OpenSSH format) for ssh-agent: the key irkit logs in with."""
+    """The responder's private key (OpenSSH format) for ssh-agent: the MSP's responder key (the
+    inventory's; the per-case key is bound by from= to irkit's own connections and stays with irkit)."""
     keys = list(ctx.require_pool().keys(ctx.host))
     if not keys:
         raise ActionFailed("no responder key to give Ansible")
-    return openssh_private_text(keys[0])
+    return openssh_private_text(keys[-1])
 
 
 def openssh_private_text(pkey: Any) -> str:
