@@ -93,3 +93,21 @@ def test_oversized_lines_are_skipped_not_buffered():
     data = b'{"a": 1}\n' + b"x" * (MAX_LINE * 2 + 5) + b"\n" + b'{"b": 2}\n'
     lines = list(_bounded_lines(io.BytesIO(data)))
     assert lines[0] == b'{"a": 1}\n' and lines[1] is None and lines[-1] == b'{"b": 2}\n'
+
+
+def test_worker_dirs_of_dead_irkit_processes_are_removed(tmp_path, monkeypatch):
+    """A worker directory left by a killed irkit (kill -9) is removed by the next job; a live one is kept."""
+    import subprocess
+
+    from ir_toolkit.transports import ansible_runner as ar
+
+    monkeypatch.setattr(ar, "_memory_dir", lambda: str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"irkit-ansible-{dead.pid}-abc"
+    (stale / "job" / "env").mkdir(parents=True)
+    (stale / "job" / "env" / "extravars").write_text("secret: x\n")
+    live = tmp_path / f"irkit-ansible-{os.getpid()}-def"
+    live.mkdir()
+    ar._remove_stale_worker_dirs()
+    assert not stale.exists() and live.exists()

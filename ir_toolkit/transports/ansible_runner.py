@@ -147,6 +147,31 @@ def _memory_dir() -> str | None:
     return None
 
 
+def _remove_stale_worker_dirs() -> None:
+    """Worker directories of irkit processes that died (kill -9) before removing them: removed now,
+    so nothing of a job (extra vars, the ssh-agent FIFO) outlives its run for long."""
+    base = Path(_memory_dir() or tempfile.gettempdir())
+    try:
+        entries = list(base.glob("irkit-ansible-*"))
+    except OSError:
+        return
+    for entry in entries:
+        parts = entry.name.split("-")
+        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
+        if pid is not None:
+            try:
+                os.kill(pid, 0)
+                continue  # its irkit is still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        elif time.time() - entry.stat().st_mtime < 24 * 3600:
+            continue  # an old-style name: removed only once it is a day old
+        if entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def prepare_private_dir(job: AnsibleJob, private_dir: Path, worker_pdd: str | None = None) -> None:
     """The transmit side's private data dir: project + inventory (+ known_hosts), nothing secret."""
     import yaml
@@ -323,7 +348,8 @@ def run_job(job: AnsibleJob, private_dir: Path, *,
     """Run ``job`` through an ansible-runner worker child process; events as they come."""
     from ansible_runner.streaming import Transmitter
 
-    worker_dir = tempfile.mkdtemp(prefix="irkit-ansible-", dir=_memory_dir())
+    _remove_stale_worker_dirs()
+    worker_dir = tempfile.mkdtemp(prefix=f"irkit-ansible-{os.getpid()}-", dir=_memory_dir())
     os.chmod(worker_dir, 0o700)
     # an empty config file of our own: no ansible.cfg of the working directory or $HOME applies
     Path(worker_dir, "ansible.cfg").write_text("[defaults]\n")
