@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import secrets as _secrets
 import string
 import time
@@ -40,6 +39,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from ir_toolkit.fsutil import write_atomic
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
 from ir_toolkit.cases import CaseLayout
 from ir_toolkit.inventory.directory import Directory
@@ -272,20 +272,7 @@ def evidence_ready(case_id: str, tenant: str, domain: str) -> tuple[bool, str]:
 
 
 def _write_durable(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, data, mode=0o600)
 
 
 class EvidenceParams(Params):
