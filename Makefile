@@ -23,6 +23,7 @@ system-deps:
 	@ls /usr/sbin/sshd >/dev/null
 	@(for t in samba samba-tool kinit kvno; do command -v $$t >/dev/null 2>&1 || exit 1; done) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq samba samba-ad-dc krb5-user >/dev/null)
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@command -v redis-server >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
 
 $(BIN)/irkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -111,3 +111,10 @@ def test_only_the_lab_and_its_cli_group_import_the_lab() -> None:
 
 def test_run_layer_renders_nothing() -> None:
     assert _offenders(lambda m, u, n: u == "run" and (_unit(n) == "cli" or n.split(".")[0] in ("click", "rich"))) == []
+
+
+def test_agents_sit_below_the_engine() -> None:
+    """agents/ uses actions, transports, audit, secrets (never cli/run/playbook/lab); only cli/ and run/
+    drive it (the engine reaches it through its RemoteSteps hook, not an import)."""
+    assert _offenders(lambda m, u, n: u == "agents" and _unit(n) in ("cli", "run", "playbook", "lab")) == []
+    assert _offenders(lambda m, u, n: _unit(n) == "agents" and u not in ("agents", "cli", "run")) == []

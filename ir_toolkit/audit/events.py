@@ -32,6 +32,13 @@ STEP_SKIPPED = "step.skipped"
 GATE_OVERRIDE = "gate.override"
 HOST_TIMED_OUT = "host.timed_out"
 APPROVAL_GIVEN = "approval.given"
+# --- agents (agents/dispatch.py): what a tenant's agent answered, written by the controller only
+AGENT_INTENT = "agent.intent"
+AGENT_RESULT = "agent.result"
+AGENT_REFUSED = "agent.refused"
+AGENT_CHAIN_GAP = "agent.chain_gap"
+AGENT_CHAIN_CONFLICT = "agent.chain_conflict"
+AGENT_MESSAGE_REJECTED = "agent.message_rejected"
 
 _ALL = [
     Event(RUN_START, "a run of a plan begins", ("plan", "playbook", "resumed")),
@@ -55,6 +62,22 @@ _ALL = [
           ("reason", "host_timeout"), ("timed_out",)),
     Event(APPROVAL_GIVEN, "an approval of a plan (the responder's confirmation or a signed approval)",
           ("plan", "approver", "kind")),
+    Event(AGENT_INTENT, "a tenant's agent signed that it is about to run a step (verify_first: after an "
+          "unfinished attempt)", ("step_id", "item", "attempt", "agent_id", "agent_seq", "prev_agent_hash",
+                                 "message_sha256", "verify_first"), ("intent",)),
+    Event(AGENT_RESULT, "a tenant's agent's signed result of a step (the first per step; duplicate: a later copy)",
+          ("step_id", "item", "attempt", "agent_id", "agent_seq", "prev_agent_hash", "message_sha256", "outcome",
+           "status", "started", "finished", "host_key_fp", "evidence", "verify_first", "duplicate"),
+          ("ok", "failed", "duplicate")),
+    Event(AGENT_REFUSED, "a tenant's agent refused an envelope (bad signature, another tenant's, expired, ...)",
+          ("step_id", "item", "attempt", "agent_id", "agent_seq", "prev_agent_hash", "message_sha256", "code",
+           "reason", "envelope_sha256", "claims"), ("refused",)),
+    Event(AGENT_CHAIN_GAP, "an agent's message chain skipped numbers (a message was lost or withheld)",
+          ("agent_id", "agent_seq", "expected_seq", "message_sha256"), ("failed",)),
+    Event(AGENT_CHAIN_CONFLICT, "an agent's message does not continue its chain (a fork or a replayed number)",
+          ("agent_id", "agent_seq", "expected_seq", "message_sha256"), ("failed",)),
+    Event(AGENT_MESSAGE_REJECTED, "a message on a tenant's results queue was not accepted (unsigned, foreign, "
+          "a record the agent may not write)", ("code", "reason", "message_sha256"), ("refused",)),
     # --- the audit log itself (audit/log.py)
     Event("audit.log_created", "the log's genesis record", ("origin", "key")),
     Event("audit.recovered", "the writer recovered a torn or unsigned tail at open", ("size", "dropped", "untrusted")),

@@ -12,6 +12,7 @@ import sys
 import click
 
 from ir_toolkit import __version__, log
+from ir_toolkit.cli.agent import agent
 from ir_toolkit.cli.audit import audit
 from ir_toolkit.cli.case import case
 from ir_toolkit.cli.contain import contain
@@ -65,7 +66,7 @@ def cli(verbose: int) -> None:
 
 for command in (
     contain, rotate, triage, isolate, reimage, plan, approve, apply, resume,
-    audit, escrow, evidence, inventory, keys, lab, case,
+    audit, escrow, evidence, inventory, keys, lab, case, agent,
 ):
     cli.add_command(command)
 

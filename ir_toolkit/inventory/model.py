@@ -234,6 +234,68 @@ class Host(_Model):
         return self._tenant
 
 
+def _broker_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("rediss", "redis", "amqps", "amqp", "memory"):
+        raise ValueError(f"broker {value!r}: use rediss://HOST:PORT/DB or amqps://HOST/VHOST")
+    if "@" in parts.netloc:
+        raise ValueError("plaintext secret where a reference belongs: the broker URL must not carry a login "
+                         "(give user: and password: env:NAME/file:PATH)")
+    return value
+
+
+def _agent_key(value: str) -> str:
+    """The agent's verifier key (``name+keyid+base64``) or ``file:PATH`` of a file holding one."""
+    if value.startswith("file:"):
+        return value
+    from ir_toolkit.tlog.note import NoteError, parse_vkey
+
+    try:
+        key = parse_vkey(value)
+    except NoteError as exc:
+        raise ValueError(f"agent key is not a verifier key string or file:PATH ({exc})") from None
+    if key.is_cosigner:
+        raise ValueError("agent key is a witness cosigning key, not a signing key")
+    return value
+
+
+class AgentAccess(_Model):
+    """A tenant served by an agent inside its network (docs/agents.md): the controller puts the tenant's
+    steps on the tenant's queue on this broker and reads its agent's signed results back."""
+
+    broker: Annotated[str, AfterValidator(_broker_url)]
+    #: the controller's broker login (Redis ACL user / RabbitMQ user) and its password reference
+    user: str | None = None
+    password: SecretRefStr | None = None
+    #: CA bundle that validates the broker's certificate, and the controller's client certificate/key
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: the agent's Ed25519 verifier key (``irkit agent keygen`` prints it), or file:PATH of one
+    public_key: Annotated[str, AfterValidator(_agent_key)]
+    #: the tenant's evidence drop as the controller reads it (results reference files there by SHA-256)
+    drop: str
+    #: the longest a step may wait for its agent before it is timed out (seconds)
+    result_timeout: int = Field(default=3600, ge=5, le=7 * 86400)
+    #: Redis: redeliver a step whose agent died after this many seconds (above the longest step)
+    visibility_timeout: int | None = Field(default=None, ge=2)
+    #: plain redis:// or amqp:// outside loopback is refused unless this is true (a lab without TLS)
+    allow_plaintext: bool = False
+
+    @model_validator(mode="after")
+    def _tls(self) -> AgentAccess:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.broker)
+        loopback = (parts.hostname or "") in ("127.0.0.1", "::1", "localhost")
+        if parts.scheme in ("redis", "amqp") and not loopback and not self.allow_plaintext:
+            raise ValueError(f"broker {self.broker}: plaintext broker traffic outside loopback; use "
+                             f"{parts.scheme}s:// with ca_file (or allow_plaintext: true in a lab)")
+        return self
+
+
 class Tenant(_Model):
     name: Slug
     display_name: str | None = None
@@ -243,6 +305,8 @@ class Tenant(_Model):
     hosts: list[Host] = []
     #: the tenant's Active Directory domain (docs/active-directory.md)
     directory: Directory | None = None
+    #: served by an agent inside the tenant's network (docs/agents.md); None = the controller runs its steps
+    agent: AgentAccess | None = None
 
     @model_validator(mode="after")
     def _bind_hosts(self) -> Tenant:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ir_toolkit.actions.base import (
     Action,
@@ -59,6 +59,16 @@ _log = get_logger("engine")
 
 
 EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class RemoteSteps(Protocol):
+    """Runs the steps of agent-served tenants (``ir_toolkit.agents.dispatch.AgentDispatcher``): the engine
+    hands it a step and gets back the outcome its agent reported, already recorded in the audit log."""
+
+    def serves(self, tenant: str) -> bool: ...
+
+    def run_step(self, item: PlanItem, params: dict[str, Any], *, step_timeout: float, wait: float, wave: int,
+                 approvals: tuple[int, int], gate: str) -> dict[str, Any]: ...
 
 
 def raise_fd_limit() -> None:
@@ -144,6 +154,10 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
 
     def inspect(host_name: str) -> None:
         host = hosts[host_name]
+        if inventory.tenant(host.tenant).agent is not None:  # unreachable from here: its agent acts at run time
+            for row in per_host[host_name]:
+                changes[row] = {"changed": None, "summary": "served by the tenant's agent (inspected when it runs)"}
+            return
         deadline = Deadline.after(playbook.defaults.host_timeout)
         try:
             conn = pool.connection(host, deadline.at)
@@ -195,6 +209,8 @@ class EngineOptions:
     evidence_gate: EvidenceGate | None = None
     #: the responder's keys, unlocked once by the run service (locked: public keys only)
     keys: KeyProvider = field(default_factory=KeyProvider.locked)
+    #: agent-served tenants' steps go here instead of running locally (docs/agents.md)
+    remote: RemoteSteps | None = None
 
 
 class Engine:
@@ -495,6 +511,12 @@ class Engine:
         retries = self.playbook.step_retries(step)
         timeout = self.playbook.step_timeout(step)
         self._record(events.STEP_START, item, outcome="intent")
+        remote = self.options.remote
+        if remote is not None and remote.serves(host.tenant):
+            gate = ""
+            if action.destructive:  # the gate above passed, or its override was recorded
+                gate = "evidence" if self.gate(host.tenant, host.name) else f"override: {step.evidence_override}"
+            return self._run_remote(remote, host, item, params, timeout, deadline, gate)
         attempt = 0
         while True:
             attempt += 1
@@ -535,3 +557,31 @@ class Engine:
                                         "action": item.action, "details": applied.details,
                                         "changed": applied.changed, "summary": applied.summary})
             return OK, ""
+
+    def _run_remote(self, remote: RemoteSteps, host: Host, item: PlanItem, params: Any, timeout: float,
+                    deadline: Deadline, gate: str) -> tuple[str, str]:
+        """The step on the tenant's agent: wait for its outcome (within the host's budget), record it."""
+        needed = self.inventory.tenant(host.tenant).approvals_required
+        result = remote.run_step(item, plan_params(params), step_timeout=min(timeout, deadline.remaining()),
+                                 wait=max(1.0, deadline.remaining()), wave=self._wave_of.get(host.name, 1),
+                                 approvals=(self.options.approvals.get(host.tenant, 0), needed), gate=gate)
+        status = result.get("status")
+        status = status if status in (OK, FAILED, TIMED_OUT_STATUS) else FAILED
+        fields = {k: result[k] for k in ("changed", "summary", "verify", "details", "attempts", "error", "kind")
+                  if k in result}
+        self._record(events.STEP_DONE, item, params=fields, outcome=status)
+        if status != OK:
+            if result.get("kind"):
+                self._kinds[host.name] = str(result["kind"])
+            return status, str(result.get("error", status))
+        raw = result.get("details")
+        details: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        if result.get("changed"):
+            self.summary.hosts[host.name].changed += 1
+        for line in details.get("report", []) if isinstance(details.get("report"), list) else []:
+            self.summary.findings.append({"tenant": host.tenant, "host": host.name, "step": item.step,
+                                          "finding": str(line)})
+        self.on_event("step.done", {"host": host.name, "tenant": host.tenant, "item": item.id, "action": item.action,
+                                    "details": details, "changed": bool(result.get("changed")),
+                                    "summary": str(result.get("summary", ""))})
+        return OK, ""

@@ -191,11 +191,15 @@ def execute(plan: Plan, loaded: LoadedPlaybook, inventory: Inventory, *, forks: 
         pool.reload_keys()
         # the evidence gate is the engine's own (on by default); approvals are verified here
         options = EngineOptions(forks=forks, finished=finished or set(), approvals=approvals, keys=keys)
+        dispatcher = agent_dispatcher(plan, loaded, inventory, journal, keys)
+        options.remote = dispatcher
         frontend.event("run.begin", {"plan": plan.hash})
         try:
             engine = Engine(plan, loaded, inventory, journal, pool, options, on_event=frontend.event)
             summary = run_interruptible(engine, frontend)
         finally:
+            if dispatcher is not None:
+                dispatcher.close()
             frontend.event("run.finish", {})
     finally:
         journal.close()
@@ -203,6 +207,23 @@ def execute(plan: Plan, loaded: LoadedPlaybook, inventory: Inventory, *, forks: 
     if summary.incomplete:
         frontend.event("incomplete", {"case": plan.case})
     return exit_code(summary)
+
+
+def agent_dispatcher(plan: Plan, loaded: LoadedPlaybook, inventory: Inventory, journal: Any,
+                     keys: KeyProvider) -> Any:
+    """The controller's side for the plan's agent-served tenants (docs/agents.md), started; None if none."""
+    served = {t.name for t in inventory.tenants if t.agent is not None} & set(plan.tenants())
+    if not served:
+        return None
+    from ir_toolkit.agents.dispatch import AgentDispatcher
+
+    longest = max([loaded.playbook.step_timeout(step) for phase in loaded.playbook.phases for step in phase.steps]
+                  or [loaded.playbook.defaults.timeout])
+    try:
+        return AgentDispatcher(inventory, journal, keys.signer(), case=plan.case, plan_hash=plan.hash,
+                               actor=journal_actor(), longest_step_s=longest).start()
+    except ValueError as exc:
+        raise InputError(f"agent settings: {exc}") from None
 
 
 def run_interruptible(engine: Engine, frontend: Frontend) -> RunSummary:
