@@ -5,7 +5,7 @@ Usage::
 
     sudo .venv/bin/python bench/run_all.py              # all (needs root: the engine benches use the lab)
     sudo .venv/bin/python bench/run_all.py --quick      # small sizes, a smoke run of each bench
-    .venv/bin/python bench/run_all.py --only audit      # one bench by name (audit, engine, lab, triage, cost)
+    .venv/bin/python bench/run_all.py --only audit      # one bench by name (audit, engine, lab, triage, cost, contain)
 
 Each bench prints its own figures; this script runs them in a fixed order, stops on the
 first failure (exit 1) and prints one summary line per bench.
@@ -30,6 +30,9 @@ BENCHES: dict[str, tuple[str, list[str], list[str], bool]] = {
                ["--tenants", "2", "--hosts-per-tenant", "5", "--skip", "ansible", "--skip", "pyinfra"], True),
     "triage": ("bench_triage_transfer.py", [], ["--large-mib", "16", "--small-count", "200", "--repeat", "1"], True),
     "cost": ("bench_triage_cost.py", [], [], True),
+    # the shipped containment playbook vs Ansible of the same shape (docs/performance.md); 200 hosts: a big
+    # lab, so run the full set under `flock /tmp/irkit-biglab.lock` on a shared machine
+    "contain": ("bench_contain.py", ["--hosts", "200"], ["--tenants", "1", "--hosts-per-tenant", "3"], True),
 }
 
 
