@@ -314,7 +314,7 @@ def test_engine_evidence_gate_refuses_destructive_steps_without_evidence(home: P
     inv = inventory_file(home, {"globex": hosts("globex", 2)})
     pb = playbook_file(home, [{"name": "p", "steps": [{"name": "d", "action": "t.destroy"}]}])
     tracker = Tracker()
-    gate = lambda tenant, host: host == "globex-h1"  # noqa: E731 - only h1 has verified evidence
+    gate = lambda tenant, host, destroys: host == "globex-h1"  # noqa: E731 - only h1 has verified evidence
     summary, journal, _, _ = run(home, inv, pb, tracker, options=EngineOptions(evidence_gate=gate))
     st = statuses(summary)
     assert st == {"globex-h0": "failed", "globex-h1": "ok"}
@@ -327,7 +327,7 @@ def test_engine_evidence_override_is_audited(home: Path) -> None:
     inv = inventory_file(home, {"globex": hosts("globex", 1)})
     pb = playbook_file(home, [{"name": "p", "steps": [
         {"name": "d", "action": "t.destroy", "evidence_override": "honeypot, no evidence value"}]}])
-    summary, journal, _, _ = run(home, inv, pb, options=EngineOptions(evidence_gate=lambda t, h: False))
+    summary, journal, _, _ = run(home, inv, pb, options=EngineOptions(evidence_gate=lambda t, h, d: False))
     assert summary.all_ok
     override = journal.of("gate.override")
     assert len(override) == 1 and override[0]["params"]["reason"] == "honeypot, no evidence value"
@@ -338,7 +338,7 @@ def test_engine_evidence_override_is_audited(home: Path) -> None:
 def test_engine_gate_ignores_non_destructive_steps(home: Path) -> None:
     inv = inventory_file(home, {"globex": hosts("globex", 1)})
     pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.step"}]}])
-    summary, journal, _, _ = run(home, inv, pb, options=EngineOptions(evidence_gate=lambda t, h: False))
+    summary, journal, _, _ = run(home, inv, pb, options=EngineOptions(evidence_gate=lambda t, h, d: False))
     assert summary.all_ok and not journal.of("step.refused")
 
 

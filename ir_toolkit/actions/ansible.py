@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register, DESTROYS_CREDENTIALS
 from ir_toolkit.transports.ansible_runner import AnsibleEvent, AnsibleJob, AnsibleResult, AnsibleRunError, run_job
 
 #: where shipped Ansible content lives (``playbook:`` paths are relative to it unless absolute)
@@ -252,6 +252,7 @@ class AnsiblePlaybook(Action):
     Params = AnsibleParams
     description = "run Ansible content through ansible-runner; events into the signed audit log"
     destructive = True
+    destroys = DESTROYS_CREDENTIALS
     os = ("linux",)
     connection_kinds = ("ssh",)
     #: a retry re-runs idempotent content; a half-run job is finished by the next run

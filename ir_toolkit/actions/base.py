@@ -109,6 +109,18 @@ class ActionContext:
         return shlex.quote(text)
 
 
+#: Destruction classes: what a destructive action destroys, and so which evidence the gate requires
+#: before it (playbook/gate.py, docs/containment.md).
+#: isolation: the live network state (the intruder's flows, sockets, peers) - needs a volatile snapshot
+DESTROYS_NETWORK = "network"
+#: credential and file changes (keys revoked, passwords rotated, groups, directory, config files) -
+#: needs the full evidence bundle (histories, authorized_keys, logs, the files being changed)
+DESTROYS_CREDENTIALS = "credentials"
+#: reimage: the whole disk and memory - needs the full evidence bundle
+DESTROYS_EVERYTHING = "everything"
+DESTRUCTION_CLASSES = (DESTROYS_NETWORK, DESTROYS_CREDENTIALS, DESTROYS_EVERYTHING)
+
+
 class Action(ABC):
     """One kind of change. Subclasses set ``name``, ``Params`` and implement the three methods."""
 
@@ -117,6 +129,9 @@ class Action(ABC):
     description: ClassVar[str] = ""
     #: destroys or alters evidence/state (credential change, isolation, reimage): gated on triage
     destructive: ClassVar[bool] = False
+    #: what a destructive action destroys (one of DESTRUCTION_CLASSES); the gate requires the matching
+    #: evidence. Unset on a destructive action: treated as credentials/files (the full bundle is required).
+    destroys: ClassVar[str | None] = None
     #: host OSes this action supports
     os: ClassVar[tuple[str, ...]] = ("linux",)
     #: transports it works over (the host's ``transport``: ssh, winrm, ldap)

@@ -44,6 +44,7 @@ from ir_toolkit.actions.base import (
     Outcome,
     Params,
     register,
+    DESTROYS_CREDENTIALS,
 )
 from ir_toolkit.cases import CaseLayout
 from ir_toolkit.deadline import Deadline
@@ -601,6 +602,7 @@ class RotateAccounts(Action):
     Params = RotateParams
     description = "rotate (escrowed, verified) or lock shared local accounts; end their sessions"
     destructive = True
+    destroys = DESTROYS_CREDENTIALS
 
     # ---------------------------------------------------------------- selection
     def _accounts(self, ctx: ActionContext, params: RotateParams) -> list[tuple[str, str]]:

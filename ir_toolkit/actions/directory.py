@@ -40,7 +40,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ir_toolkit.fsutil import write_atomic
-from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register, DESTROYS_CREDENTIALS
 from ir_toolkit.cases import CaseLayout
 from ir_toolkit.inventory.directory import Directory
 from ir_toolkit.secrets import escrow as esc
@@ -390,6 +390,7 @@ class DirectoryMspAccounts(Action):
     Params = MspAccountsParams
     description = "MSP accounts out of every guarded group; unique escrowed password (reset twice) or disabled"
     destructive = True
+    destroys = DESTROYS_CREDENTIALS
     os = ("directory",)
     connection_kinds = ("ldap",)
 
@@ -616,6 +617,7 @@ class KrbtgtReset(Action):
     Params = KrbtgtParams
     description = "reset krbtgt N times with a replication wait; a pre-run TGT must be refused afterwards"
     destructive = True
+    destroys = DESTROYS_CREDENTIALS
     os = ("directory",)
     connection_kinds = ("ldap",)
 

@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import field_validator
 
 from ir_toolkit.actions import flows
-from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register, DESTROYS_NETWORK
 from ir_toolkit.actions.credentials import _record, responder_access_works
 from ir_toolkit.actions.sshd import client_address
 
@@ -181,6 +181,7 @@ class IsolateHost(Action):
     Params = IsolateParams
     description = "isolate the host with nftables (own table); controller and allow-list keep access"
     destructive = True
+    destroys = DESTROYS_NETWORK
 
     def plan(self, ctx: ActionContext, params: IsolateParams) -> Outcome:
         _need_nft(ctx)

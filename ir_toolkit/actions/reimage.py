@@ -50,6 +50,7 @@ from ir_toolkit.actions.base import (
     Outcome,
     Params,
     register,
+    DESTROYS_EVERYTHING,
 )
 from ir_toolkit.actions.reimage_providers import (
     ReimageOptions,
@@ -373,6 +374,7 @@ class ReimageHost(Action):
     Params = ReimageParams
     description = "reinstall via the host's BMC/provider, pin the new host key, prove responder access"
     destructive = True
+    destroys = DESTROYS_EVERYTHING
     #: never run twice: a retry would reinstall the host again (``_guarded`` also turns transport
     #: failures after the start into ActionFailed)
     retry_safe = False

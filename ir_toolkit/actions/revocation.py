@@ -26,7 +26,7 @@ import paramiko
 from pydantic import field_validator
 
 from ir_toolkit.actions import sshd
-from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register, DESTROYS_CREDENTIALS
 from ir_toolkit.actions.credentials import (
     _all_users,
     _endpoint,
@@ -225,6 +225,7 @@ class RevokeSshKeys(Action):
     Params = RevokeParams
     description = "remove shared keys from every authorized_keys file and revoke them in sshd's KRL"
     destructive = True
+    destroys = DESTROYS_CREDENTIALS
 
     def plan(self, ctx: ActionContext, params: RevokeParams) -> Outcome:
         targets = revoke_targets(ctx, params)

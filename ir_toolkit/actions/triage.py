@@ -2,9 +2,12 @@
 
 Runs the triage collector over the engine's own connection to the host, seals
 the bundle under the case's evidence tree and writes the chain-of-custody record
-(bundle and manifest SHA-256) to the audit log. Idempotent: a host whose
-evidence is already collected, verified and recorded in this case is not
-collected again (``force: true`` collects a new bundle anyway).
+(bundle and manifest SHA-256, and the evidence kind) to the audit log. The
+profile's kind decides what the bundle is: ``profile: volatile`` is the snapshot
+taken before isolation (``kind: volatile``), the others are full bundles (the
+evidence gate, playbook/gate.py). Idempotent: a host whose evidence of that kind
+is already collected, verified and recorded in this case is not collected again
+(a full bundle also stands for a snapshot; ``force: true`` collects anew).
 """
 
 from __future__ import annotations
@@ -55,24 +58,25 @@ class CollectTriage(Action):
         #: hosts whose bundle (complete or partial) this instance sealed and recorded
         self._sealed: set[str] = set()
 
-    def _status(self, ctx: ActionContext, rehash: bool) -> Any:
-        return host_evidence_status(ctx.case_id, ctx.host.tenant, ctx.host.name, rehash=rehash)
+    def _status(self, ctx: ActionContext, params: TriageParams, rehash: bool) -> Any:
+        kind = catalog(params.definitions).profiles[params.profile].kind
+        return host_evidence_status(ctx.case_id, ctx.host.tenant, ctx.host.name, rehash=rehash, kind=kind)
 
     def plan(self, ctx: ActionContext, params: TriageParams) -> Outcome:
         catalog(params.definitions).select(params.profile, ctx.host.os, allow_modifies_state=params.allow_state_changes)
-        status = self._status(ctx, rehash=False)
+        status = self._status(ctx, params, rehash=False)
         if status.ready and not params.force:
             return Outcome(False, f"evidence already collected ({status.collection})")
         return Outcome(True, f"would collect triage profile {params.profile}")
 
     def apply(self, ctx: ActionContext, params: TriageParams) -> Outcome:
-        status = self._status(ctx, rehash=True)
+        selection = catalog(params.definitions).select(params.profile, ctx.host.os,
+                                                       allow_modifies_state=params.allow_state_changes)
+        status = self._status(ctx, params, rehash=True)
         if status.ready and not params.force:
             return Outcome(False, f"evidence already collected ({status.collection})",
                            {"collection": status.collection, "bundle_sha256": status.bundle_sha256})
         journal = ctx.journal
-        selection = catalog(params.definitions).select(params.profile, ctx.host.os,
-                                                       allow_modifies_state=params.allow_state_changes)
         recipients = [load_public_key(spec) for spec in params.recipients]
         if params.encrypt:
             # the evidence key pair, never the escrow key (security review §14)
@@ -99,8 +103,9 @@ class CollectTriage(Action):
                                             f"partial evidence sealed ({where})")
         if result.error:
             raise ActionFailed(f"triage cut short ({result.error}); partial evidence sealed ({where})")
-        return Outcome(True, f"collected {result.counts.get('collected', 0)} files ({result.status})",
-                       {"collection": result.collection.id if result.collection else None,
+        what = "volatile snapshot: collected" if selection.kind == "volatile" else "collected"
+        return Outcome(True, f"{what} {result.counts.get('collected', 0)} files ({result.status})",
+                       {"collection": result.collection.id if result.collection else None, "kind": selection.kind,
                         "bundle": result.collection.relative(ctx.case_id) if result.collection else None,
                         "bundle_sha256": result.seal.get("bundle_sha256"), "status": result.status,
                         "counts": dict(result.counts), "seconds": f"{result.duration:.1f}",
@@ -117,5 +122,5 @@ class CollectTriage(Action):
         record_failure(journal, tenant, host, error, who=actor)
 
     def verify(self, ctx: ActionContext, params: TriageParams) -> Outcome:
-        status = self._status(ctx, rehash=False)
+        status = self._status(ctx, params, rehash=False)
         return Outcome(False, status.reason, ok=status.ready)

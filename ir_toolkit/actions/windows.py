@@ -38,7 +38,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register, DESTROYS_CREDENTIALS, DESTROYS_NETWORK
 from ir_toolkit.actions.credentials import (
     EnsureAccessParams,
     RotateAccounts,
@@ -393,6 +393,7 @@ class DeprivilegeAccounts(Action):
     Params = DeprivilegeParams
     description = "MSP accounts out of Administrators / Remote Desktop Users; sessions logged off"
     destructive = True
+    destroys = DESTROYS_CREDENTIALS
     os = ("windows",)
     connection_kinds = ("winrm",)
 
@@ -494,6 +495,7 @@ class WindowsIsolateHost(Action):
     Params = IsolateParams
     description = "isolate the host (nftables on Linux, a Windows Firewall rule group on Windows)"
     destructive = True
+    destroys = DESTROYS_NETWORK
     os = ("windows",)
     connection_kinds = ("winrm",)
 

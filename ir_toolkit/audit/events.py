@@ -42,7 +42,11 @@ AGENT_MESSAGE_REJECTED = "agent.message_rejected"
 
 _ALL = [
     Event(RUN_START, "a run of a plan begins", ("plan", "playbook", "resumed")),
-    Event(RUN_END, "the run ended", ("plan", "status", "ok", "failed", "timed_out", "skipped"),
+    Event(RUN_END, "the run ended; with the time to isolation and to full containment (milliseconds from run.start, "
+          "null unless every planned host got there; isolated/contained as reached/planned; per tenant in "
+          "tenant_figures; playbook/milestones.py)",
+          ("plan", "status", "ok", "failed", "timed_out", "skipped", "time_to_isolation_ms",
+           "time_to_full_containment_ms", "isolated", "contained", "tenant_figures"),
           ("ok", "failed", "incomplete")),
     Event(RUN_STOPPED, "a wave went over max_fail_percentage: later waves held", ("phase", "wave", "reason"),
           ("stopped",)),
@@ -52,12 +56,13 @@ _ALL = [
     Event(STEP_DONE, "a step's result on a host",
           ("item", "step_action", "wave", "changed", "summary", "verify", "details", "attempts", "error", "kind"),
           ("ok", "failed", "timed_out")),
-    Event(STEP_REFUSED, "a step was not run (approvals missing, no verified evidence)",
-          ("item", "step_action", "wave", "reason"), ("refused",)),
+    Event(STEP_REFUSED, "a step was not run (approvals missing, no verified evidence: `needs` names the missing "
+          "evidence kind, `destroys` the step's destruction class)",
+          ("item", "step_action", "wave", "reason", "destroys", "needs"), ("refused",)),
     Event(STEP_SKIPPED, "a step was skipped (an earlier step of the host failed)",
           ("item", "step_action", "wave", "reason"), ("skipped",)),
     Event(GATE_OVERRIDE, "a destructive step ran without verified evidence, with a written reason",
-          ("item", "step_action", "wave", "reason")),
+          ("item", "step_action", "wave", "reason", "destroys", "needs")),
     Event(HOST_TIMED_OUT, "the wave watchdog gave up on a host over its budget and closed its connection",
           ("reason", "host_timeout"), ("timed_out",)),
     Event(APPROVAL_GIVEN, "an approval of a plan (the responder's confirmation or a signed approval)",
@@ -86,7 +91,7 @@ _ALL = [
     # --- evidence (triage/custody.py)
     Event("evidence.collected", "a sealed evidence bundle and its custody (bundle and manifest SHA-256)",
           ("collection_id", "bundle", "bundle_file", "bundle_sha256", "bundle_size", "manifest_sha256",
-           "encrypted", "recipients", "profile", "status", "files_collected", "files_failed", "files_skipped",
+           "encrypted", "recipients", "profile", "kind", "status", "files_collected", "files_failed", "files_skipped",
            "hash_mismatches"), ("ok", "partial")),
     Event("evidence.collection_failed", "a collection was attempted and produced no bundle", ("error",),
           ("failed",)),

@@ -60,6 +60,14 @@ def _short(h: Any, n: int = 16) -> str:
     return h[:n] + "\u2026" if isinstance(h, str) and len(h) > n else ("" if h is None else str(h))
 
 
+def _kind(evidence: dict[str, Any]) -> str:
+    """What a bundle is: the volatile snapshot taken before isolation, the full triage, or directory evidence."""
+    kind = evidence.get("kind")
+    if kind == "volatile":
+        return "volatile snapshot"
+    return "full triage" if kind == "full" else "directory" if evidence.get("collection_id") is None else "full triage"
+
+
 def _time(ts: Any) -> str:
     if not isinstance(ts, str):
         return ""
@@ -269,8 +277,8 @@ def _tenant_html(i: int, t: dict[str, Any]) -> str:
           esc(h["evidence"]), "yes" if h["isolated"] else "no", "yes" if h["revoked"] else "no",
           esc(", ".join(h["rotated"])), "yes" if h["reimaged"] else "no"] for h in t["hosts"]]))
     out.append("<h3>Evidence bundles and custody</h3>" + _table(
-        ["host", "collected", "by", "bundle SHA-256", "size", "files", "sealed", "custody"],
-        [[esc(e["host"]), esc(_time(e["ts"])), esc(e["actor"]), _mono(e["sha256"]), esc(e["size"]),
+        ["host", "kind", "collected", "by", "bundle SHA-256", "size", "files", "sealed", "custody"],
+        [[esc(e["host"]), esc(_kind(e)), esc(_time(e["ts"])), esc(e["actor"]), _mono(e["sha256"]), esc(e["size"]),
           esc(f'{e["files"]["collected"]} collected, {e["files"]["failed"]} failed, {e["files"]["skipped"]} skipped'),
           esc(("encrypted to " + ", ".join(map(str, e["recipients"]))) if e["encrypted"] else "NOT encrypted"),
           esc(f'audit seq {e["seq"]} (leaf {e["leaf"]}); manifest {e["manifest_sha256"]}; ' + "; ".join(
@@ -386,8 +394,8 @@ def render_markdown(review: dict[str, Any]) -> str:
                             "yes" if h["isolated"] else "no", "yes" if h["revoked"] else "no",
                             md(", ".join(h["rotated"])), "yes" if h["reimaged"] else "no"] for h in t["hosts"]]),
                 "### Evidence bundles", "",
-                _md_table(["host", "collected", "by", "bundle SHA-256", "audit seq", "encrypted"],
-                          [[md(e["host"]), md(_time(e["ts"])), md(e["actor"]), md(e["sha256"]),
+                _md_table(["host", "kind", "collected", "by", "bundle SHA-256", "audit seq", "encrypted"],
+                          [[md(e["host"]), md(_kind(e)), md(_time(e["ts"])), md(e["actor"]), md(e["sha256"]),
                             str(e["seq"]), "yes" if e["encrypted"] else "NO"] for e in t["evidence"]]),
                 "### Revoked, rotated, isolated, reimaged", "",
                 _md_table(["host", "when", "what"],

@@ -208,6 +208,7 @@ class _Tenant:
                                   "manifest_sha256": params.get("manifest_sha256"),
                                   "encrypted": params.get("encrypted"), "recipients": params.get("recipients") or [],
                                   "status": params.get("status"), "outcome": outcome,
+                                  "kind": "volatile" if params.get("kind") == "volatile" else "full",
                                   "files": {k: params.get(f"files_{k}") for k in ("collected", "failed", "skipped")},
                                   "hash_mismatches": params.get("hash_mismatches"), "custody": []})
             if host:

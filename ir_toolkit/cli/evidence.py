@@ -33,9 +33,9 @@ def _identity_option(func: Any) -> Any:
 @click.option("--host", default=None, metavar="NAME", help="Only this host.")
 @format_option
 def list_cmd(case_id: str, tenant: str | None, host: str | None, fmt: str) -> None:
-    """List the bundles of a case."""
+    """List the bundles of a case: volatile snapshots (taken before isolation) and full triage bundles."""
     from ir_toolkit.triage.bundle import PARTIAL, list_collections
-    from ir_toolkit.triage.custody import custody_records, find_record
+    from ir_toolkit.triage.custody import custody_records, find_record, seal_kind
 
     try:
         records = custody_records(case_id)
@@ -56,8 +56,8 @@ def list_cmd(case_id: str, tenant: str | None, host: str | None, fmt: str) -> No
         counts = seal.get("counts", {})
         custody = "unchecked" if records is None else ("recorded" if find_record(records, coll) else "missing")
         rows.append({
-            "tenant": coll.tenant, "host": coll.host, "collection": coll.id, "status": seal.get("status"),
-            "profile": seal.get("profile"), "files": counts.get("collected"), "size": seal.get("bundle_size"),
+            "tenant": coll.tenant, "host": coll.host, "collection": coll.id, "kind": seal_kind(seal),
+            "status": seal.get("status"), "profile": seal.get("profile"), "files": counts.get("collected"), "size": seal.get("bundle_size"),
             "encrypted": "yes" if seal.get("encrypted") else "no", "custody": custody,
             "finished": seal.get("finished"), "bundle": coll.relative(case_id) + "/" + str(seal.get("bundle_file")),
             "bundle_sha256": seal.get("bundle_sha256"), "manifest_sha256": seal.get("manifest_sha256"),
@@ -66,7 +66,8 @@ def list_cmd(case_id: str, tenant: str | None, host: str | None, fmt: str) -> No
     if not rows and fmt != "json":
         sys.stderr.write(f"irkit: case {case_id}: no evidence bundles\n")
         return
-    emit(rows, fmt, ["tenant", "host", "collection", "status", "files", "size", "encrypted", "custody", "finished"],
+    emit(rows, fmt, ["tenant", "host", "collection", "kind", "status", "files", "size", "encrypted", "custody",
+                     "finished"],
          title=f"evidence {case_id}")
 
 
@@ -96,7 +97,7 @@ def verify(case_id: str, tenant: str | None, host: str | None, identities: tuple
     reports = verify_case(case_id, identities=keys, tenant=tenant, host=host, custody=not no_custody,
                           key=list(log_keys) or None)
     rows = [r.row(case_id) for r in reports]
-    emit(rows, fmt, ["tenant", "host", "collection", "result", "members", "contents", "custody"],
+    emit(rows, fmt, ["tenant", "host", "collection", "kind", "result", "members", "contents", "custody"],
          title=f"evidence verify {case_id}")
     for report in reports:
         for warning in report.warnings:

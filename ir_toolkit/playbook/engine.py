@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ir_toolkit.actions.base import (
+    DESTROYS_CREDENTIALS,
+    DESTROYS_NETWORK,
     Action,
     ActionContext,
     ActionFailed,
@@ -38,7 +40,8 @@ from ir_toolkit.audit.journal import Journal, JournalReadOnly, ReadOnlyJournal
 from ir_toolkit.deadline import Deadline
 from ir_toolkit.inventory.model import Host, Inventory
 from ir_toolkit.log import get_logger
-from ir_toolkit.playbook.gate import EvidenceGate, evidence_gate
+from ir_toolkit.playbook.gate import EvidenceGate, GateDecision, evidence_gate, refusal, required_kind
+from ir_toolkit.playbook.milestones import Milestones, audit_params
 from ir_toolkit.playbook.plan import Plan, PlanItem, file_sha256, item_id, plan_params
 from ir_toolkit.playbook.schema import LoadedPlaybook, Phase
 from ir_toolkit.playbook.targets import make_waves, select_hosts
@@ -94,6 +97,11 @@ class RunSummary:
     reason: str = ""
     #: what steps reported for people to act on (``Outcome.details["report"]``), e.g. the privileged sweep's
     findings: list[dict[str, Any]] = field(default_factory=list)
+    #: time to isolation and to full containment (playbook/milestones.py)
+    milestones: Milestones = field(default_factory=Milestones)
+
+    def figures(self) -> dict[str, Any]:
+        return self.milestones.figures()
 
     def per_tenant(self) -> dict[str, Counter[str]]:
         table: dict[str, Counter[str]] = {}
@@ -252,6 +260,8 @@ class Engine:
         self.watchdog_grace = 5.0
         #: host -> its wave (1-based) in the current phase; recorded with each step (the report's timeline)
         self._wave_of: dict[str, int] = {}
+        #: the run's start (monotonic): time to isolation and to full containment count from here
+        self._t0 = time.monotonic()
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -276,10 +286,40 @@ class Engine:
         level = "debug" if action == "step.start" else "info" if outcome in ("ok", "intent") else "warning"
         getattr(_log, level)(action, seq=seq, outcome=outcome, **where, **fields)
 
+    def _isolates(self, action_name: str, host_name: str) -> bool:
+        host = self._hosts.get(host_name)
+        cls = action_for(action_name, host) if host is not None else None
+        return cls is not None and cls.destructive and cls.destroys == DESTROYS_NETWORK
+
+    def _plan_milestones(self) -> None:
+        """Which items make each host isolated / fully contained: the first run of each destructive action."""
+        seen: set[tuple[str, str]] = set()
+        for item in sorted(self.plan.items, key=lambda i: (i.phase_index, i.step_index)):
+            if not item.destructive or (item.host, item.action) in seen:
+                continue
+            seen.add((item.host, item.action))
+            if item.id not in self.options.finished:
+                self.summary.milestones.plan(item.host, item.tenant, item.id,
+                                             isolates=self._isolates(item.action, item.host))
+
+    def _milestone(self, host: Host, item: PlanItem) -> None:
+        if not item.destructive:
+            return
+        seconds = time.monotonic() - self._t0
+        isolated, contained = self.summary.milestones.done(host.name, item.id, seconds,
+                                                           isolates=self._isolates(item.action, host.name))
+        if isolated:
+            self.on_event("host.isolated", {"host": host.name, "tenant": host.tenant, "seconds": seconds})
+        if contained:
+            self.on_event("host.contained", {"host": host.name, "tenant": host.tenant, "seconds": seconds})
+
     def run(self) -> RunSummary:
         raise_fd_limit()
+        self._t0 = time.monotonic()
         for item in self.plan.items:
             self.summary.hosts.setdefault(item.host, HostResult(item.host, item.tenant))
+        self._plan_milestones()
+        self.on_event("figures", self.summary.figures())
         self._record(events.RUN_START, params={"plan": self.plan.hash, "playbook": self.playbook.name,
                                           "resumed": bool(self.options.finished)})
         try:
@@ -294,7 +334,8 @@ class Engine:
             counts = Counter(r.status for r in self.summary.hosts.values())
             self.pool.close()
             if self.disk_full is None:
-                self._record(events.RUN_END, params={"plan": self.plan.hash, "status": status, **dict(counts)},
+                self._record(events.RUN_END, params={"plan": self.plan.hash, "status": status, **dict(counts),
+                                                     **audit_params(self.summary.figures())},
                              outcome="ok" if self.summary.all_ok else status if status == "incomplete" else "failed")
                 self.journal.checkpoint()
         if self.disk_full is not None:
@@ -336,7 +377,7 @@ class Engine:
                         self._hold(host, "not started: the run stopped (max_fail_percentage)")
                 return
             self._check_tenants(phase, hosts)
-        self.on_event("phase.end", {"phase": phase.name})
+        self.on_event("phase.end", {"phase": phase.name, "figures": self.summary.figures()})
 
     def _check_tenants(self, phase: Phase, hosts: list[Host]) -> None:
         by_tenant: dict[str, list[str]] = {}
@@ -501,13 +542,19 @@ class Engine:
                 self.summary.reason = "steps await approvals (irkit approve PLAN --as NAME, then irkit resume)"
                 return SKIPPED, msg
         if action.destructive:
-            if not self.gate(host.tenant, host.name):
+            destroys = action.destroys or DESTROYS_CREDENTIALS
+            decision = self.gate(host.tenant, host.name, destroys)
+            if not isinstance(decision, GateDecision):  # a plain predicate (tests, embedders)
+                decision = GateDecision(bool(decision), required_kind(destroys), destroys,
+                                        "the run's evidence gate said no")
+            if not decision:
+                gate_params = {"destroys": decision.destroys, "needs": decision.needs}
                 if not step.evidence_override:
-                    msg = (f"refused: no verified evidence for {host.name}; run triage first or set "
-                           "evidence_override: <reason> on the step")
-                    self._record(events.STEP_REFUSED, item, params={"reason": msg}, outcome="refused")
+                    msg = refusal(host.name, item.action, decision)
+                    self._record(events.STEP_REFUSED, item, params={"reason": msg, **gate_params},
+                                 outcome="refused")
                     return FAILED, msg
-                self._record(events.GATE_OVERRIDE, item, params={"reason": step.evidence_override})
+                self._record(events.GATE_OVERRIDE, item, params={"reason": step.evidence_override, **gate_params})
         retries = self.playbook.step_retries(step)
         timeout = self.playbook.step_timeout(step)
         self._record(events.STEP_START, item, outcome="intent")
@@ -550,6 +597,7 @@ class Engine:
                 "details": applied.details, "attempts": attempt})
             if applied.changed:
                 self.summary.hosts[host.name].changed += 1
+            self._milestone(host, item)
             for line in applied.details.get("report", []) if isinstance(applied.details, dict) else []:
                 self.summary.findings.append({"tenant": host.tenant, "host": host.name, "step": item.step,
                                               "finding": str(line)})

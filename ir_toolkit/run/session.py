@@ -6,7 +6,9 @@ come through here. Nothing in ``run/`` prints or prompts: progress and notices a
 the responder's confirmation is ``frontend.confirm(plan)``. The CLI's renderer is
 ``ir_toolkit.cli.frontend.CliFrontend``.
 
-Events (besides the engine's own ``phase.start``, ``host.done``, ``step.done``, ``stopped``, ``planned``):
+Events (besides the engine's own ``phase.start``, ``phase.end``, ``host.done``, ``step.done``, ``stopped``,
+``planned``, and ``figures`` / ``host.isolated`` / ``host.contained`` for the time to isolation and to full
+containment, playbook/milestones.py):
 
 ``planning``          {"playbook": name, "hosts": n}          before hosts are inspected
 ``planning.done``     {}                                      after (also on failure)

@@ -889,7 +889,7 @@ def collect_host(
         }
     try:
         sealed = writer.finish(manifest, collector.log.to_bytes(), {
-            **identity, "profile": selection.profile, "started": started_wall, "finished": finished_wall,
+            **identity, "profile": selection.profile, "kind": selection.kind, "started": started_wall, "finished": finished_wall,
             "status": status, "counts": counts,
         })
     except BaseException:

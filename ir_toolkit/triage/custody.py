@@ -8,7 +8,7 @@ counts). The record::
     action  evidence.collected
     tenant, host
     params  {collection_id, bundle (path under the case), bundle_file, bundle_sha256,
-             bundle_size, manifest_sha256, encrypted, recipients, profile, status,
+             bundle_size, manifest_sha256, encrypted, recipients, profile, kind (volatile | full), status,
              files_collected, files_failed, files_skipped, hash_mismatches}
     outcome ok | partial
 
@@ -57,12 +57,23 @@ def custody_params(case_id: str, collection: Collection, seal: dict[str, Any]) -
         "encrypted": bool(seal["encrypted"]),
         "recipients": list(seal.get("recipients", [])),
         "profile": seal.get("profile"),
+        "kind": seal_kind(seal),
         "status": seal.get("status"),
         "files_collected": int(counts.get("collected", 0)),
         "files_failed": int(counts.get("failed", 0)),
         "files_skipped": int(counts.get("skipped", 0)),
         "hash_mismatches": int(counts.get("hash_mismatch", 0)),
     }
+
+
+def seal_kind(seal: dict[str, Any]) -> str:
+    """The evidence kind a seal states: ``volatile`` or ``full`` (seals from before kinds were full bundles)."""
+    return "volatile" if seal.get("kind") == "volatile" else "full"
+
+
+def record_kind(record: dict[str, Any]) -> str:
+    """The evidence kind of a custody record (records from before kinds were full bundles)."""
+    return "volatile" if (record.get("params") or {}).get("kind") == "volatile" else "full"
 
 
 def record_custody(audit_log: Any, case_id: str, collection: Collection, seal: dict[str, Any],

@@ -192,10 +192,19 @@ class ArtifactFile(_Model):
     artifacts: list[Artifact] = Field(min_length=1)
 
 
+#: evidence kinds (docs/containment.md): a ``volatile`` snapshot (live state only, taken in seconds before
+#: isolation) or a ``full`` bundle (the whole triage, before credentials or files change)
+VOLATILE = "volatile"
+FULL = "full"
+EVIDENCE_KINDS = (VOLATILE, FULL)
+
+
 class Profile(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     description: str = Field(min_length=1)
     artifacts: list[str] = Field(min_length=1)
+    #: what the evidence gate counts a bundle of this profile as (recorded in its seal and custody record)
+    kind: Literal["volatile", "full"] = "full"
 
 
 class ProfilesFile(_Model):
@@ -229,7 +238,7 @@ class Catalog:
         held = [a for a in chosen if a.modifies_state and not allow_modifies_state]
         run = [a for a in chosen if not (a.modifies_state and not allow_modifies_state)]
         run.sort(key=lambda a: (a.order, a.name))
-        return Selection(profile=profile, artifacts=tuple(run), held_back=tuple(held))
+        return Selection(profile=profile, artifacts=tuple(run), held_back=tuple(held), kind=prof.kind)
 
 
 @dataclass(frozen=True)
@@ -238,6 +247,8 @@ class Selection:
     artifacts: tuple[Artifact, ...]
     held_back: tuple[Artifact, ...] = ()
     """``modifies_state`` artifacts in the profile that were not run (no explicit flag)."""
+    #: the evidence kind of the profile (``volatile`` or ``full``)
+    kind: str = FULL
 
 
 def resolve_patterns(patterns: list[str], known: dict[str, Any], *, where: str) -> list[str]:
@@ -310,9 +321,14 @@ def load_catalog(
                 raise FileInputError(str(profiles_path), line, f"profiles[{index}].name",
                                      f"duplicate profile {prof.name!r}")
             try:
-                resolve_patterns(prof.artifacts, artifacts, where=f"profile {prof.name}")
+                names = resolve_patterns(prof.artifacts, artifacts, where=f"profile {prof.name}")
             except InputError as exc:
                 raise FileInputError(str(profiles_path), line, f"profiles[{index}].artifacts", str(exc)) from None
+            copying = [n for n in names if artifacts[n].collector != "command"]
+            if prof.kind == VOLATILE and copying:
+                # a snapshot is live state taken in seconds; files stay on disk for the full bundle
+                raise FileInputError(str(profiles_path), line, f"profiles[{index}].artifacts",
+                                     f"a volatile profile runs commands only, not {', '.join(copying[:3])}")
             profiles[prof.name] = prof
     return Catalog(artifacts=artifacts, profiles=profiles)
 

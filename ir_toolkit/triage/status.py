@@ -12,6 +12,11 @@ host (credential rotation, isolation that kills sessions, reimage). A host is
   its verified, signed history (a record appended without the key never counts).
 
 Anything else returns ``ready=False`` with a one-line reason for the operator.
+
+Each collection has a kind (docs/containment.md): a ``volatile`` snapshot (live state only,
+taken before isolation) or a ``full`` bundle. ``kind="full"`` (the default) counts full bundles
+only; ``kind="volatile"`` counts either (a full bundle holds the volatile state too). The kind
+is taken from the seal and must agree with the signed custody record.
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ from typing import Any
 
 from ir_toolkit.errors import VerificationFailed
 from ir_toolkit.triage.bundle import list_collections, sha256_file
-from ir_toolkit.triage.custody import custody_records, find_record
+from ir_toolkit.triage.custody import custody_records, find_record, record_kind, seal_kind
+
+VOLATILE = "volatile"
+FULL = "full"
+#: what each kind of evidence is called in refusals and reports
+KIND_TEXT = {VOLATILE: "volatile snapshot", FULL: "full evidence bundle"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,8 @@ class EvidenceStatus:
     collection: str | None = None
     bundle_sha256: str | None = None
     custody_seq: int | None = None
+    #: the kind of the collection found (``volatile`` or ``full``)
+    kind: str | None = None
 
 
 def host_evidence_status(
@@ -40,8 +52,14 @@ def host_evidence_status(
     *,
     records: list[dict[str, Any]] | None = None,
     rehash: bool = True,
+    kind: str = FULL,
 ) -> EvidenceStatus:
-    """Whether ``host`` may be changed destructively; ``records`` avoids re-reading the audit log per host."""
+    """Whether ``host`` has ``kind`` evidence (a full bundle; ``volatile``: a snapshot or a full bundle).
+
+    ``records`` avoids re-reading the audit log per host.
+    """
+    if kind not in (VOLATILE, FULL):
+        raise ValueError(f"unknown evidence kind {kind!r}")
     collections = list_collections(case_id, tenant=tenant, host=host)
     if not collections:
         return EvidenceStatus(False, f"no evidence collected for {tenant}/{host}: run irkit triage first")
@@ -53,6 +71,11 @@ def host_evidence_status(
             seal = collection.seal()
         except VerificationFailed as exc:
             reason = str(exc)
+            continue
+        found = seal_kind(seal)
+        if kind == FULL and found != FULL:
+            reason = reason or (f"only a {KIND_TEXT[found]} for {tenant}/{host} ({collection.id}): "
+                                f"a {KIND_TEXT[FULL]} is needed")
             continue
         counts = seal.get("counts", {})
         if counts.get("hash_mismatch"):
@@ -79,6 +102,13 @@ def host_evidence_status(
                 or params.get("manifest_sha256") != seal.get("manifest_sha256")):
             reason = f"collection {collection.id} differs from its custody record (seq {record.get('seq')})"
             continue
-        return EvidenceStatus(True, "evidence collected, verified and recorded", collection.id,
-                              seal.get("bundle_sha256"), record.get("seq"))
+        if params.get("hash_mismatches"):
+            reason = f"collection {collection.id} has hash mismatches (custody record seq {record.get('seq')}): collect again"
+            continue
+        if record_kind(record) != found:
+            reason = (f"collection {collection.id} is sealed as a {KIND_TEXT[found]} but recorded as a "
+                      f"{KIND_TEXT[record_kind(record)]} (seq {record.get('seq')})")
+            continue
+        return EvidenceStatus(True, f"{KIND_TEXT[found]} collected, verified and recorded", collection.id,
+                              seal.get("bundle_sha256"), record.get("seq"), found)
     return EvidenceStatus(False, reason or f"no usable evidence for {tenant}/{host}")

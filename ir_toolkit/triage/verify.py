@@ -24,7 +24,7 @@ from ir_toolkit.triage.bundle import (
     open_archive,
     sha256_file,
 )
-from ir_toolkit.triage.custody import custody_view, find_record
+from ir_toolkit.triage.custody import custody_view, find_record, record_kind, seal_kind
 from ir_toolkit.triage.tarstream import TarFormatError
 
 
@@ -39,6 +39,8 @@ class BundleReport:
     contents_checked: bool = False
     custody: str = "unchecked"  # recorded | missing | mismatch | unchecked
     manifest: dict[str, Any] | None = None
+    #: volatile (snapshot before isolation) | full (the triage bundle), from the seal
+    kind: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -46,7 +48,7 @@ class BundleReport:
 
     def row(self, case_id: str) -> dict[str, Any]:
         return {
-            "tenant": self.tenant, "host": self.host, "collection": self.collection.id,
+            "tenant": self.tenant, "host": self.host, "collection": self.collection.id, "kind": self.kind,
             "result": "ok" if self.ok else "FAILED", "members": self.members_checked,
             "contents": "re-hashed" if self.contents_checked else "not checked",
             "custody": self.custody, "bundle": self.collection.relative(case_id),
@@ -91,6 +93,7 @@ def verify_collection(
     except VerificationFailed as exc:
         report.problems.append(str(exc))
         return report
+    report.kind = seal_kind(seal)
     beside: bytes | None = None
     if not collection.encrypted:
         try:
@@ -204,6 +207,8 @@ def _check_custody(collection: Collection, seal: dict[str, Any], bundle_sha: str
         bad.append(f"bundle SHA-256 {bundle_sha} != recorded {params.get('bundle_sha256')}")
     if params.get("manifest_sha256") != seal.get("manifest_sha256"):
         bad.append(f"manifest SHA-256 {seal.get('manifest_sha256')} != recorded {params.get('manifest_sha256')}")
+    if record_kind(record) != seal_kind(seal):
+        bad.append(f"sealed as {seal_kind(seal)} evidence, recorded as {record_kind(record)}")
     if bad:
         report.custody = "mismatch"
         report.problems.append(f"{collection.bundle_path.name}: differs from the audit log (seq "
