@@ -71,8 +71,10 @@ def test_contain_end_to_end(ctn, env, tmp_path):
         ctn.exec(name, 'kill "$(cat /var/tmp/ps-watch.pid)"')
     result = summary(proc)
     assert result["ok"] is True, result
-    # access, evidence, isolation, revocation, rotation, sshd hardening (Ansible): six changes per host
-    assert all(h["status"] == "ok" and h["changed"] == 6 for h in result["hosts"].values()), result
+    # access, volatile snapshot, isolation, full evidence (isolated), revocation, rotation, sshd hardening
+    # (Ansible): seven changes per host
+    assert all(h["status"] == "ok" and h["changed"] == 7 for h in result["hosts"].values()), result
+    assert result["figures"]["isolation"]["complete"] and result["figures"]["containment"]["complete"], result
 
     fp_hex = hashlib.sha256(__import__("base64").b64decode(info["msp_public_key"].split()[1])).hexdigest()
     blob = info["msp_public_key"].split()[1]

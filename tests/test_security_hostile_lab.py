@@ -74,7 +74,7 @@ def test_a_lying_and_a_trickling_host_do_not_stop_containment(hst, env, tmp_path
     # the others, the liar included, are contained: evidence, isolation, revocation, rotation
     for name in ("t001-h001", "t001-h002", "t002-h002"):
         assert hosts[name]["status"] == "ok", (name, hosts[name], proc.stderr[-2000:])
-        assert hosts[name]["changed"] >= 5, (name, hosts[name])  # access, evidence, isolate, revoke, rotate (...)
+        assert hosts[name]["changed"] >= 5, (name, hosts[name])  # access, snapshot, isolate, evidence, revoke, rotate (...)
     home = Path(env["IRKIT_HOME"])
     info = hst.info
     by_name = {h["name"]: h for h in info["hosts"]}

@@ -233,7 +233,12 @@ class IsolateHost(Action):
         _record(ctx, "host.isolated", details)
         cut = details.get("flows_cut") or {}
         ended = f"; ended flows of {len(cut['peers'])} peer(s)" if cut.get("peers") else ""
-        return Outcome(True, f"isolated; allowed: {', '.join(details['allowed'])}{ended}", details)
+        # the end state read back in this step (what verify checks): the table as wanted, no live flow of a
+        # peer that is not allowed (cut_live_flows re-read them), a fresh login from the controller (above)
+        table = _table(ctx)
+        proven = (table is not None and f"spec={spec}" in table and "policy drop" in table
+                  and not (params.cut_flows and cut.get("sockets_left")))
+        return Outcome(True, f"isolated; allowed: {', '.join(details['allowed'])}{ended}", details, verified=proven)
 
     def _arm_watchdog(self, ctx: ActionContext, seconds: int) -> int:
         cmd = (f"setsid sh -c 'sleep {seconds}; nft delete table {FAMILY} {TABLE} 2>/dev/null' {WATCHDOG_MARK} "

@@ -115,6 +115,9 @@ class ConnectionPool:
         self.known_hosts = KnownHosts(known_hosts_files(inventory, None),
                                       override=[case_known_hosts(case_id)] if case_id else [])
         self._keys: dict[str | None, list[paramiko.PKey]] = {}
+        #: decrypted keys by (path, inode, mtime, size): an encrypted key file's bcrypt KDF costs ~0.25 s of
+        #: CPU, so each file is decrypted once per run, not once per host or per reload
+        self._decrypted: dict[tuple[str, int, int, int], paramiko.PKey] = {}
         #: decrypts the case's responder keys (set by run/ from the unlocked KeyProvider); without it
         #: only the MSP's responder key is used
         self.case_key_passphrase: str | None = None
@@ -135,17 +138,32 @@ class ConnectionPool:
                     if layout is not None and path.parent == layout.keys and path != layout.responder_key:
                         if self.case_key_passphrase is None:
                             continue  # encrypted at rest: usable once run/ has unlocked the keys
-                        loaded.append(load_private_key(path, self.case_key_passphrase))
+                        loaded.append(self._load(path, self.case_key_passphrase))
                     else:
-                        loaded.append(load_private_key(path))
+                        loaded.append(self._load(path, None))
                 if not loaded:
                     missing = ", ".join(str(p) for p in paths) or "(none configured)"
                     raise TransportError(AUTH_FAILED, f"no responder key found: {missing}")
                 self._keys[tenant] = loaded
             return self._keys[tenant]
 
+    def _load(self, path: Path, passphrase: str | None) -> paramiko.PKey:
+        """``load_private_key``, once per key file as it is on disk (a changed file is read again)."""
+        st = path.stat()
+        sig = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+        key = self._decrypted.get(sig)
+        if key is None:
+            key = self._decrypted[sig] = load_private_key(path, passphrase)
+        return key
+
+    def private_key(self, path: Path, passphrase: str | None) -> paramiko.PKey:
+        """A responder key file, decrypted once per run (see :meth:`_load`)."""
+        with self._lock:
+            return self._load(path, passphrase)
+
     def reload_keys(self) -> None:
-        """Forget loaded keys (after a per-case responder key was installed or removed)."""
+        """Forget which keys each tenant uses (after a per-case responder key was installed or removed);
+        key files already decrypted are not decrypted again unless they changed on disk."""
         with self._lock:
             self._keys = {}
 
