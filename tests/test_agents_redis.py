@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -142,3 +143,199 @@ def test_a_tenants_acl_user_cannot_read_another_tenants_queue(redis_server: Redi
     with a1.connection_for_read() as conn:
         conn.default_channel.qos.restore_visible(num=10, interval=1)
     assert redis_server.client().llen("irkit:t1:irkit.t1.steps") == 1
+
+
+# --------------------------------------------------------------------------- a real agent process, real hosts
+
+KILL_PLAYBOOK = """\
+version: 1
+name: agents-kill
+defaults: {timeout: 60, retries: 0, host_timeout: 300, connect_timeout: 10}
+phases:
+  - name: slow
+    steps:
+      - name: slow marker
+        action: command.run
+        params:
+          command: "sleep 6 && echo once >> /var/tmp/irkit-agent-count && touch /var/tmp/irkit-agent-done"
+          creates: /var/tmp/irkit-agent-done
+  - name: write
+    steps:
+      - name: write marker
+        action: file.write
+        params: {path: /var/tmp/irkit-agent-marker, content: "through the agent\\n", mode: "0600"}
+"""
+
+
+def _expand(value: object, home: str) -> object:
+    if isinstance(value, str):
+        return value.replace("${IRKIT_HOME}", home)
+    if isinstance(value, dict):
+        return {k: _expand(v, home) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, home) for v in value]
+    return value
+
+
+class AgentProcess:
+    """``irkit agent`` as a separate process (its own IRKIT_HOME), restartable after kill -9."""
+
+    def __init__(self, home: Path, args: list[str]) -> None:
+        self.home, self.args = home, args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = home / "agent.log"
+
+    def start(self) -> None:
+        import sys
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IRKIT_")}
+        env["IRKIT_HOME"] = str(self.home)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([str(Path(sys.executable).with_name("irkit")), "agent", *self.args],
+                                         env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, 9)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _case_records(home: str, case: str) -> list[dict]:
+    from ir_toolkit.audit.log import iter_records
+
+    old = os.environ.get("IRKIT_HOME")
+    os.environ["IRKIT_HOME"] = home
+    try:
+        return list(iter_records(case))
+    except Exception:  # noqa: BLE001 - read while the controller writes: try again later
+        return []
+    finally:
+        if old is None:
+            os.environ.pop("IRKIT_HOME", None)
+        else:
+            os.environ["IRKIT_HOME"] = old
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_agent_killed_mid_step_finishes_once_and_refusals_are_logged(lab, redis_server, tmp_path):
+    import json
+
+    import yaml
+
+    from containment_helpers import home as in_home
+    from containment_helpers import irkit, keyed_env
+    from ir_toolkit.agents.envelope import Approvals, StepEnvelope, step_id
+    from ir_toolkit.tlog.note import Signer
+
+    env = keyed_env(lab)
+    lab_home = str(lab.home)
+    inventory = yaml.safe_load(Path(lab.inventory_path).read_text())
+    tenant = inventory["tenants"][0]["name"]
+    served = [h["name"] for h in inventory["tenants"][0]["hosts"]]
+    everyone = [h["name"] for t in inventory["tenants"] for h in t["hosts"]]
+    for name in everyone:
+        lab.exec(name, "rm -f /var/tmp/irkit-agent-count /var/tmp/irkit-agent-done /var/tmp/irkit-agent-marker")
+
+    # the agent: its own home and key, an inventory of its tenant only
+    agent_home = tmp_path / "agent-home"
+    agent_home.mkdir()
+    key_file = agent_home / "agent.key"
+    proc = irkit({**env, "IRKIT_HOME": str(agent_home)}, "agent", "keygen", "--tenant", tenant,
+                 "--out", str(key_file), "--format", "json", check=0)
+    agent_vkey = json.loads(proc.stdout)["vkey"]
+    own = dict(_expand(inventory, lab_home))  # type: ignore[arg-type]
+    own["tenants"] = [t for t in own["tenants"] if t["name"] == tenant]
+    agent_inventory = agent_home / "tenant.yml"
+    agent_inventory.write_text(yaml.safe_dump(own, sort_keys=False))
+    with in_home(env):
+        from ir_toolkit.secrets.keystore import get_passphrase, load_signing_key
+
+        controller = load_signing_key(get_passphrase())
+    (agent_home / "controller.vkey").write_text(controller.verifier_key() + "\n")
+    drop = agent_home / "drop"
+    agent = AgentProcess(agent_home, [
+        "--tenant", tenant, "--broker", redis_server.url, "--controller-key", f"file:{agent_home}/controller.vkey",
+        "--agent-key", str(key_file), "--inventory", str(agent_inventory), "--drop", str(drop),
+        "--visibility-timeout", "5", "--restore-interval", "1", "--concurrency", "4", "--loglevel", "INFO"])
+
+    # the controller's variant inventory: this tenant is served by the agent
+    variant = json.loads(json.dumps(inventory))
+    variant["tenants"][0]["agent"] = {"broker": redis_server.url, "public_key": agent_vkey, "drop": str(drop),
+                                      "result_timeout": 240, "visibility_timeout": 5}
+    variant_path = Path(lab_home) / "agents-variant.yml"
+    variant_path.write_text(yaml.safe_dump(variant, sort_keys=False))
+    playbook = tmp_path / "agents-kill.yml"
+    playbook.write_text(KILL_PLAYBOOK)
+
+    agent.start()
+    case = "AGENT-KILL-1"
+    controller_proc = subprocess.Popen(
+        [str(Path(__import__("sys").executable).with_name("irkit")), "contain", "--inventory", str(variant_path),
+         "--playbook", str(playbook), "--case", case, "--yes", "--format", "json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    try:
+        # a tampered and a foreign envelope on the tenant's queue (someone with broker access, no key)
+        now = int(time.time())
+        plan = "cd" * 32
+        env_ok = StepEnvelope(
+            run_id="intruder", case=case, tenant=tenant, phase="slow", phase_index=0, wave=1, item="x/0/" + served[0],
+            step_id=step_id(plan, tenant, served[0], "command.run", "x/0/" + served[0]), attempt=1, host=served[0],
+            action="command.run", params={"command": "touch /var/tmp/irkit-agent-evil"}, requires_approval=False,
+            destructive=False, deadline_s=10, not_before=now, expires_at=now + 300, plan_hash=plan,
+            approvals=Approvals(1, 1), log_origin="x")
+        tampered = {**env_ok.sign(controller), "params": {"command": "touch /var/tmp/irkit-agent-evil2"}}
+        foreign = env_ok.sign(Signer.generate(controller.name))
+        injector = make_app(tenant, BrokerSettings(redis_server.url))
+        for doc in (tampered, foreign):
+            injector.send_task(STEP_TASK, args=[doc], queue=steps_queue(tenant))
+
+        # kill -9 the agent while it runs the slow step (after its intent is in the controller's log)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            intents = [r for r in _case_records(lab_home, case) if r["action"] == "agent.intent"]
+            if intents:
+                break
+            assert controller_proc.poll() is None, controller_proc.communicate()
+            time.sleep(0.3)
+        assert intents, "the agent never started a step"
+        time.sleep(1.0)
+        agent.kill9()
+        time.sleep(1.0)
+        agent.start()  # as its supervisor would
+        out, err = controller_proc.communicate(timeout=300)
+    finally:
+        if controller_proc.poll() is None:
+            controller_proc.kill()
+        agent.stop()
+    assert controller_proc.returncode == 0, f"stdout:{out.decode()}\nstderr:{err.decode()}\n" \
+                                            f"agent log:{agent.log.read_text()[-3000:]}"
+    summary = json.loads(out)
+    assert summary["ok"] is True
+
+    records = _case_records(lab_home, case)
+    done = [r["params"]["item"] for r in records if r["action"] == "step.done"]
+    assert len(done) == 2 * len(everyone) and len(set(done)) == len(done)  # exactly one step.done per item
+    assert all(r["outcome"] == "ok" for r in records if r["action"] == "step.done")
+    results = [r for r in records if r["action"] == "agent.result" and not r["params"].get("duplicate")]
+    assert sorted({r["host"] for r in results}) == sorted(served)
+    assert len({r["params"]["step_id"] for r in results}) == len(results) == 2 * len(served)
+    # the killed step was redelivered and taken up again, verify first
+    assert any(r["params"].get("verify_first") for r in records if r["action"] == "agent.intent")
+    refused = {r["params"]["code"] for r in records if r["action"] == "agent.refused"}
+    assert {"bad_signature", "unknown_signer"} <= refused
+    assert not [r for r in records if r["action"] in ("agent.chain_gap", "agent.chain_conflict")]
+    irkit(env, "audit", "verify", "--case", case, check=0)
+    for name in everyone:
+        assert lab.exec(name, "cat /var/tmp/irkit-agent-marker").stdout == b"through the agent\n"
+        assert lab.exec(name, "test -e /var/tmp/irkit-agent-done").returncode == 0
+        assert lab.exec(name, "test -e /var/tmp/irkit-agent-evil -o -e /var/tmp/irkit-agent-evil2").returncode != 0
