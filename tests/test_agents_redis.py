@@ -339,3 +339,102 @@ def test_agent_killed_mid_step_finishes_once_and_refusals_are_logged(lab, redis_
         assert lab.exec(name, "cat /var/tmp/irkit-agent-marker").stdout == b"through the agent\n"
         assert lab.exec(name, "test -e /var/tmp/irkit-agent-done").returncode == 0
         assert lab.exec(name, "test -e /var/tmp/irkit-agent-evil -o -e /var/tmp/irkit-agent-evil2").returncode != 0
+
+
+OFFLINE_PLAYBOOK = """\
+version: 1
+name: agents-offline
+defaults: {timeout: 60, retries: 0, host_timeout: 300, connect_timeout: 10}
+phases:
+  - name: write
+    steps:
+      - name: write marker
+        action: file.write
+        params: {path: /var/tmp/irkit-offline-marker, content: "by file\\n", mode: "0600"}
+      - name: check marker
+        action: file.check
+        params: {path: /var/tmp/irkit-offline-marker, contains: "by file"}
+"""
+
+
+@pytest.mark.lab
+def test_offline_tenant_export_run_import(lab, tmp_path):
+    """No broker: a run holds the offline tenant; export its signed steps, run them with `irkit agent
+    run-offline`, import the signed results: a tampered envelope in the file is refused (and its host's
+    later step too), the refusals are in the signed log, the other host's steps are done once."""
+    import json
+
+    import yaml
+
+    from containment_helpers import home as in_home
+    from containment_helpers import irkit, keyed_env
+
+    env = keyed_env(lab)
+    lab_home = str(lab.home)
+    inventory = yaml.safe_load(Path(lab.inventory_path).read_text())
+    tenant = inventory["tenants"][0]["name"]
+    served = [h["name"] for h in inventory["tenants"][0]["hosts"]]
+    everyone = [h["name"] for t in inventory["tenants"] for h in t["hosts"]]
+    for name in everyone:
+        lab.exec(name, "rm -f /var/tmp/irkit-offline-marker")
+    agent_home = tmp_path / "offline-agent"
+    agent_home.mkdir()
+    agent_env = {k: v for k, v in env.items() if not k.startswith("IRKIT_")}
+    agent_env["IRKIT_HOME"] = str(agent_home)
+    key_file = agent_home / "agent.key"
+    vkey = json.loads(irkit(agent_env, "agent", "keygen", "--tenant", tenant, "--out", str(key_file),
+                            "--format", "json", check=0).stdout)["vkey"]
+    own = dict(_expand(inventory, lab_home))  # type: ignore[arg-type]
+    own["tenants"] = [t for t in own["tenants"] if t["name"] == tenant]
+    (agent_home / "tenant.yml").write_text(yaml.safe_dump(own, sort_keys=False))
+    with in_home(env):
+        from ir_toolkit.secrets.keystore import signing_verifier
+
+        (agent_home / "controller.vkey").write_text(signing_verifier().vkey + "\n")
+    drop = agent_home / "drop"
+    variant = json.loads(json.dumps(inventory))
+    variant["tenants"][0]["agent"] = {"offline": True, "public_key": vkey, "drop": str(drop)}
+    variant_path = Path(lab_home) / "agents-offline.yml"
+    variant_path.write_text(yaml.safe_dump(variant, sort_keys=False))
+    playbook = tmp_path / "offline.yml"
+    playbook.write_text(OFFLINE_PLAYBOOK)
+    case = "AGENT-OFFLINE-1"
+
+    # a run now holds the offline tenant (its steps stay pending) and does the rest
+    proc = irkit(env, "contain", "--inventory", str(variant_path), "--playbook", str(playbook), "--case", case,
+                 "--yes", "--format", "json", check=3)
+    for name in served:
+        assert lab.exec(name, "test -e /var/tmp/irkit-offline-marker").returncode != 0
+    steps = tmp_path / "steps.json"
+    summary = json.loads(irkit(env, "plan", "export", "--case", case, "--tenant", tenant, "--out", str(steps),
+                               "--format", "json", check=0).stdout)
+    assert summary["envelopes"] == 2 * len(served)
+    bundle = json.loads(steps.read_text())
+    bundle["envelopes"][0]["params"]["content"] = "tampered\n"  # someone edits the file on the way
+    steps.write_text(json.dumps(bundle))
+    results = tmp_path / "results.json"
+    agent_args = ["agent", "--tenant", tenant, "--controller-key", f"file:{agent_home}/controller.vkey",
+                  "--agent-key", str(key_file), "--inventory", str(agent_home / "tenant.yml"), "--drop", str(drop)]
+    proc = irkit(agent_env, *agent_args, "run-offline", str(steps), "--out", str(results), "--format", "json",
+                 check=0)
+    ran = json.loads(proc.stdout)
+    assert ran["refused"] >= 1
+    proc = irkit(env, "results", "import", str(results), "--case", case, "--format", "json", check=0)
+    imported = json.loads(proc.stdout)
+    assert imported["rejected"] == 0 and imported["steps_done"] == 2 * len(served) - 2
+    records = _case_records(lab_home, case)
+    refused = [r for r in records if r["action"] == "agent.refused"]
+    assert {r["params"]["code"] for r in refused} == {"bad_signature", "earlier_step"}
+    # the tampered step (the first host's write) was refused; that host's later step too; the rest ran
+    first = bundle["envelopes"][0]["host"]
+    for name in served:
+        has = lab.exec(name, "cat /var/tmp/irkit-offline-marker")
+        assert (has.returncode == 0) == (name != first), name
+        if name != first:
+            assert has.stdout == b"by file\n"
+    assert lab.exec(first, "grep -q tampered /var/tmp/irkit-offline-marker").returncode != 0
+    irkit(env, "audit", "verify", "--case", case, check=0)
+    done = [r["params"]["item"] for r in records if r["action"] == "step.done"]
+    assert len(done) == len(set(done)) == len(everyone) * 2 - 2  # the tampered host's two steps stay pending
+    # a resume runs the local tenants' nothing-left and holds the offline tenant's pending steps again
+    irkit(env, "resume", "--case", case, check=3)

@@ -426,3 +426,33 @@ def test_inventory_agent_settings_refuse_secrets_and_plaintext(tmp_path: Path) -
                           ("redis://198.18.0.9:6379/0", "plaintext"), ("http://x", "rediss")):
         with pytest.raises(InputError, match=words):
             load_inventory(_inventory(tmp_path, key, "/drop", broker=broker))
+
+
+def test_files_of_an_earlier_killed_attempt_travel_with_the_result(world: World) -> None:
+    """An attempt that escrowed a secret and died: the next attempt's result still references the file."""
+    from ir_toolkit.home import case_dir
+
+    escrowed = case_dir("CASE-1", create=True) / "escrow" / "t1" / "t1-h0" / "root.jsonl"
+    escrowed.parent.mkdir(parents=True)
+    escrowed.write_text('{"type": "secret"}\n')
+    world.agent.handle(world.envelope().sign(world.controller))
+    result = world.messages()[-1]
+    assert [e.path for e in result.evidence] == ["escrow/t1/t1-h0/root.jsonl"]
+    assert (world.drop / "CASE-1" / "escrow/t1/t1-h0/root.jsonl").read_text() == '{"type": "secret"}\n'
+
+
+def test_offline_runner_blocks_a_hosts_later_steps_after_a_refusal(world: World) -> None:
+    from ir_toolkit.agents.offline import run_offline, steps_document
+
+    first = world.envelope().sign(world.controller)
+    later = world.envelope(item="contain/1/t1-h0").sign(world.controller)
+    other = world.envelope(host="t1-h1", item="contain/0/t1-h1").sign(world.controller)
+    destroy = world.envelope(host="t1-h1", item="contain/2/t1-h1", destructive=True, gate="offline")
+    doc = run_offline(world.agent, steps_document("t1", "CASE-1", PLAN, [
+        {**first, "params": {"label": "evil"}}, later, other, destroy.sign(world.controller)]))
+    msgs = [AgentMessage.open(m, [world.agent_key.verifier()])[0] for m in doc["messages"]]
+    refusals = [(m.code, m.claims.get("host") or m.host) for m in msgs if m.kind == "refusal"]
+    assert ("bad_signature", "t1-h0") in refusals and ("earlier_step", "t1-h0") in refusals
+    # a destructive step offline needs an ok triage.collect of its host first
+    assert ("gate", "t1-h1") in refusals
+    assert AStep.applied == ["t1-h1"]

@@ -10,8 +10,8 @@ Per message (scale-out memo §1.5.3):
 3. publish a signed ``intent``, then act with irkit's own actions over the agent's own connections,
    within the envelope's deadline; what the action would write to the audit log is collected and
    carried in the result (the controller is the only writer of the signed log);
-4. copy the files the step left under the host's evidence/escrow directories to the tenant's drop,
-   referenced by SHA-256 and size;
+4. copy the files under the host's evidence/escrow directories to the tenant's drop, referenced by
+   SHA-256 and size (all of them: an earlier, killed attempt's escrow entries travel too);
 5. publish the signed ``result``; only then does the worker ack the step.
 
 A refusal is a signed ``refusal`` message, so the controller records it in the signed log.
@@ -147,6 +147,8 @@ class Agent:
         self._send_lock = threading.RLock()
         self._pools: dict[str, ConnectionPool] = {}
         self._actions: dict[str, Any] = {}
+        #: path -> (size, mtime_ns, sha256) of files already copied to the drop
+        self._hashes: dict[str, tuple[int, int, str]] = {}
 
     # ---- messages
 
@@ -266,7 +268,6 @@ class Agent:
             plan_hash=env.plan_hash, run_id=env.run_id, verify_first=verify_first),
             step_id=env.step_id, state=INTENT, plan_hash=env.plan_hash, attempt=env.attempt)
         started = self._now()
-        before = _snapshot(env.case, host)
         journal = CollectingJournal()
         outcome, host_key = self._act(env, host, action, params, journal, verify_first)
         if outcome["status"] != "ok":
@@ -274,7 +275,7 @@ class Agent:
                 action.on_failed(journal, cfg.actor, host.tenant, host.name, outcome.get("error", ""))
             except Exception:  # noqa: BLE001 - the failure record is best effort; the result says it failed
                 pass
-        evidence = self._drop(env.case, before, _snapshot(env.case, host))
+        evidence = self._drop(env.case, host)
         records = tuple(r for r in journal.records if not str(r["action"]).startswith(_CONTROLLER_ONLY))
         self._send(lambda seq, prev: AgentMessage(
             kind="result", agent_id=cfg.agent_id, agent_seq=seq, prev_agent_hash=prev, tenant=cfg.tenant,
@@ -315,26 +316,35 @@ class Agent:
         return _outcome("ok", changed=applied.changed, summary=applied.summary, verify=verdict.summary,
                         details=_jsonable(applied.details)), host_key
 
-    def _drop(self, case: str, before: dict[str, tuple[int, int]],
-              after: dict[str, tuple[int, int]]) -> tuple[EvidenceRef, ...]:
-        """Copy the step's new/changed files to ``drop/<case>/<path>``; reference each by hash."""
+    def _drop(self, case: str, host: Host) -> tuple[EvidenceRef, ...]:
+        """Every file under the host's evidence/escrow directories, in ``drop/<case>/<path>``, by hash.
+
+        All of them, not only this attempt's: an attempt that died after escrowing or sealing left files
+        a later attempt does not change, and the controller must still get them (it skips what it has)."""
         root = CaseLayout.of(case).root
         refs = []
-        for rel in sorted(p for p, st in after.items() if before.get(p) != st):
+        for rel, (size, mtime) in sorted(_snapshot(case, host).items()):
             src = root / rel
             dst = self.config.drop / case / rel
+            cached = self._hashes.get(str(src))
+            if cached is not None and cached[:2] == (size, mtime) and dst.exists() and dst.stat().st_size == size:
+                refs.append(EvidenceRef(rel, cached[2], size))
+                continue
             dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             digest = hashlib.sha256()
             tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
+            copied = 0
             with open(src, "rb") as fin, open(tmp, "wb") as fout:
                 for chunk in iter(lambda: fin.read(1 << 20), b""):
                     digest.update(chunk)
                     fout.write(chunk)
+                    copied += len(chunk)
                 fout.flush()
                 os.fsync(fout.fileno())
             os.chmod(tmp, 0o600)
             os.replace(tmp, dst)
-            refs.append(EvidenceRef(rel, digest.hexdigest(), dst.stat().st_size))
+            self._hashes[str(src)] = (size, mtime, digest.hexdigest())
+            refs.append(EvidenceRef(rel, digest.hexdigest(), copied))
         return tuple(refs)
 
     def close(self) -> None:

@@ -69,6 +69,7 @@ def agent_verifier(access: AgentAccess) -> Verifier:
 
 
 def broker_settings(access: AgentAccess) -> BrokerSettings:
+    assert access.broker is not None
     password = None
     if access.password:
         from ir_toolkit.secrets.references import parse_ref, resolve
@@ -99,7 +100,8 @@ class AgentDispatcher:
 
     def __init__(self, inventory: Inventory, journal: Any, signer: Signer, *, case: str, plan_hash: str,
                  actor: str, log_origin: str = "", apps: dict[str, Any] | None = None,
-                 longest_step_s: float = 3600.0, clock: Any = time.time) -> None:
+                 longest_step_s: float = 3600.0, clock: Any = time.time,
+                 drops: dict[str, str] | None = None) -> None:
         self.inventory = inventory
         self.journal = journal
         self.signer = signer
@@ -109,9 +111,14 @@ class AgentDispatcher:
         self.log_origin = log_origin or getattr(journal, "origin", "") or f"{inventory.msp.name}/ir/{case}"
         self.clock = clock
         self.run_id = uuid.uuid4().hex
+        #: tenant -> where its evidence drop is (overrides the inventory's agent.drop: an offline import)
+        self._drops = dict(drops or {})
         self._tenants: dict[str, _Tenant] = {}
         for tenant in inventory.tenants:
             if tenant.agent is None:
+                continue
+            if tenant.agent.offline or tenant.agent.broker is None:
+                self._tenants[tenant.name] = _Tenant(tenant.name, tenant.agent, agent_verifier(tenant.agent), None)
                 continue
             app = (apps or {}).get(tenant.name) or make_app(
                 tenant.name, broker_settings(tenant.agent), longest_step_s=longest_step_s,
@@ -123,6 +130,8 @@ class AgentDispatcher:
         self._refusals: dict[tuple[str, int], dict[str, Any]] = {}
         self._chains: dict[str, _Chain] = {}
         self._attempts: dict[str, int] = {}
+        #: case-relative path -> (sha256, size) imported from a drop in this run
+        self._imported: dict[str, tuple[str, int]] = {}
         self._stop = threading.Event()
         self._log_lock = threading.Lock()
         self.counters: dict[str, int] = {"results": 0, "duplicates": 0, "intents": 0, "refusals": 0, "rejected": 0}
@@ -133,12 +142,18 @@ class AgentDispatcher:
     def serves(self, tenant: str) -> bool:
         return tenant in self._tenants
 
+    def offline(self, tenant: str) -> bool:
+        t = self._tenants.get(tenant)
+        return t is not None and t.app is None
+
     @property
     def tenants(self) -> list[str]:
         return sorted(self._tenants)
 
     def start(self) -> AgentDispatcher:
         for t in self._tenants.values():
+            if t.app is None:
+                continue
             t.thread = threading.Thread(target=self._consume, args=(t,), name=f"irkit-results-{t.name}",
                                         daemon=True)
             t.thread.start()
@@ -347,6 +362,12 @@ class AgentDispatcher:
                 self._cond.notify_all()
             return "recorded"
 
+    def outcome(self, sid: str) -> dict[str, Any] | None:
+        """The recorded outcome of step ``sid`` (its first result), if any."""
+        with self._cond:
+            found = self._outcomes.get(sid)
+            return dict(found) if found is not None else None
+
     def _answer(self, msg: AgentMessage) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -402,7 +423,7 @@ class AgentDispatcher:
         access = self._tenants[tenant].access
         from ir_toolkit.secrets.references import expand_path
 
-        drop = expand_path(access.drop) / self.case
+        drop = expand_path(self._drops.get(tenant, access.drop)) / self.case
         root = CaseLayout.of(self.case).root
         allowed = [Path("evidence") / tenant / msg.host, Path("escrow") / tenant / msg.host]
         for ref in msg.evidence:
@@ -410,6 +431,8 @@ class AgentDispatcher:
             if rel.is_absolute() or ".." in rel.parts or not any(rel.parts[:3] == a.parts for a in allowed):
                 return f"evidence path {ref.path!r} is outside {tenant}/{msg.host}'s evidence and escrow"
             src, dst = drop / rel, root / rel
+            if self._imported.get(ref.path) == (ref.sha256, ref.size) and dst.exists():
+                continue  # referenced again by a later step of the host: already here
             try:
                 fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
             except OSError as exc:
@@ -434,6 +457,7 @@ class AgentDispatcher:
                     return f"evidence {ref.path} in the drop does not match its reference (size or SHA-256)"
                 os.chmod(tmp, 0o600)
                 os.replace(tmp, dst)
+                self._imported[ref.path] = (ref.sha256, ref.size)
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 return f"evidence {ref.path}: {exc.strerror or exc}"

@@ -39,6 +39,8 @@ AGENT_REFUSED = "agent.refused"
 AGENT_CHAIN_GAP = "agent.chain_gap"
 AGENT_CHAIN_CONFLICT = "agent.chain_conflict"
 AGENT_MESSAGE_REJECTED = "agent.message_rejected"
+AGENT_EXPORTED = "agent.exported"
+AGENT_IMPORTED = "agent.imported"
 
 _ALL = [
     Event(RUN_START, "a run of a plan begins", ("plan", "playbook", "resumed")),
@@ -83,6 +85,10 @@ _ALL = [
           ("agent_id", "agent_seq", "expected_seq", "message_sha256"), ("failed",)),
     Event(AGENT_MESSAGE_REJECTED, "a message on a tenant's results queue was not accepted (unsigned, foreign, "
           "a record the agent may not write)", ("code", "reason", "message_sha256"), ("refused",)),
+    Event(AGENT_EXPORTED, "an offline tenant's signed steps were written to a file (irkit plan export)",
+          ("plan", "envelopes", "file", "file_sha256", "valid_hours")),
+    Event(AGENT_IMPORTED, "an offline agent's results file went through the verification path (irkit results import)",
+          ("plan", "file_sha256", "steps_done", "recorded", "duplicate", "rejected")),
     # --- the audit log itself (audit/log.py)
     Event("audit.log_created", "the log's genesis record", ("origin", "key")),
     Event("audit.recovered", "the writer recovered a torn or unsigned tail at open", ("size", "dropped", "untrusted")),

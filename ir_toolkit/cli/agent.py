@@ -156,3 +156,46 @@ def keygen(obj: dict[str, Any] | None, tenant_opt: str | None, out: str, label: 
         emit_json({"tenant": tenant, "file": out, "vkey": signer.verifier_key()})
     else:
         click.echo(signer.verifier_key())
+
+
+@agent.command("run-offline")
+@click.argument("file", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, metavar="FILE", help="The results file to write (mode 0600).")
+@format_option
+@click.pass_obj
+def run_offline_cmd(obj: dict[str, Any] | None, file: str, out: str, fmt: str) -> None:
+    """Run a steps file from `irkit plan export` (no broker): same checks, signed results to --out.
+
+    \b
+    irkit agent --tenant T --controller-key file:controller.vkey --agent-key agent.key \\
+        --inventory tenant.yml run-offline steps.json --out results.json
+    """
+    import json
+
+    from ir_toolkit.agents.agent import Agent
+    from ir_toolkit.agents.offline import STEPS_KIND, read_bundle, run_offline
+    from ir_toolkit.fsutil import write_atomic
+
+    o = obj or {}
+    tenant = o.get("tenant")
+    if not tenant:
+        raise InputError("irkit agent run-offline needs --tenant (irkit agent --tenant T ... run-offline FILE)")
+    bundle = read_bundle(Path(file), STEPS_KIND)
+    if bundle["tenant"] != tenant:
+        raise InputError(f"{file} holds steps of tenant {bundle['tenant']!r}, not {tenant!r}")
+    config = _agent_config(tenant, o.get("controller_key"), o.get("agent_key"), o.get("inventory_path"),
+                           o.get("drop"), o.get("store"), o.get("keys_passphrase"))
+    agent_ = Agent(config)
+    try:
+        doc = run_offline(agent_, bundle)
+    finally:
+        agent_.close()
+        config.store.close()
+    write_atomic(Path(out), (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), mode=0o600)
+    summary = {"tenant": tenant, "file": out, "messages": len(doc["messages"]), **doc["counts"],
+               "drop": str(config.drop)}
+    if fmt == "json":
+        emit_json(summary)
+    else:
+        click.echo(f"{summary['done']} steps done, {summary['refused']} refused; {len(doc['messages'])} signed "
+                   f"messages in {out}; bring it and {config.drop} back to the controller (irkit results import)")

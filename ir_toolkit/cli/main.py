@@ -24,7 +24,7 @@ from ir_toolkit.cli.keys import keys
 from ir_toolkit.cli.lab import lab
 from ir_toolkit.cli.reimage import reimage
 from ir_toolkit.cli.rotate import rotate
-from ir_toolkit.cli.run import apply, approve, plan, resume
+from ir_toolkit.cli.run import apply, approve, plan, results, resume
 from ir_toolkit.cli.triage import triage
 from ir_toolkit.errors import (
     EXIT_ENVIRONMENT,
@@ -66,7 +66,7 @@ def cli(verbose: int) -> None:
 
 for command in (
     contain, rotate, triage, isolate, reimage, plan, approve, apply, resume,
-    audit, escrow, evidence, inventory, keys, lab, case, agent,
+    audit, escrow, evidence, inventory, keys, lab, case, agent, results,
 ):
     cli.add_command(command)
 

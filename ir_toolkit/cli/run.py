@@ -22,20 +22,78 @@ def forks_option(func):  # type: ignore[no-untyped-def]
                         help="Hosts worked on at once.")(func)
 
 
-@click.command("plan")
+@click.group("plan", invoke_without_command=True)
 @inventory_options
-@case_option()
-@click.option("--playbook", metavar="FILE", required=True,
+@case_option(required=False)
+@click.option("--playbook", metavar="FILE",
               help="Playbook to plan: a file, or a shipped playbook's name (e.g. msp-breach-containment).")
 @forks_option
 @format_option
-def plan(msp: str | None, inventory_path: str | None, case_id: str, playbook: str, forks: int, fmt: str) -> None:
-    """Inspect every targeted host and write a deterministic, content-hashed plan (changes nothing)."""
+@click.pass_context
+def plan(ctx: click.Context, msp: str | None, inventory_path: str | None, case_id: str | None, playbook: str | None,
+         forks: int, fmt: str) -> None:
+    """Inspect every targeted host and write a deterministic, content-hashed plan (changes nothing).
+
+    `irkit plan export --tenant T` writes an offline tenant's signed steps to a file (docs/agents.md).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not case_id or not playbook:
+        raise click.UsageError("irkit plan needs --case and --playbook")
     session.start_case_logging(case_id)
     the_plan, _, _, _ = session.make_plan(msp, inventory_path, str(resolve_playbook(playbook, CONTAINMENT)),
                                           case_id, forks=forks,
                                           frontend=CliFrontend(fmt))
     show_plan(the_plan, fmt)
+
+
+@plan.command("export")
+@case_option()
+@click.option("--tenant", required=True, metavar="T", help="The offline tenant whose steps to export.")
+@click.option("--out", "out", required=True, metavar="FILE", help="The steps file to write (mode 0600).")
+@click.option("--plan", "plan_file", metavar="PLAN", help="The plan (default: the case's current one).")
+@click.option("--valid-hours", type=click.FloatRange(1, 24 * 90), default=168, show_default=True,
+              help="The envelopes expire after this (the agent refuses them later).")
+@format_option
+def export(case_id: str, tenant: str, out: str, plan_file: str | None, valid_hours: float, fmt: str) -> None:
+    """Sign the tenant's unfinished steps into a file for `irkit agent run-offline` (no broker needed)."""
+    from ir_toolkit.cli.output import emit_json
+    from ir_toolkit.run.offline import export_steps
+
+    session.start_case_logging(case_id)
+    summary = export_steps(case_id, tenant, Path(out), plan_file=plan_file, valid_hours=valid_hours)
+    if fmt == "json":
+        emit_json(summary)
+    else:
+        console().print(f"{summary['envelopes']} signed steps of tenant {tenant} in {out} "
+                        f"(sha256 {summary['sha256'][:16]}); run them with `irkit agent run-offline {out}`")
+
+
+@click.group("results")
+def results() -> None:
+    """Results of offline agents (docs/agents.md)."""
+
+
+@results.command("import")
+@click.argument("file", metavar="FILE", type=click.Path(dir_okay=False))
+@case_option()
+@click.option("--drop", metavar="DIR", help="Where the agent's evidence drop was copied (default: agent.drop).")
+@format_option
+def import_(file: str, case_id: str, drop: str | None, fmt: str) -> None:
+    """Verify an offline agent's signed results and record them in the case's audit log."""
+    from ir_toolkit.cli.output import emit_json
+    from ir_toolkit.run.offline import import_results
+
+    session.start_case_logging(case_id)
+    summary = import_results(case_id, Path(file), drop=drop)
+    if fmt == "json":
+        emit_json(summary)
+    else:
+        console().print(f"tenant {summary['tenant']}: {summary['recorded']} messages recorded, "
+                        f"{summary['duplicate']} duplicates, {summary['rejected']} rejected; "
+                        f"{summary['steps_done']} steps done (irkit resume --case {case_id} runs the rest)")
+    if summary["rejected"]:
+        sys.exit(1)
 
 
 @click.command("approve")

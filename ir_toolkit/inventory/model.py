@@ -265,7 +265,10 @@ class AgentAccess(_Model):
     """A tenant served by an agent inside its network (docs/agents.md): the controller puts the tenant's
     steps on the tenant's queue on this broker and reads its agent's signed results back."""
 
-    broker: Annotated[str, AfterValidator(_broker_url)]
+    #: the tenant's broker (none for an offline tenant)
+    broker: Annotated[str, AfterValidator(_broker_url)] | None = None
+    #: no path to any broker: steps go by file (irkit plan export / agent run-offline / results import)
+    offline: bool = False
     #: the controller's broker login (Redis ACL user / RabbitMQ user) and its password reference
     user: str | None = None
     password: SecretRefStr | None = None
@@ -288,6 +291,10 @@ class AgentAccess(_Model):
     def _tls(self) -> AgentAccess:
         from urllib.parse import urlsplit
 
+        if self.broker is None:
+            if not self.offline:
+                raise ValueError("agent: give broker: (or offline: true for a tenant served by file)")
+            return self
         parts = urlsplit(self.broker)
         loopback = (parts.hostname or "") in ("127.0.0.1", "::1", "localhost")
         if parts.scheme in ("redis", "amqp") and not loopback and not self.allow_plaintext:

@@ -70,6 +70,8 @@ class RemoteSteps(Protocol):
 
     def serves(self, tenant: str) -> bool: ...
 
+    def offline(self, tenant: str) -> bool: ...
+
     def run_step(self, item: PlanItem, params: dict[str, Any], *, step_timeout: float, wait: float, wave: int,
                  approvals: tuple[int, int], gate: str) -> dict[str, Any]: ...
 
@@ -541,6 +543,14 @@ class Engine:
                 self.summary.incomplete = True
                 self.summary.reason = "steps await approvals (irkit approve PLAN --as NAME, then irkit resume)"
                 return SKIPPED, msg
+        remote = self.options.remote
+        if remote is not None and remote.serves(host.tenant) and remote.offline(host.tenant):
+            msg = (f"offline tenant {host.tenant}: its steps go by file (irkit plan export --tenant {host.tenant}, "
+                   "then irkit results import)")
+            self._record(events.STEP_REFUSED, item, params={"reason": msg}, outcome="refused")
+            self._held.add(host.name)
+            self.summary.incomplete = True
+            return SKIPPED, msg
         if action.destructive:
             destroys = action.destroys or DESTROYS_CREDENTIALS
             decision = self.gate(host.tenant, host.name, destroys)
@@ -558,7 +568,6 @@ class Engine:
         retries = self.playbook.step_retries(step)
         timeout = self.playbook.step_timeout(step)
         self._record(events.STEP_START, item, outcome="intent")
-        remote = self.options.remote
         if remote is not None and remote.serves(host.tenant):
             gate = ""
             if action.destructive:  # the gate above passed, or its override was recorded
