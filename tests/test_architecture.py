@@ -105,6 +105,11 @@ def test_actions_import_no_cli_run_engine_or_lab() -> None:
                       and (_unit(n) in ("cli", "run", "lab") or n.startswith("ir_toolkit.playbook"))) == []
 
 
+def test_reimage_providers_import_no_action_engine_cli_or_lab() -> None:
+    assert _offenders(lambda m, u, n: u == "reimage"
+                      and _unit(n) in ("actions", "playbook", "run", "cli", "lab", "triage")) == []
+
+
 def test_only_the_lab_and_its_cli_group_import_the_lab() -> None:
     assert _offenders(lambda m, u, n: _unit(n) == "lab" and u != "lab" and m != "ir_toolkit.cli.lab") == []
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ir_toolkit.actions import sshd
-from ir_toolkit.actions.credentials import (
+from ir_toolkit.actions.accounts import (
     PASSWORD_SYMBOLS,
     RotateParams,
     generate_password,

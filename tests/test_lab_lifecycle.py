@@ -182,7 +182,7 @@ def test_reimage_rebuilds_a_host_clean_with_a_new_host_key(lab_factory):
     client.close()
     # the reimage provider (`bmc: {provider: lab}`) does the same through the provider interface
     import ir_toolkit.lab.reimage  # noqa: F401 - registers the `lab` provider
-    from ir_toolkit.actions.reimage_providers import ReimageStatus, get_provider, run_to_completion
+    from ir_toolkit.reimage import ReimageStatus, get_provider, run_to_completion
     from ir_toolkit.inventory import load_inventory
 
     inv = load_inventory(handle.inventory_path)

@@ -22,7 +22,7 @@ import pytest
 import rfc8785
 
 from ir_toolkit import log
-from ir_toolkit.actions.reimage_providers import (
+from ir_toolkit.reimage import (
     RedfishProvider,
     ReimageOptions,
     ReimageStatus,

@@ -29,17 +29,16 @@ import yaml
 from containment_helpers import case_key_login, home, irkit, key_login, keyed_env, password_login
 
 from ir_toolkit.actions.base import ActionContext, ActionFailed
-from ir_toolkit.actions.reimage import (
+from ir_toolkit.actions.reimage import accept_reimaged_host_key
+from ir_toolkit.reimage.history import (
     RECORD_DONE,
     RECORD_KEY_ACCEPTED,
     RECORD_KEY_REFUSED,
     RECORD_PROVIDER,
     RECORD_START,
-    accept_reimaged_host_key,
-    case_pins,
     unfinished_reimage,
-    write_case_pin,
 )
+from ir_toolkit.transports.hostkeys import case_pins, write_case_pin
 from ir_toolkit.cli.main import main
 from ir_toolkit.cli.reimage import default_playbook
 from ir_toolkit.deadline import Deadline

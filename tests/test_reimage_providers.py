@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ir_toolkit.actions.reimage_providers import (
+from ir_toolkit.reimage import (
     CommandProvider,
     RedfishProvider,
     ReimageOptions,

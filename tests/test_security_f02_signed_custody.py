@@ -161,7 +161,7 @@ def test_custody_record_appended_without_the_key_opens_neither_gate_nor_verify(e
 
 
 def test_forged_reimage_history_and_step_results_do_not_count(env):
-    from ir_toolkit.actions.reimage import RECORD_DONE, last_reimage
+    from ir_toolkit.reimage.history import RECORD_DONE, last_reimage
     from ir_toolkit.playbook.journal import journal_state
 
     signer = keystore.load_signing_key(PASS)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ir_toolkit import childenv
-from ir_toolkit.actions.reimage_providers import CommandProvider, ReimageOptions, ReimageStatus
+from ir_toolkit.reimage import CommandProvider, ReimageOptions, ReimageStatus
 from ir_toolkit.inventory.model import Bmc, Host, Tenant
 
 PASSPHRASE = "S3cret-master-passphrase"

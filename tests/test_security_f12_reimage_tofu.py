@@ -18,16 +18,9 @@ import paramiko
 import pytest
 
 from ir_toolkit.actions.base import ActionContext, ActionFailed
-from ir_toolkit.actions.reimage import (
-    RECORD_KEY_ACCEPTED,
-    RECORD_KEY_REFUSED,
-    RECORD_PROVIDER,
-    RECORD_START,
-    ReimageHost,
-    ReimageParams,
-    accept_reimaged_host_key,
-    case_pins,
-)
+from ir_toolkit.actions.reimage import ReimageHost, ReimageParams, accept_reimaged_host_key
+from ir_toolkit.reimage.history import RECORD_KEY_ACCEPTED, RECORD_KEY_REFUSED, RECORD_PROVIDER, RECORD_START
+from ir_toolkit.transports.hostkeys import case_pins
 from ir_toolkit.deadline import Deadline
 from ir_toolkit.inventory import load_inventory
 from ir_toolkit.inventory.model import Bmc

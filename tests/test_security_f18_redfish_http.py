@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from ir_toolkit.actions.reimage_providers import ReimageOptions, ReimageStatus, provider_for, run_to_completion
+from ir_toolkit.reimage import ReimageOptions, ReimageStatus, provider_for, run_to_completion
 from ir_toolkit.inventory.model import Bmc, Host, Tenant
 from ir_toolkit.transports.redfish import BmcError, RedfishClient, RedfishTimeouts
 

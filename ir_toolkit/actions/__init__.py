@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN_MODULES = ("ir_toolkit.actions.basic", "ir_toolkit.actions.credentials", "ir_toolkit.actions.revocation",
-                   "ir_toolkit.actions.isolation",
-                   "ir_toolkit.actions.triage", "ir_toolkit.actions.reimage", "ir_toolkit.actions.ansible",
+BUILTIN_MODULES = ("ir_toolkit.actions.basic", "ir_toolkit.actions.responder", "ir_toolkit.actions.accounts",
+                   "ir_toolkit.actions.revocation", "ir_toolkit.actions.isolation",
+                   "ir_toolkit.actions.triage", "ir_toolkit.actions.reimage", "ir_toolkit.actions.provision",
+                   "ir_toolkit.actions.verify_clean", "ir_toolkit.actions.ansible",
                    "ir_toolkit.actions.directory", "ir_toolkit.actions.windows")
 _loaded = False
 

@@ -379,7 +379,7 @@ def _escrow_key(ctx: ActionContext) -> Any:
 
 
 def _recipients(extra: list[str]) -> list[Any]:
-    from ir_toolkit.actions.credentials import escrow_recipients
+    from ir_toolkit.actions.accounts import escrow_recipients
 
     return escrow_recipients(extra)
 

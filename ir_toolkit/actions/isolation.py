@@ -33,8 +33,8 @@ from typing import Any
 from pydantic import field_validator
 
 from ir_toolkit.actions import flows
-from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register, DESTROYS_NETWORK
-from ir_toolkit.actions.credentials import _record, responder_access_works
+from ir_toolkit.actions.base import DESTROYS_NETWORK, Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.actions.support import record, responder_access_works
 from ir_toolkit.actions.sshd import client_address
 
 TABLE = "irkit_isolation"
@@ -203,7 +203,7 @@ class IsolateHost(Action):
         if current is not None and f"spec={spec}" in current:
             cut = cut_live_flows(ctx, allowed) if params.cut_flows else None
             if cut is not None and cut["peers"]:
-                _record(ctx, "host.flows_cut", cut)
+                record(ctx, "host.flows_cut", cut)
                 return Outcome(True, f"already isolated; ended flows of {len(cut['peers'])} peer(s)",
                                {"spec": spec, "flows_cut": cut})
             return Outcome(False, "already isolated with this allow-list", {"spec": spec})
@@ -222,7 +222,7 @@ class IsolateHost(Action):
         if not responder_access_works(ctx):
             ctx.run(f"nft delete table {FAMILY} {TABLE}")
             self._disarm(ctx, watchdog)
-            _record(ctx, "host.isolation_rolled_back", {"reason": "fresh responder login failed"}, outcome="failed")
+            record(ctx, "host.isolation_rolled_back", {"reason": "fresh responder login failed"}, outcome="failed")
             raise ActionFailed("after isolating, a fresh login from the controller failed; isolation removed")
         self._disarm(ctx, watchdog)
         details: dict[str, Any] = {"spec": spec, "allowed": [_fmt(n) for n in allowed], "controller_seen_as": seen,
@@ -230,7 +230,7 @@ class IsolateHost(Action):
         # the table already drops every packet of a non-allowed peer; now end those flows on the host
         if params.cut_flows:
             details["flows_cut"] = cut_live_flows(ctx, allowed)
-        _record(ctx, "host.isolated", details)
+        record(ctx, "host.isolated", details)
         cut = details.get("flows_cut") or {}
         ended = f"; ended flows of {len(cut['peers'])} peer(s)" if cut.get("peers") else ""
         # the end state read back in this step (what verify checks): the table as wanted, no live flow of a
@@ -305,17 +305,17 @@ class ReleaseHost(Action):
         snap = ctx.run(f"cat {SNAPSHOT} 2>/dev/null || echo __irkit_no_snapshot__")
         if snap.text.strip() == "__irkit_no_snapshot__":
             if changed:
-                _record(ctx, "host.released", {"snapshot": None})
+                record(ctx, "host.released", {"snapshot": None})
             return Outcome(changed, "isolation removed" if changed else "not isolated")
         now = ctx.run("nft -s list ruleset", check=True).stdout
         digest = hashlib.sha256(snap.stdout).hexdigest()
         if now != snap.stdout:
-            _record(ctx, "host.released", {"ruleset_before_sha256": digest, "restored_exactly": False},
+            record(ctx, "host.released", {"ruleset_before_sha256": digest, "restored_exactly": False},
                     outcome="failed")
             raise ActionFailed("isolation removed, but the ruleset differs from the pre-isolation snapshot "
                                f"({SNAPSHOT}): something else changed nftables meanwhile")
         ctx.run(f"mv -f {SNAPSHOT} {SNAPSHOT}.released", check=True)
-        _record(ctx, "host.released", {"ruleset_before_sha256": digest, "restored_exactly": True})
+        record(ctx, "host.released", {"ruleset_before_sha256": digest, "restored_exactly": True})
         return Outcome(True, "isolation removed; ruleset is exactly the pre-isolation one",
                        {"ruleset_before_sha256": digest})
 

@@ -26,22 +26,21 @@ import paramiko
 from pydantic import field_validator
 
 from ir_toolkit.actions import sshd
-from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register, DESTROYS_CREDENTIALS
-from ir_toolkit.actions.credentials import (
-    _all_users,
-    _endpoint,
-    _read_files,
-    _record,
-    _write_file,
-    case_key_path,
-    login_with_key,
-    public_line,
+from ir_toolkit.actions.base import DESTROYS_CREDENTIALS, Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.actions.responder import case_key_path, public_line
+from ir_toolkit.actions.support import (
+    all_users,
+    endpoint_as,
+    read_files,
+    record,
     responder_access_works,
     responder_pkeys,
+    write_file,
 )
 from ir_toolkit.errors import IrkitError
 from ir_toolkit.secrets.references import expand_path, is_reference, parse_ref
 from ir_toolkit.transports.hostkeys import fingerprint
+from ir_toolkit.transports.probes import login_with_key
 from ir_toolkit.transports.ssh import TransportError, load_private_key
 
 
@@ -180,7 +179,7 @@ def _krl_listing(ctx: ActionContext, path: str) -> tuple[bool, bool, set[str]]:
                 if blob:
                     revoked.add(hashlib.sha256(blob).hexdigest())
     else:
-        content = _read_files(ctx, [path]).get(path, "")
+        content = read_files(ctx, [path]).get(path, "")
         for line in content.splitlines():
             blob = sshd.key_blob(line)
             if blob:
@@ -191,7 +190,7 @@ def _krl_listing(ctx: ActionContext, path: str) -> tuple[bool, bool, set[str]]:
 def inspect_revocation(ctx: ActionContext, targets: list[RevokeTarget], params: RevokeParams) -> RevokeState:
     daemon = sshd.locate(ctx)
     addr = sshd.client_address(ctx)
-    users = _all_users(ctx)
+    users = all_users(ctx)
     per_user = sshd.effective_for_users(ctx, daemon, [u for u, _, _ in users], addr,
                                         ("authorizedkeysfile", "revokedkeys"))
     root_view = per_user.get("root") or sshd.effective_config(ctx, daemon, "root", addr)
@@ -204,7 +203,7 @@ def inspect_revocation(ctx: ActionContext, targets: list[RevokeTarget], params: 
             path = sshd.expand_authorized_keys(pattern, user, home, uid)
             if path and path not in candidates:
                 candidates[path] = user
-    contents = _read_files(ctx, list(candidates))
+    contents = read_files(ctx, list(candidates))
     wanted = {t.fingerprint for t in targets}
     hits = []
     for path, content in contents.items():
@@ -262,7 +261,7 @@ class RevokeSshKeys(Action):
         removed = []
         for hit in state.hits:
             kept = [line for i, line in enumerate(hit.content.splitlines()) if i not in set(hit.lines)]
-            _write_file(ctx, hit.path, "\n".join(kept) + ("\n" if kept else ""))
+            write_file(ctx, hit.path, "\n".join(kept) + ("\n" if kept else ""))
             removed.append({"file": hit.path, "user": hit.user, "lines": len(hit.lines)})
         if removed:
             details["removed"] = removed
@@ -273,7 +272,7 @@ class RevokeSshKeys(Action):
             details["configured"] = state.daemon.config_file
             changed = True
         if changed:
-            _record(ctx, "ssh_keys.revoked", details)
+            record(ctx, "ssh_keys.revoked", details)
         n_lines = sum(r["lines"] for r in removed)
         return Outcome(changed, (f"revoked {len(targets)} key(s): {n_lines} line(s) removed from {len(removed)} "
                                  f"file(s), KRL {state.krl_path}") if changed else
@@ -303,13 +302,13 @@ class RevokeSshKeys(Action):
         config = daemon.config_file
         q = ctx.quote(config)
         backup = config + ".irkit-backup"
-        current = _read_files(ctx, [config]).get(config)
+        current = read_files(ctx, [config]).get(config)
         if current is None:
             raise ActionFailed(f"sshd config {config} is not readable")
         header = (f"# Added by irkit (case {ctx.case_id}): keys revoked during incident response.\n"
                   f"RevokedKeys {state.krl_path}\n")
         ctx.run(f"cp -p {q} {ctx.quote(backup)}", check=True)
-        _write_file(ctx, config, header + current)
+        write_file(ctx, config, header + current)
         problem = sshd.test_config(ctx, daemon)
         if problem:
             ctx.run(f"cp -p {ctx.quote(backup)} {q}", check=True)
@@ -368,6 +367,6 @@ class RevokeSshKeys(Action):
                 continue
             for user in users:
                 attempts += 1
-                if login_with_key(_endpoint(ctx, user), pkey, ctx.deadline):
+                if login_with_key(endpoint_as(ctx, user), pkey, ctx.deadline):
                     problems.append(f"the revoked key STILL logs in as {user}")
         return attempts

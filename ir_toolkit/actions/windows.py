@@ -38,15 +38,10 @@ from typing import Any
 
 from pydantic import Field
 
-from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register, DESTROYS_CREDENTIALS, DESTROYS_NETWORK
-from ir_toolkit.actions.credentials import (
-    EnsureAccessParams,
-    RotateAccounts,
-    RotateParams,
-    _record,
-    escrow_recipients,
-    generate_password,
-)
+from ir_toolkit.actions.base import DESTROYS_CREDENTIALS, DESTROYS_NETWORK, Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.actions.accounts import RotateAccounts, RotateParams, escrow_recipients, generate_password
+from ir_toolkit.actions.responder import EnsureAccessParams
+from ir_toolkit.actions.support import record
 from ir_toolkit.actions.isolation import IsolateParams, ReleaseParams, allowed_networks
 from ir_toolkit.actions.triage import CollectTriage
 from ir_toolkit.secrets import escrow as esc
@@ -277,7 +272,7 @@ class WindowsRotateAccounts(RotateAccounts):
                 current = entry.id
             else:
                 store.set_state(entry, esc.ROLLED_BACK, note="reconciled: never applied (the host rejects it)")
-        _record(ctx, "credential.reconciled", {"account": user, "entries": [e.id for e in unsettled],
+        record(ctx, "credential.reconciled", {"account": user, "entries": [e.id for e in unsettled],
                                                "current": current})
         return current
 
@@ -294,7 +289,7 @@ class WindowsRotateAccounts(RotateAccounts):
         # 1. escrow first: encrypted and fsynced before the host ever sees the password
         entry = store.put(msp=ctx.inventory.msp.name, tenant=tenant, host=host, account=user, secret=password,
                           recipients=escrow_recipients(params.extra_recipients), data_alg=params.data_alg)
-        _record(ctx, "credential.escrowed", {"account": user, "entry": entry.id, "state": esc.PENDING})
+        record(ctx, "credential.escrowed", {"account": user, "entry": entry.id, "state": esc.PENDING})
         # 2. apply: the password on stdin, read by PowerShell into a variable (never in the script)
         script = (STOP + "$p = [Console]::In.ReadLine()\n"
                   f"Set-LocalUser -Name {ps_quote(user)} -Password (ConvertTo-SecureString -String $p "
@@ -309,10 +304,10 @@ class WindowsRotateAccounts(RotateAccounts):
         # 3. its sessions logged off, its processes ended
         sessions, pids = end_sessions(ctx, user) if params.end_sessions else ([], [])
         if sessions or pids:
-            _record(ctx, "sessions.ended", {"account": user, "sessions": sessions, "pids": pids})
+            record(ctx, "sessions.ended", {"account": user, "sessions": sessions, "pids": pids})
         # 4. prove it: a fresh login with the new password; the old ones refused
         if not fresh_login(ctx, user, password):
-            _record(ctx, "credential.applied", {"account": user, "entry": entry.id, "state": esc.APPLIED,
+            record(ctx, "credential.applied", {"account": user, "entry": entry.id, "state": esc.APPLIED,
                                                 "verified": False}, outcome="failed")
             raise ActionFailed(f"new password for {user} is set and escrowed (entry {entry.id}) but a fresh "
                                "WinRM login with it failed")
@@ -320,7 +315,7 @@ class WindowsRotateAccounts(RotateAccounts):
         if problems:
             raise ActionFailed(f"{user}: " + "; ".join(problems))
         store.set_state(entry, esc.VERIFIED, note="fresh WinRM login with the new password; old password refused")
-        _record(ctx, "credential.rotated", {"account": user, "entry": entry.id, "state": esc.VERIFIED,
+        record(ctx, "credential.rotated", {"account": user, "entry": entry.id, "state": esc.VERIFIED,
                                             "sessions_ended": len(sessions), "transport": "winrm"})
         info.update({"entry": entry.id, "sessions_ended": len(sessions)})
         return True, f"rotated (escrow entry {entry.id}, {len(sessions)} session(s) logged off)", info
@@ -338,11 +333,11 @@ class WindowsRotateAccounts(RotateAccounts):
         changed = False
         if enabled:
             _run(ctx, f"Disable-LocalUser -Name {ps_quote(user)}")
-            _record(ctx, "account.locked", {"account": user, "disabled": True})
+            record(ctx, "account.locked", {"account": user, "disabled": True})
             changed = True
         sessions, pids = end_sessions(ctx, user) if params.end_sessions else ([], [])
         if sessions or pids:
-            _record(ctx, "sessions.ended", {"account": user, "sessions": sessions, "pids": pids})
+            record(ctx, "sessions.ended", {"account": user, "sessions": sessions, "pids": pids})
             changed = True
         return changed, ("disabled" if enabled else "already disabled"), {"sessions_ended": len(sessions)}
 
@@ -422,11 +417,11 @@ class DeprivilegeAccounts(Action):
         for account, groups in self._state(ctx, params).items():
             for group in groups:
                 _run(ctx, f"Remove-LocalGroupMember -Group {ps_quote(group)} -Member {ps_quote(account)}")
-                _record(ctx, "group.member_removed", {"account": account, "group": group})
+                record(ctx, "group.member_removed", {"account": account, "group": group})
                 changed = True
             sessions, pids = end_sessions(ctx, account) if params.end_sessions else ([], [])
             if sessions or pids:
-                _record(ctx, "sessions.ended", {"account": account, "sessions": sessions, "pids": pids})
+                record(ctx, "sessions.ended", {"account": account, "sessions": sessions, "pids": pids})
                 changed = True
             details[account] = {"groups_left": groups, "sessions_ended": sessions, "processes_ended": pids}
             notes.append(f"{account}: left {', '.join(groups) or 'no group'}; {len(sessions)} session(s) logged "
@@ -529,10 +524,10 @@ class WindowsIsolateHost(Action):
             ok = False
         if not ok:
             ctx.run(f"Remove-NetFirewallRule -Group {ps_quote(ISOLATION_GROUP)}")
-            _record(ctx, "isolation.rolled_back", {"reason": "fresh login after isolation failed"}, outcome="failed")
+            record(ctx, "isolation.rolled_back", {"reason": "fresh login after isolation failed"}, outcome="failed")
             raise ActionFailed("after isolation a fresh WinRM login from the controller failed; rules removed")
         details = {"group": ISOLATION_GROUP, "allowed": allowed, "blocked_ranges": expected["Inbound"]}
-        _record(ctx, "host.isolated", {"group": ISOLATION_GROUP, "allowed": allowed, "transport": "winrm"})
+        record(ctx, "host.isolated", {"group": ISOLATION_GROUP, "allowed": allowed, "transport": "winrm"})
         return Outcome(True, f"isolated; allowed: {', '.join(allowed)}", details)
 
     def verify(self, ctx: ActionContext, params: IsolateParams) -> Outcome:
@@ -562,7 +557,7 @@ class WindowsReleaseHost(Action):
         if not _rules(ctx):
             return Outcome(False, "not isolated")
         _run(ctx, f"Remove-NetFirewallRule -Group {ps_quote(ISOLATION_GROUP)}")
-        _record(ctx, "host.released", {"group": ISOLATION_GROUP, "transport": "winrm"})
+        record(ctx, "host.released", {"group": ISOLATION_GROUP, "transport": "winrm"})
         return Outcome(True, f"removed the {ISOLATION_GROUP} rule group")
 
     def verify(self, ctx: ActionContext, params: ReleaseParams) -> Outcome:

@@ -101,7 +101,7 @@ _ALL = [
            "hash_mismatches"), ("ok", "partial")),
     Event("evidence.collection_failed", "a collection was attempted and produced no bundle", ("error",),
           ("failed",)),
-    # --- access and credentials (actions/credentials.py, revocation.py, windows.py, secrets)
+    # --- access and credentials (actions/responder.py, accounts.py, revocation.py, windows.py, secrets)
     Event("responder.key_installed", "the per-case responder key was installed and a fresh login proven",
           ("fingerprint", "file", "user", "key_created")),
     Event("responder.access_failed", "the installed case key did not log in: nothing else changes on the host",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ir_toolkit.actions.reimage_providers import ReimageProvider, ReimageStatus, register_provider
+from ir_toolkit.reimage import ReimageProvider, ReimageStatus, register_provider
 from ir_toolkit.errors import EXIT_ENVIRONMENT, EXIT_USAGE, InputError, IrkitError
 from ir_toolkit.inventory.model import Host
 from ir_toolkit.lab.fleet import Lab

@@ -14,8 +14,16 @@ rest of the case (see docs/reimage.md, "Host keys after a reimage").
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
+import os
+import threading
 from pathlib import Path
+
+import paramiko
+
+from ir_toolkit.cases import CaseLayout
+from ir_toolkit.fsutil import write_atomic
 
 
 def fingerprint(key_blob: bytes) -> str:
@@ -23,8 +31,13 @@ def fingerprint(key_blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
 
 
+def known_hosts_pattern(address: str, port: int) -> str:
+    """The known_hosts name of ``address:port`` (``[address]:port`` unless port 22)."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
 def _host_patterns(address: str, port: int) -> set[str]:
-    return {address} if port == 22 else {f"[{address}]:{port}"}
+    return {known_hosts_pattern(address, port)}
 
 
 def read_known_hosts(path: Path) -> dict[str, set[str]]:
@@ -107,3 +120,36 @@ class KnownHosts:
     def replace(self, address: str, port: int, fp: str) -> None:
         for name in _host_patterns(address, port):
             self._entries[name] = {fp}
+
+
+# ---------------------------------------------------------------------------- case pins
+
+_pin_lock = threading.Lock()
+
+
+def write_case_pin(case_id: str, address: str, port: int, key: paramiko.PKey) -> Path:
+    """Make ``key`` the case's only pin for ``address:port`` (atomic replace; thread and process safe)."""
+    path = CaseLayout.of(case_id).known_hosts
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pattern = known_hosts_pattern(address, port)
+    with _pin_lock:
+        fd = os.open(path.parent / ".known_hosts.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                lines = path.read_text().splitlines()
+            except FileNotFoundError:
+                lines = [f"# irkit case {case_id}: host keys accepted after irkit reimaged the host "
+                         "(they override every other pin of that host; see the audit log)"]
+            kept = [line for line in lines
+                    if not line.strip() or line.lstrip().startswith("#") or pattern not in line.split()[0].split(",")]
+            kept.append(f"{pattern} {key.get_name()} {key.get_base64()}")
+            write_atomic(path, ("\n".join(kept) + "\n").encode(), mode=0o600)
+        finally:
+            os.close(fd)
+    return path
+
+
+def case_pins(case_id: str, address: str, port: int) -> set[str]:
+    """Fingerprints the case's known_hosts pins for ``address:port`` (empty: no case pin)."""
+    return read_known_hosts(CaseLayout.of(case_id).known_hosts).get(known_hosts_pattern(address, port), set())

@@ -1,0 +1,99 @@
+"""The small public toolkit every action shares: audit records, endpoints as another user, responder
+access proofs, and reading/writing whole files on the host.
+
+Everything here is public API for the action modules (no sibling reaches into another's private
+helpers); host *facts* with parsers of their own live in :mod:`ir_toolkit.facts`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from typing import Any
+
+import paramiko
+
+from ir_toolkit.actions.base import ActionContext
+from ir_toolkit.transports.base import Endpoint
+from ir_toolkit.transports.probes import fresh_login
+
+
+def jsonable(value: Any) -> Any:
+    """Audit records take no floats: durations and the like become strings."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def record(ctx: ActionContext, action: str, params: dict[str, Any], outcome: str = "ok") -> int:
+    """A durable audit record of one change about this host, with the case; returns its seq.
+
+    No secrets go in (the log redacts again anyway); floats become strings (:func:`jsonable`).
+    Raises while planning (the journal is read-only then).
+    """
+    return int(ctx.record(action, jsonable({"case": ctx.case_id, **params}), outcome))
+
+
+def endpoint_as(ctx: ActionContext, user: str) -> Endpoint:
+    """The host's pinned endpoint, as ``user``."""
+    return dataclasses.replace(ctx.conn.endpoint, user=user)
+
+
+def responder_pkeys(ctx: ActionContext) -> list[paramiko.PKey]:
+    """The keys irkit logs in with (the per-case key first), for proofs of access."""
+    return list(ctx.require_pool().keys(ctx.host))
+
+
+def responder_access_works(ctx: ActionContext) -> bool:
+    """A fresh login as the responder with any of irkit's keys works."""
+    endpoint = endpoint_as(ctx, ctx.conn.endpoint.user)
+    return any(fresh_login(endpoint, key, ctx.deadline) for key in responder_pkeys(ctx))
+
+
+def passwd_entry(ctx: ActionContext, user: str) -> tuple[str, str, str] | None:
+    """(user, uid, home) from the host's account database, or None if there is no such account."""
+    result = ctx.run(f"getent passwd {ctx.quote(user)}")
+    if not result.ok or not result.text.strip():
+        return None
+    fields = result.text.strip().split("\n")[0].split(":")
+    if len(fields) < 7:
+        return None
+    return fields[0], fields[2], fields[5]
+
+
+def all_users(ctx: ActionContext) -> list[tuple[str, str, str]]:
+    result = ctx.run("getent passwd", check=True)
+    users = []
+    for line in result.text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 7 and fields[0]:
+            users.append((fields[0], fields[2], fields[5]))
+    return users
+
+
+def read_files(ctx: ActionContext, paths: list[str]) -> dict[str, str]:
+    """Contents of those of ``paths`` that are regular files (following symlinks)."""
+    if not paths:
+        return {}
+    script = "i=0\nfor f in " + " ".join(ctx.quote(p) for p in paths) + "; do\n" \
+        '  if [ -f "$f" ]; then printf "%s " "$i"; base64 -w0 < "$f"; echo; fi\n  i=$((i+1))\ndone\n'
+    result = ctx.run(script, check=True)
+    found: dict[str, str] = {}
+    for line in result.text.splitlines():
+        index, _, data = line.partition(" ")
+        if index.isdigit() and int(index) < len(paths):
+            found[paths[int(index)]] = base64.b64decode(data).decode("utf-8", "replace") if data else ""
+    return found
+
+
+def write_file(ctx: ActionContext, path: str, content: str) -> None:
+    """Replace a file atomically with ``content`` (sent on stdin), keeping its owner and mode."""
+    q = ctx.quote(path)
+    script = (f't=$(readlink -f -- {q}) && tmp="$t.irkit-tmp.$$" && umask 077 && cat > "$tmp" && '
+              'if [ -e "$t" ]; then chown --reference="$t" "$tmp" && chmod --reference="$t" "$tmp"; fi && '
+              'mv -f "$tmp" "$t"')
+    ctx.run(script, stdin=content.encode(), check=True)
