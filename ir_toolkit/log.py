@@ -54,15 +54,16 @@ def printable(value: Any) -> str:
 class _Tee:
     """Final processor: write a JSON line to the run file, render a console line."""
 
-    def __init__(self, json_file: IO[str] | None, console_level: int, color: bool) -> None:
+    def __init__(self, json_file: IO[str] | None, console_level: int, color: bool, json_level: int = 20) -> None:
         self.json_file = json_file
         self.console_level = console_level
+        self.json_level = json_level
         self.color = color
         self.lock = threading.Lock()
 
     def __call__(self, _logger: Any, method: str, event: dict[str, Any]) -> str:
         level = event.get("level", method)
-        if self.json_file is not None:
+        if self.json_file is not None and _LEVELS.get(level, 20) >= self.json_level:
             line = json.dumps(event, default=str, sort_keys=True)
             with self.lock:
                 self.json_file.write(line + "\n")
@@ -96,7 +97,13 @@ def configure(
     verbosity: int = 0,
     stream: IO[str] | None = None,
 ) -> None:
-    """(Re)configure structlog. ``verbosity`` 0 shows warnings, 1 info, 2 debug."""
+    """(Re)configure structlog. ``verbosity`` 0 shows warnings, 1 info, 2 debug on the console.
+
+    The JSON run file gets info and above (debug too at verbosity 2). Records below both levels
+    are dropped at the call (a filtering bound logger): nothing formats, redacts or writes a debug
+    record nobody reads — a triage run logs the fate of every path at debug, hundreds per host,
+    and those stay in the bundle's own collection log (docs/performance.md, run-log budget).
+    """
     global _json_file
     if _json_file is not None and _json_file is not sys.stderr:
         _json_file.close()
@@ -107,6 +114,8 @@ def configure(
         _json_file = os.fdopen(fd, "a", encoding="utf-8")
     out = stream if stream is not None else sys.stderr
     console_level = {0: 30, 1: 20}.get(verbosity, 10)
+    json_level = 10 if verbosity >= 2 else 20
+    min_level = min(console_level, json_level) if _json_file is not None else console_level
     color = hasattr(out, "isatty") and out.isatty() and not os.environ.get("NO_COLOR")
 
     def logger_factory(*_args: Any) -> structlog.PrintLogger:
@@ -123,8 +132,9 @@ def configure(
             # like every field); the console line leaves it out.
             structlog.processors.format_exc_info,
             redaction_processor,
-            _Tee(_json_file, console_level, color),
+            _Tee(_json_file, console_level, color, json_level),
         ],
+        wrapper_class=structlog.make_filtering_bound_logger(min_level),
         logger_factory=logger_factory,
         cache_logger_on_first_use=False,
     )

@@ -83,8 +83,8 @@ def test_hardening_through_ansible_runner(ans, env, tmp_path):
     for name in hosts:
         mine = [r for r in tasks if r["host"] == name]
         assert {r["params"]["task"] for r in mine} >= {
-            "sshd reads drop-in files",
-            "hardening settings (first match wins, so the drop-in beats later lines)"}, mine
+            "hardening settings (first match wins, so the drop-in beats later lines)",
+            "the new configuration validates (sshd -t), then SIGHUP the daemon that serves irkit"}, mine
         assert any(r["params"]["changed"] for r in mine)
         stats = [r for r in records if r["action"] == "ansible.stats" and r["host"] == name]
         assert stats and stats[0]["params"]["failed"] == 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import threading
 import time
 from dataclasses import dataclass, field
@@ -209,7 +210,18 @@ def _sshd_facts(ctx: ActionContext) -> dict[str, Any]:
     addr = sshd.client_address(ctx)
     eff = sshd.effective_config(ctx, daemon, user, addr)
     revoked = (eff.get("revokedkeys") or ["none"])[0]
+    # Does the daemon's main file Include its sshd_config.d, and does that directory exist? (one
+    # command on irkit's own connection instead of two Ansible tasks per host; only exit codes come back)
+    conf = ctx.quote(daemon.config_file)
+    dropin = posixpath.join(posixpath.dirname(daemon.config_file), "sshd_config.d")
+    probe = ctx.run(f"grep -Eiq '^[[:space:]]*Include[[:space:]]+.*sshd_config\\.d' {conf}; echo $?; "
+                    f"test -d {ctx.quote(dropin)} && echo dir")
+    lines = probe.text.split()
+    if not lines or lines[0] not in ("0", "1"):
+        raise ActionFailed(f"cannot read {daemon.config_file} to look for its Include of sshd_config.d")
     return {
+        "irkit_sshd_dropin_dir": dropin if lines[0] == "0" else "",
+        "irkit_sshd_dropin_exists": "dir" in lines[1:],
         "irkit_sshd_pid": daemon.pid,
         "irkit_sshd_exe": daemon.exe,
         "irkit_sshd_config": daemon.config_file,
@@ -267,7 +279,9 @@ class AnsiblePlaybook(Action):
         digest = hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True, default=str).encode()).hexdigest()
         key = (ctx.case_id, mode, digest)
         check = mode != "apply"
-        journal = ctx.journal if mode == "apply" and not ctx.planning else None
+        # the signed record holds every run of the step proper: the apply, and the check-mode re-run
+        # of an ``expect_no_change`` step (verify's own check stays out: the apply's records prove it)
+        journal = ctx.journal if mode in ("apply", "recheck") and not ctx.planning else None
 
         def run(members: list[_Member]) -> AnsibleResult:
             from ir_toolkit.inventory.ansible import host_vars
@@ -346,6 +360,12 @@ class AnsiblePlaybook(Action):
         return st.changed > 0, events
 
     def plan(self, ctx: ActionContext, params: AnsibleParams) -> Outcome:
+        if not ctx.preview:
+            # `contain --yes`: nobody reads this plan before it runs, and a check-mode run costs as
+            # much controller CPU as the apply itself; `irkit plan` / `--dry-run` show the diff
+            _, rel = resolve_playbook(params)
+            return Outcome(True, f"{rel}: runs at apply (check-mode preview skipped under --yes; "
+                                 "--dry-run shows it)", {"playbook": rel, "preview": False})
         result, rel = self._run(ctx, params, "plan")
         changed, events = self._judge(ctx, result, rel)
         would = [e for e in events if e.changed]
@@ -356,12 +376,14 @@ class AnsiblePlaybook(Action):
                                           "diff": diff[:4000]})
 
     def apply(self, ctx: ActionContext, params: AnsibleParams) -> Outcome:
-        result, rel = self._run(ctx, params, "apply")
+        # expect_no_change (a re-check, e.g. the containment playbook's verify phase): one run in
+        # check mode proves "nothing would change" without changing anything if something drifted
+        result, rel = self._run(ctx, params, "recheck" if params.expect_no_change else "apply")
         changed, events = self._judge(ctx, result, rel)
         st = result.host_stats(ctx.host.name)
         if changed and params.expect_no_change:
             tasks = ", ".join(e.task for e in events if e.changed)
-            raise ActionFailed(f"Ansible {rel}: expected no change, but changed: {tasks}")
+            raise ActionFailed(f"Ansible {rel}: expected no change, but a check-mode run would change: {tasks}")
         return Outcome(changed, f"{rel}: {st.ok} ok, {st.changed} changed, {st.skipped} skipped",
                        {"playbook": rel, "changed_tasks": [e.task for e in events if e.changed][:50]},
                        verified=params.verify == "none")

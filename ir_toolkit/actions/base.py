@@ -75,6 +75,9 @@ class ActionContext:
     actor: str = "irkit"
     keys: KeyProvider = field(default_factory=KeyProvider.locked)
     planning: bool = False
+    #: planning for a person to read (``irkit plan``, ``--dry-run``, an interactive confirmation):
+    #: actions may run costly previews (Ansible ``--check --diff``); False under ``--yes``
+    preview: bool = True
 
     def remaining(self) -> float:
         return self.deadline.remaining()

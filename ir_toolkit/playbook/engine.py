@@ -131,8 +131,12 @@ def actor_name() -> str:
 
 
 def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str, case_id: str, pool: ConnectionPool,
-               *, forks: int = DEFAULT_FORKS, on_event: EventSink | None = None, actor: str | None = None) -> Plan:
+               *, forks: int = DEFAULT_FORKS, on_event: EventSink | None = None, actor: str | None = None,
+               preview: bool = True) -> Plan:
     """Inspect every targeted host with each step's ``plan`` and return the (unsaved) plan.
+
+    ``preview`` False (``contain --yes``: nobody reads the plan before it runs) lets actions skip
+    costly previews that change nothing (Ansible's check mode); their items say so.
 
     Actions plan with a read-only journal and locked keys: a plan that tries to write the
     audit log gets its item marked unknown (``error: plan_wrote``), and nothing is written.
@@ -179,7 +183,7 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
             item, action, params = rows[row]
             step = playbook.phases[item.phase_index].steps[item.step_index]
             ctx = ActionContext(host, inventory, case_id, conn, deadline.child(playbook.step_timeout(step)),
-                                journal=journal, pool=pool, actor=who, keys=keys, planning=True)
+                                journal=journal, pool=pool, actor=who, keys=keys, planning=True, preview=preview)
             try:
                 outcome = action.plan(ctx, params)
                 changes[row] = {"changed": outcome.changed, "summary": outcome.summary}

@@ -113,7 +113,7 @@ def _noop(kind: str, data: dict[str, Any]) -> None:
 
 
 def make_plan(msp: str | None, inventory_path: str | None, playbook_path: str, case_id: str, *,
-              forks: int, keep_pool: bool = False, frontend: Frontend | None = None
+              forks: int, keep_pool: bool = False, frontend: Frontend | None = None, preview: bool = True
               ) -> tuple[Plan, LoadedPlaybook, Inventory, ConnectionPool | None]:
     """Plan a playbook; with ``keep_pool`` the open connections are returned for the apply that follows."""
     emit = frontend.event if frontend is not None else _noop
@@ -123,7 +123,7 @@ def make_plan(msp: str | None, inventory_path: str | None, playbook_path: str, c
     pool = make_pool(inventory, case_id, loaded)
     emit("planning", {"playbook": loaded.playbook.name, "hosts": len(inventory.hosts())})
     try:
-        plan = build_plan(loaded, inventory, str(path), case_id, pool, forks=forks)
+        plan = build_plan(loaded, inventory, str(path), case_id, pool, forks=forks, preview=preview)
     finally:
         emit("planning.done", {})
     plan.save()
@@ -159,8 +159,10 @@ def run_playbook(msp: str | None, inventory_path: str | None, case_id: str, play
 
     ``stop_if_empty``: a plan without steps ends with ``no_match`` instead of an empty run.
     """
+    # previews (Ansible --check) only when someone reads the plan: a dry run or a confirmation prompt
+    preview = dry_run or not getattr(frontend, "yes", False)
     plan, loaded, inventory, pool = make_plan(msp, inventory_path, str(playbook), case_id, forks=forks,
-                                              keep_pool=not dry_run, frontend=frontend)
+                                              keep_pool=not dry_run, frontend=frontend, preview=preview)
     frontend.show_plan(plan, dry_run=dry_run)
     if dry_run or pool is None:
         frontend.event("dry_run", {})

@@ -102,14 +102,71 @@ class _PinnedPolicy(paramiko.MissingHostKeyPolicy):
             )
 
 
+#: decrypted keys by (path, digest of the file's bytes, digest of the passphrase): an encrypted
+#: OpenSSH key costs ~0.1-0.2 s of CPU to open (bcrypt KDF), and a containment run proves
+#: access with the case key on every host several times. A changed file or passphrase misses.
+_KEY_CACHE: dict[tuple[str, bytes, bytes], paramiko.PKey] = {}
+_KEY_CACHE_LOCK = threading.Lock()
+_KEY_CACHE_MAX = 256
+
+
 def load_private_key(path: Path, passphrase: str | None = None) -> paramiko.PKey:
-    """Load an OpenSSH/PEM private key (Ed25519, ECDSA or RSA), encrypted with ``passphrase`` or not."""
+    """Load an OpenSSH/PEM private key (Ed25519, ECDSA or RSA), encrypted with ``passphrase`` or not.
+
+    The file is read on every call; a key whose bytes and passphrase match an earlier load is
+    not decrypted again (the bcrypt KDF is the dominant cost of a fresh-login proof).
+    """
+    import hashlib
+
     try:
-        return paramiko.PKey.from_path(str(path), password=passphrase.encode() if passphrase else None)  # type: ignore[arg-type]
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise TransportError(AUTH_FAILED, f"responder key {path} does not exist") from None
-    except (paramiko.SSHException, ValueError, TypeError) as exc:  # TypeError: encrypted, no passphrase
+    except OSError as exc:
+        raise TransportError(AUTH_FAILED, f"cannot read responder key {path}: {exc.strerror or exc}") from None
+    cache_key = (str(path), hashlib.sha256(data).digest(),
+                 hashlib.sha256(b"\0" + passphrase.encode()).digest() if passphrase else b"")
+    with _KEY_CACHE_LOCK:
+        cached = _KEY_CACHE.get(cache_key)
+    if cached is not None:
+        return cached
+    try:
+        pkey = _pkey_from_bytes(data, passphrase)
+    except ValueError as exc:
+        if passphrase and "checksum" in str(exc):
+            raise TransportError(AUTH_FAILED, f"cannot load responder key {path}: wrong passphrase "
+                                              "(or a damaged key file)") from None
         raise TransportError(AUTH_FAILED, f"cannot load responder key {path}: {exc}") from None
+    except (paramiko.SSHException, TypeError) as exc:  # TypeError: encrypted, no passphrase
+        raise TransportError(AUTH_FAILED, f"cannot load responder key {path}: {exc}") from None
+    with _KEY_CACHE_LOCK:
+        if len(_KEY_CACHE) >= _KEY_CACHE_MAX:
+            _KEY_CACHE.clear()
+        _KEY_CACHE[cache_key] = pkey
+    return pkey
+
+
+def _pkey_from_bytes(data: bytes, passphrase: str | None) -> paramiko.PKey:
+    """A paramiko key from a key file's bytes, decrypted once (paramiko's ``from_path`` runs the
+    KDF twice: once in ``cryptography`` to find the type, once in its own loader)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    password = passphrase.encode() if passphrase else None
+    loaded: Any
+    if b"BEGIN OPENSSH PRIVATE KEY" in data[:100]:
+        loaded = serialization.load_ssh_private_key(data, password=password)  # wrong passphrase: ValueError
+    else:
+        loaded = serialization.load_pem_private_key(data, password=password)
+    classes: list[tuple[type, type[paramiko.PKey]]] = [
+        (ed25519.Ed25519PrivateKey, paramiko.Ed25519Key), (rsa.RSAPrivateKey, paramiko.RSAKey),
+        (ec.EllipticCurvePrivateKey, paramiko.ECDSAKey)]
+    for kind, key_class in classes:
+        if isinstance(loaded, kind):
+            plain = loaded.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                         serialization.NoEncryption()).decode()
+            return key_class.from_private_key(io.StringIO(plain))
+    raise ValueError(f"unsupported key type {type(loaded).__name__}")
 
 
 def _open_socket(endpoint: Endpoint, timeout: float) -> socket.socket:
