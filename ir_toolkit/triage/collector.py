@@ -202,6 +202,8 @@ class HostCollector:
         self._requested: set[str] = set()        # paths asked for in the current stream
         self._got: set[str] = set()              # ... and already received in it
         self._refused: dict[str, str] = {}       # path -> why its copy was refused
+        #: "<artifact>#<section>" -> that section's bytes, for the artifacts listed by a walk (``listed_by``)
+        self._listings: dict[str, bytes | None] = {a.listed_by: None for a in selection.artifacts if a.listed_by}
 
     # ------------------------------------------------------------------ limits
     def _timeout(self, wanted: float) -> float:
@@ -339,6 +341,8 @@ class HostCollector:
                 spool.close()
                 spool = main
                 sections = {tag: (parts[tag], part_sizes[tag]) for tag in artifact.sections}
+                if not res.truncated:
+                    self._keep_listings(artifact.name, sections)
                 spool.seek(0)
             digest = self.writer.add_stream(archive, size, spool, MemberMeta(mtime=captured, mode=0o644))
             section_entries = []
@@ -393,7 +397,33 @@ class HostCollector:
                        files=1 + len(sections), bytes=res.kept)
         return summary
 
+    def _keep_listings(self, name: str, sections: dict[str, tuple[IO[bytes], int]]) -> None:
+        """Keep the sections of ``name``'s output that list files for a later artifact (bounded)."""
+        for tag, (part, size) in sections.items():
+            key = f"{name}#{tag}"
+            if key in self._listings and size <= LISTING_CAP:
+                part.seek(0)
+                self._listings[key] = part.read(LISTING_CAP + 1)
+
+    def _listed(self, artifact: Artifact) -> dict[str, Any] | None:
+        """Files of a ``listed_by`` artifact from the walk's listing; None when the listing is not usable."""
+        data = self._listings.pop(artifact.listed_by or "", None)
+        records = remote.parse_walk_listing(data) if data is not None else None
+        if records is None:
+            self.log.add("info", "no usable listing from the walk: the artifact lists its files itself",
+                         artifact=artifact.name, listed_by=artifact.listed_by)
+            return None
+        size_total = 0
+        for st in records:
+            if st.kind == "file":
+                size_total += st.size
+                self._add_file(artifact, st)
+        return {"name": artifact.name, "collector": artifact.collector, "status": "ok", "files": len(records),
+                "bytes": size_total, "listed_by": artifact.listed_by}
+
     def _enumerate(self, artifact: Artifact) -> dict[str, Any]:
+        if artifact.listed_by and (listed := self._listed(artifact)) is not None:
+            return listed
         summary: dict[str, Any] = {"name": artifact.name, "collector": artifact.collector}
         uses_homes = any(p.startswith(USER_HOME) for p in artifact.paths)
         roots = remote.expand_roots(artifact, self._user_homes() if uses_homes else [])
@@ -706,6 +736,7 @@ class HostCollector:
 
 
 DECODE_CAP = 64 * 1024 * 1024       # a login-record file larger than this is stored, not decoded
+LISTING_CAP = 16 * 1024 * 1024      # a walk's listing section larger than this is not used (own enumeration)
 DECODE_TOTAL = 256 * 1024 * 1024    # at most this much is held in memory for decoding per host
 
 

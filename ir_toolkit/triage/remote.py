@@ -250,38 +250,83 @@ def parse_stat(output: bytes) -> list[FileStat]:
     fields = output.split(b"\0")
     if fields and fields[-1] == b"":
         fields.pop()
+    return [_file_stat([decode_path(f) for f in fields[i:i + _NFIELDS]])
+            for i in range(0, len(fields) - _NFIELDS + 1, _NFIELDS)]
+
+
+#: ``find -printf`` fields of a walk listing line (see :func:`parse_walk_listing`), the path last
+WALK_LISTING_FIELDS = ("%y", "%s", "%A@", "%T@", "%C@", "%B@", "%U", "%G", "%u", "%g", "%m", "%D", "%i", "%p")
+WALK_LISTING_FORMAT = "\\t".join(WALK_LISTING_FIELDS) + "\\n"
+#: what the walk prints instead of a record whose path holds a newline (the listing is then not used)
+WALK_LISTING_UNSAFE = "unsafe-name"
+_WALK_TYPES = {"f": "regular file", "l": "symbolic link", "d": "directory"}
+_FIND_TIME = re.compile(r"(-?[0-9]{1,12})(?:\.([0-9]{1,10}))?")
+
+
+def _find_time(text: str) -> str | None:
+    """find's ``%T@`` (``1796123341.3226448350``, 10 fraction digits) as stat's ``%.9Y``; None if not a time."""
+    match = _FIND_TIME.fullmatch(text)
+    if match is None:
+        return None
+    return match[1] + "." + ((match[2] or "") + "000000000")[:9]
+
+
+def parse_walk_listing(output: bytes) -> list[FileStat] | None:
+    """Records of a walk's listing section: one line per file, :data:`WALK_LISTING_FIELDS` separated by tabs.
+
+    The file system walk (``linux.files.bodyfile``) prints these for the files another artifact wants (SUID/SGID),
+    so that artifact needs no walk of its own. The path is the last field (a tab in it is kept); a path with a
+    newline cannot be listed by lines, and the walk prints :data:`WALK_LISTING_UNSAFE` for it instead. Any line
+    that is not a complete record (that marker included) makes the whole listing unusable: None, and the
+    artifact enumerates the file system itself, so no file is lost to a crafted name.
+    """
     result: list[FileStat] = []
-    for i in range(0, len(fields) - _NFIELDS + 1, _NFIELDS):
-        rec = [decode_path(f) for f in fields[i:i + _NFIELDS]]
-        ftype, name, size, atime, mtime, ctime, btime, uid, gid, user, group, mode, quoted, dev, ino = rec
-        kind = "symlink" if ftype == "symbolic link" else "file" if ftype.startswith("regular") else "other"
-        target = None
-        if kind == "symlink":
-            prefix = name + " -> "
-            target = quoted[len(prefix):] if quoted.startswith(prefix) else quoted
-        problems = []
-        if not canonical_path(name):
-            problems.append("path is not canonical (., .., // or a trailing /)")
-        if not _UINT.fullmatch(size) or int(size) > MAX_SIZE:
-            problems.append(f"invalid size {size[:40]!r}")
-        for label, value in (("uid", uid), ("gid", gid)):
-            if not _UINT.fullmatch(value) or int(value) > 0xFFFFFFFF:
-                problems.append(f"invalid {label} {value[:40]!r}")
-        if not _MODE.fullmatch(mode):
-            problems.append(f"invalid mode {mode[:40]!r}")
-        for label, value in (("mtime", mtime), ("atime", atime), ("ctime", ctime)):
-            if value.strip() and value.strip() not in ("-", "?", "0") and iso_time(value) is None:
-                problems.append(f"invalid {label} {value[:40]!r}")
-        result.append(FileStat(
-            kind=kind, path=name, size=_int(size, MAX_SIZE),
-            accessed=iso_time(atime), modified=iso_time(mtime), changed=iso_time(ctime), born=iso_time(btime),
-            uid=_int(uid, 0xFFFFFFFF), gid=_int(gid, 0xFFFFFFFF), owner=user, group=group,
-            mode=mode.zfill(4) if _MODE.fullmatch(mode) else "0000",
-            link_target=target, modified_epoch=mtime if _DECIMAL_TIME.fullmatch(mtime.strip()) else "0",
-            device=_int(dev, MAX_SIZE), inode=_int(ino, MAX_SIZE),
-            problem="host reported " + "; ".join(problems) if problems else None,
-        ))
+    nfields = len(WALK_LISTING_FIELDS)
+    for line in output.split(b"\n"):
+        if not line:
+            continue
+        rec = decode_path(line).split("\t", nfields - 1)
+        if len(rec) != nfields or rec[0] not in _WALK_TYPES:
+            return None
+        kind, size, atime, mtime, ctime, btime, uid, gid, user, group, mode, dev, ino, path = rec
+        times = [_find_time(t) for t in (atime, mtime, ctime)]
+        if None in times:
+            return None
+        birth = _find_time(btime) or "-"
+        result.append(_file_stat([_WALK_TYPES[kind], path, size, *times, birth, uid, gid, user, group, mode,
+                                  path, dev, ino]))
     return result
+
+
+def _file_stat(rec: list[str]) -> FileStat:
+    ftype, name, size, atime, mtime, ctime, btime, uid, gid, user, group, mode, quoted, dev, ino = rec
+    kind = "symlink" if ftype == "symbolic link" else "file" if ftype.startswith("regular") else "other"
+    target = None
+    if kind == "symlink":
+        prefix = name + " -> "
+        target = quoted[len(prefix):] if quoted.startswith(prefix) else quoted
+    problems = []
+    if not canonical_path(name):
+        problems.append("path is not canonical (., .., // or a trailing /)")
+    if not _UINT.fullmatch(size) or int(size) > MAX_SIZE:
+        problems.append(f"invalid size {size[:40]!r}")
+    for label, value in (("uid", uid), ("gid", gid)):
+        if not _UINT.fullmatch(value) or int(value) > 0xFFFFFFFF:
+            problems.append(f"invalid {label} {value[:40]!r}")
+    if not _MODE.fullmatch(mode):
+        problems.append(f"invalid mode {mode[:40]!r}")
+    for label, value in (("mtime", mtime), ("atime", atime), ("ctime", ctime)):
+        if value.strip() and value.strip() not in ("-", "?", "0") and iso_time(value) is None:
+            problems.append(f"invalid {label} {value[:40]!r}")
+    return FileStat(
+        kind=kind, path=name, size=_int(size, MAX_SIZE),
+        accessed=iso_time(atime), modified=iso_time(mtime), changed=iso_time(ctime), born=iso_time(btime),
+        uid=_int(uid, 0xFFFFFFFF), gid=_int(gid, 0xFFFFFFFF), owner=user, group=group,
+        mode=mode.zfill(4) if _MODE.fullmatch(mode) else "0000",
+        link_target=target, modified_epoch=mtime if _DECIMAL_TIME.fullmatch(mtime.strip()) else "0",
+        device=_int(dev, MAX_SIZE), inode=_int(ino, MAX_SIZE),
+        problem="host reported " + "; ".join(problems) if problems else None,
+    )
 
 
 def _int(text: str, limit: int = MAX_SIZE) -> int:

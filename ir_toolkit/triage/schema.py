@@ -104,6 +104,10 @@ class Artifact(_Model):
     max_depth: int | None = Field(default=None, ge=0, le=64)
     xdev: bool = False
     exclude_fstypes: list[str] = []
+    listed_by: str | None = Field(
+        default=None, pattern=r"^(linux|windows)(\.[a-z0-9][a-z0-9_]*){2,}#[a-z][a-z0-9_]{0,31}$",
+        description="'<command artifact>#<section>': take the file list from that section of the walk's output "
+                    "(no walk of its own); paths and filters are the fallback when that listing is not there")
     decode: Literal["login_records"] | None = Field(
         default=None, description="decode copied wtmp/btmp/utmp/lastlog files on the controller (live/decoded/...)")
     order: int = Field(default=50, ge=0, le=1000)
@@ -142,8 +146,12 @@ class Artifact(_Model):
                 raise ValueError(f"a {self.collector} artifact needs paths:")
             if self.output is not None or self.sections:
                 raise ValueError("output: and sections: are only for command artifacts")
+            if self.listed_by is not None and self.collector != "hash":
+                raise ValueError("listed_by: is only for hash artifacts (a listing is metadata; copies stay explicit)")
             for path in self.paths:
                 _check_path(path, self.os, literal=self.collector == "file")
+        if self.listed_by is not None and self.collector == "command":
+            raise ValueError("listed_by: is only for hash artifacts")
         if self.decode is not None and not self.copies_files:
             raise ValueError("decode: is only for file and glob artifacts")
         if self.perm is not None and not _PERM.match(self.perm):
@@ -311,6 +319,18 @@ def load_catalog(
                     )
                 artifacts[artifact.name] = artifact
                 origin[artifact.name] = path
+    for name, artifact in artifacts.items():
+        if artifact.listed_by is None:
+            continue
+        source_name, _, tag = artifact.listed_by.partition("#")
+        source = artifacts.get(source_name)
+        if source is None or source.collector != "command" or tag not in source.sections or source.os != artifact.os:
+            raise FileInputError(str(origin[name]), None, f"{name}.listed_by",
+                                 f"{artifact.listed_by!r}: no {artifact.os} command artifact {source_name!r} "
+                                 f"with a section {tag!r}")
+        if source.order >= artifact.order:
+            raise FileInputError(str(origin[name]), None, f"{name}.listed_by",
+                                 f"{source_name} (order {source.order}) must run before {name} (order {artifact.order})")
     profiles: dict[str, Profile] = {}
     for profiles_path in profile_files:
         pdata = load(profiles_path, what="profiles file")
