@@ -46,8 +46,11 @@ def lab() -> None:
 @click.option("--no-host-firewall", is_flag=True,
               help="Boot hosts without their connection-tracking host firewall (default: an nftables table "
                    "with ct state rules, like ufw/firewalld on real servers).")
+@click.option("--agents/--no-agents", "agents", default=None,
+              help="Also start a TLS redis broker and one supervised `irkit agent` per tenant inside the "
+                   "tenant's network (docs/lab.md, Agents); --no-agents stops them. Default: as they are.")
 def up(msp: str | None, inventory_path: str | None, hostile: tuple[str, ...], fmt: str,
-       no_host_firewall: bool) -> None:
+       no_host_firewall: bool, agents: bool | None) -> None:
     """Materialise an inventory as real hosts, seeded with an MSP breach (idempotent)."""
     from ir_toolkit.lab.hostile import make_hostile, parse_hostile
 
@@ -60,7 +63,7 @@ def up(msp: str | None, inventory_path: str | None, hostile: tuple[str, ...], fm
         if name not in known:
             raise InputError(f"--hostile {name}: no such host in the inventory")
     the_lab = Lab(inv.msp.name)
-    result = the_lab.up(inv, path, host_firewall=not no_host_firewall)
+    result = the_lab.up(inv, path, host_firewall=not no_host_firewall, agents=agents)
     for name, kinds in wanted.items():
         result.notes.append(f"{name}: {make_hostile(the_lab, name, kinds)}")
     total = len(result.started) + len(result.kept)
@@ -69,7 +72,8 @@ def up(msp: str | None, inventory_path: str | None, hostile: tuple[str, ...], fm
                    "kept": result.kept, "removed": result.removed, "seconds": round(result.seconds, 2),
                    "network": result.network, "bridge": result.bridge,
                    "controller_address": result.controller_address, "notes": result.notes,
-                   "directories_started": result.directories_started})
+                   "directories_started": result.directories_started,
+                   "broker_started": result.broker_started, "agents_started": result.agents_started})
         return
     if not result.changed:
         click.echo(f"lab {result.msp}: already up: {total} hosts running; nothing changed")

@@ -1,6 +1,9 @@
 """The lab's own certificate authority: issues server certificates for lab services (LDAPS on the
 lab's domain controllers), so clients validate them by address and name like real ones.
 
+Client certificates (:func:`issue_client_cert`) let a lab service require them (the lab broker's
+TLS listener, ``tls-auth-clients yes``).
+
 Files (all under the lab directory): ``ca/ca.pem`` (the certificate clients trust) and
 ``ca/ca.key`` (0600, never leaves the lab directory). Certificates are ECDSA P-256, valid for
 a year; the CA for ten.
@@ -67,6 +70,27 @@ def issue_server_cert(ca_cert: Path, ca_key: Path, cert_out: Path, key_out: Path
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),  # type: ignore[arg-type]
+                       critical=False)
+        .sign(signer, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    write_private(key_out, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                             serialization.NoEncryption()))
+    write_private(cert_out, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def issue_client_cert(ca_cert: Path, ca_key: Path, cert_out: Path, key_out: Path, *, common_name: str) -> None:
+    """A TLS client certificate (CN ``common_name``, clientAuth), signed by the lab CA."""
+    ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+    signer = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(_name(common_name))
+        .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=2)).not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),  # type: ignore[arg-type]
                        critical=False)
         .sign(signer, hashes.SHA256())  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from ir_toolkit import childenv
 from ir_toolkit.errors import EnvironmentProblem, InputError, VerificationFailed
 from ir_toolkit.home import lab_dir
 from ir_toolkit.inventory.model import Inventory
-from ir_toolkit.lab import dc, netns, procs
+from ir_toolkit.lab import agentlab, dc, netns, procs
 from ir_toolkit.lab.host import Spawner, find_init, log_tail, probe, run_in_host, write_init_script
 from ir_toolkit.lab.image import build_image, image_is_current, marker_path
 from ir_toolkit.lab.layout import (
@@ -89,10 +89,14 @@ class UpResult:
 
     #: tenants whose domain controller was (re)started (docs/active-directory.md)
     directories_started: list[str] = field(default_factory=list)
+    #: tenants whose agent was (re)started, and whether the broker was (docs/scaling.md)
+    agents_started: list[str] = field(default_factory=list)
+    broker_started: bool = False
 
     @property
     def changed(self) -> bool:
-        return bool(self.started or self.removed or self.directories_started)
+        return bool(self.started or self.removed or self.directories_started or self.agents_started
+                    or self.broker_started)
 
 
 @dataclass
@@ -169,6 +173,7 @@ class Lab:
             "dropper_path": DROPPER_PATH,
             "persistence_unit": PERSISTENCE_UNIT,
             **labhosts.lab_info(p, state),
+            **agentlab.info(self, state.inventory),
             "hosts": hosts,
             "directories": dc.info(self, self._inventory(state), password),
         }
@@ -211,9 +216,12 @@ class Lab:
         return run_in_host(h.init_pid, argv, input=input, capture=capture, timeout=timeout)
 
     # ------------------------------------------------------------------ up
-    def up(self, inv: Inventory, inventory_path: Path | str, *, host_firewall: bool = True) -> UpResult:
+    def up(self, inv: Inventory, inventory_path: Path | str, *, host_firewall: bool = True,
+           agents: bool | None = None, agent_command: Any = None) -> UpResult:
         """Make the running lab match the inventory; a second run changes nothing. With
-        ``host_firewall`` (the default) every host loads a connection-tracking firewall at boot."""
+        ``host_firewall`` (the default) every host loads a connection-tracking firewall at boot.
+        ``agents``: True starts the broker and one supervised agent per tenant (``agent_command``
+        builds its argv, default ``irkit agent``), False stops them, None keeps them as they are."""
         require_root()
         check_tools()
         if inv.msp.name != self.msp:
@@ -228,6 +236,11 @@ class Lab:
             password = self.paths.password_file.read_text().strip()
             result.directories_started = dc.ensure(self, inv, plan.prefixlen, bridge_name(self.lab_id), password,
                                                    result.notes)
+            if agents:
+                result.broker_started, result.agents_started = agentlab.ensure(
+                    self, inv, Path(inventory_path), plan, bridge_name(self.lab_id), result.notes, agent_command)
+            elif agents is False:
+                agentlab.down(self)
         result.seconds = time.monotonic() - t0
         return result
 
@@ -494,6 +507,7 @@ class Lab:
             return result
         with locked(self.paths.lock, f"the lab of MSP {self.msp}"):
             state = self.state()
+            agentlab.down(self)
             dc.down(self)
             if state is not None:
                 result.was_up = True

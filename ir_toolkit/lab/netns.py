@@ -145,3 +145,35 @@ def ensure_neighbour_capacity(hosts: int) -> str | None:
         except (OSError, ValueError):
             return None
     return f"raised net.ipv4.neigh.default.gc_thresh3 from {current} to {want} for {hosts} hosts"
+
+
+def stable_mac(name: str) -> str:
+    """A locally administered unicast MAC derived from ``name``: a service namespace made again
+    (broker restart) keeps its MAC, so neighbours' ARP entries stay right."""
+    import hashlib
+
+    digest = hashlib.sha256(name.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def service_netns(name: str, veth: str, bridge: str, cidr: str) -> None:
+    """A namespace for a lab service (broker, agent) on the bridge: ``eth0`` with ``cidr`` and a
+    stable MAC, no IPv6. Reused as it is when it already exists, attached to ``bridge``, with ``cidr``."""
+    attached = Path(f"/sys/class/net/{veth}/master")
+    if netns_path(name).exists() and attached.exists() and attached.resolve().name == bridge:
+        proc = childenv.run(["ip", "-n", name, "-j", "-4", "addr", "show", "dev", "eth0"], capture_output=True,
+                            text=True)
+        try:
+            have = {f"{i['local']}/{i['prefixlen']}" for link in json.loads(proc.stdout or "[]")
+                    for i in link.get("addr_info", [])}
+        except (ValueError, KeyError):
+            have = set()
+        if have == {cidr}:
+            return
+    ip_batch(delete_lines([name], [veth]), force=True)
+    ip_batch(host_lines(name, veth, bridge))
+    for args in (["link", "set", "eth0", "addrgenmode", "none"], ["link", "set", "eth0", "address", stable_mac(name)],
+                 ["addr", "replace", cidr, "dev", "eth0"], ["link", "set", "eth0", "up"], ["link", "set", "lo", "up"]):
+        proc = childenv.run(["ip", "-n", name, *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise EnvironmentProblem(f"ip -n {name} {' '.join(args)}: {proc.stderr.strip()[:200]}")
