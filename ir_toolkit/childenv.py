@@ -81,5 +81,6 @@ TimeoutExpired = subprocess.TimeoutExpired
 SubprocessError = subprocess.SubprocessError
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
 CompletedProcess = subprocess.CompletedProcess
 Popen = subprocess.Popen

@@ -1,7 +1,7 @@
 """A minimal Celery worker for the lab broker tests (stands in for `irkit agent` where a test checks
 the lab's broker, ACLs and supervision rather than irkit's protocol).
 
-    python tests/agentlab_worker.py worker --tenant T --broker URL --password-file F --ca F --cert F --key F
+    python tests/agentlab_worker.py worker --tenant T --broker URL --user U --password-file F --ca F --cert F --key F
     python tests/agentlab_worker.py send   --tenant T ... --marker-dir D --step ID [--sleep S]
 
 The worker runs with the settings an irkit agent uses (acks late, reject on worker lost, prefetch 1,
@@ -26,7 +26,7 @@ from celery import Celery
 def make_app(args: argparse.Namespace) -> Celery:
     password = Path(args.password_file).read_text().strip()
     parts = urlsplit(args.broker)
-    netloc = f"{quote(parts.username or '', safe='')}:{quote(password, safe='')}@{parts.hostname}:{parts.port}"
+    netloc = f"{quote(args.user, safe='')}:{quote(password, safe='')}@{parts.hostname}:{parts.port}"
     url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     app = Celery("irkit-lab-test", broker=url)
     app.conf.update(
@@ -63,7 +63,7 @@ def make_app(args: argparse.Namespace) -> Celery:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["worker", "send"])
-    for name in ("--tenant", "--broker", "--password-file", "--ca", "--cert", "--key"):
+    for name in ("--tenant", "--broker", "--user", "--password-file", "--ca", "--cert", "--key"):
         parser.add_argument(name, required=True)
     parser.add_argument("--visibility", type=float, default=3600)
     parser.add_argument("--marker-dir")

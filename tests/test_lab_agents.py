@@ -31,7 +31,7 @@ VISIBILITY = 6.0
 
 def stub_command(tenant: str, url: str, directory: Path, broker: dict) -> list[str]:
     files = broker["tenants"][tenant]
-    return [sys.executable, str(WORKER), "worker", "--tenant", tenant, "--broker", url,
+    return [sys.executable, str(WORKER), "worker", "--tenant", tenant, "--broker", url, "--user", files["user"],
             "--password-file", files["password_file"], "--ca", files["ca_file"], "--cert", files["cert_file"],
             "--key", files["key_file"], "--visibility", str(VISIBILITY)]
 
@@ -48,7 +48,7 @@ def send(broker: dict, tenant: str, marker_dir: Path, step: str, sleep: float = 
     """Queue one step for ``tenant`` as the controller (kombu retries while the broker is down)."""
     files = broker["controller"]
     subprocess.run([sys.executable, str(WORKER), "send", "--tenant", tenant, "--broker", broker["url"],
-                    "--password-file", files["password_file"], "--ca", files["ca_file"], "--cert", files["cert_file"],
+                    "--user", files["user"], "--password-file", files["password_file"], "--ca", files["ca_file"], "--cert", files["cert_file"],
                     "--key", files["key_file"], "--marker-dir", str(marker_dir), "--step", step,
                     "--sleep", str(sleep)], check=True, timeout=timeout, capture_output=True)
 
@@ -91,8 +91,8 @@ def agent_info(handle, tenant: str) -> dict:
 def test_lab_info_lists_broker_and_agents(agent_lab):
     info = agent_lab.info
     broker = info["broker"]
-    assert broker["url"].startswith("rediss://irkit-controller@") and ":6380/" in broker["url"]
-    assert "password" not in broker["url"] and broker["running"] and isinstance(broker["pid"], int)
+    assert broker["url"] == f"rediss://{broker['address']}:6380/0" and broker["controller"]["user"] == "irkit-controller"
+    assert broker["running"] and isinstance(broker["pid"], int)
     assert Path(f"/proc/{broker['pid']}/comm").read_text().startswith("redis-server")
     import ipaddress
 

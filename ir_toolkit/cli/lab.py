@@ -49,8 +49,11 @@ def lab() -> None:
 @click.option("--agents/--no-agents", "agents", default=None,
               help="Also start a TLS redis broker and one supervised `irkit agent` per tenant inside the "
                    "tenant's network (docs/lab.md, Agents); --no-agents stops them. Default: as they are.")
+@click.option("--agent-visibility-timeout", type=click.IntRange(5, 86400), default=180, show_default=True,
+              metavar="S", help="With --agents: Redis redelivers a dead agent's unfinished step after S seconds "
+                                "(keep it above the longest step).")
 def up(msp: str | None, inventory_path: str | None, hostile: tuple[str, ...], fmt: str,
-       no_host_firewall: bool, agents: bool | None) -> None:
+       no_host_firewall: bool, agents: bool | None, agent_visibility_timeout: int) -> None:
     """Materialise an inventory as real hosts, seeded with an MSP breach (idempotent)."""
     from ir_toolkit.lab.hostile import make_hostile, parse_hostile
 
@@ -63,7 +66,8 @@ def up(msp: str | None, inventory_path: str | None, hostile: tuple[str, ...], fm
         if name not in known:
             raise InputError(f"--hostile {name}: no such host in the inventory")
     the_lab = Lab(inv.msp.name)
-    result = the_lab.up(inv, path, host_firewall=not no_host_firewall, agents=agents)
+    result = the_lab.up(inv, path, host_firewall=not no_host_firewall, agents=agents,
+                        agent_visibility_timeout=agent_visibility_timeout)
     for name, kinds in wanted.items():
         result.notes.append(f"{name}: {make_hostile(the_lab, name, kinds)}")
     total = len(result.started) + len(result.kept)

@@ -97,14 +97,30 @@ def save_agents(lab_root: Path, agents: dict[str, AgentState]) -> None:
     os.replace(tmp, path)
 
 
-def irkit_agent_command(tenant: str, url: str, directory: Path, broker: dict[str, Any]) -> list[str]:
-    """The production agent: ``irkit agent`` (ir_toolkit/agents, docs/agents.md), run by this
-    interpreter; credentials by file (never in argv)."""
-    files = broker["tenants"][tenant]
-    return [sys.executable, "-m", "ir_toolkit", "agent", "--tenant", tenant, "--broker", url,
-            "--broker-password-file", files["password_file"], "--broker-ca", files["ca_file"],
-            "--broker-cert", files["cert_file"], "--broker-key", files["key_file"],
-            "--key-prefix", files["key_prefix"]]
+#: Redis redelivers a dead agent's unacked step after this long (lab default; above the lab's longest
+#: step, so a step still running is never handed out twice), looked for every RESTORE_INTERVAL s
+VISIBILITY_TIMEOUT = 180
+RESTORE_INTERVAL = 2
+
+
+def irkit_agent_command(visibility_timeout: int = VISIBILITY_TIMEOUT,
+                        restore_interval: int = RESTORE_INTERVAL) -> AgentCommand:
+    """The production agent, ``irkit agent`` (ir_toolkit/agents, docs/agents.md), run by this
+    interpreter, with what :func:`ir_toolkit.lab.agentlab.provision` left in its directory.
+    Credentials by file reference only (never a secret in argv)."""
+
+    def build(tenant: str, url: str, directory: Path, broker: dict[str, Any]) -> list[str]:
+        files = broker["tenants"][tenant]
+        return [sys.executable, "-m", "ir_toolkit", "agent", "--tenant", tenant, "--broker", url,
+                "--broker-user", files["user"], "--broker-password", f"file:{files['password_file']}",
+                "--ca", files["ca_file"], "--cert", files["cert_file"], "--tls-key", files["key_file"],
+                "--controller-key", f"file:{directory / 'controller.vkey'}", "--agent-key", str(directory / "agent.key"),
+                "--inventory", str(directory / "tenant.yml"), "--drop", str(directory / "drop"),
+                "--keys-passphrase", f"file:{directory / 'keys_passphrase'}",
+                "--visibility-timeout", str(visibility_timeout), "--restore-interval", str(restore_interval),
+                "--loglevel", "INFO"]
+
+    return build
 
 
 def read_pidfile(lab_root: Path, tenant: str) -> dict[str, Any] | None:
@@ -143,7 +159,7 @@ def _hex_addr(address: str) -> str:
 
 
 def ensure(lab: Any, addresses: dict[str, str], prefixlen: int, bridge: str, broker: dict[str, Any],
-           command: AgentCommand = irkit_agent_command, wait_connected: bool = True) -> list[str]:
+           command: AgentCommand, wait_connected: bool = True) -> list[str]:
     """Make one supervised agent per tenant in ``addresses`` run; returns the tenants (re)started."""
     root = lab.paths.root
     agents = load_agents(root)

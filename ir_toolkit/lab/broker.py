@@ -398,10 +398,9 @@ def stop(lab: Any, *, keep_network: bool = False) -> bool:
     return True
 
 
-def url(state: BrokerState, tenant: str | None = None) -> str:
-    """The broker URL without secrets (user name only; the password is in its file)."""
-    user = agent_user(tenant) if tenant else CONTROLLER_USER
-    return f"rediss://{user}@{state.address}:{state.port}/0"
+def url(state: BrokerState) -> str:
+    """The broker URL, without any login (the user and its password file are given apart)."""
+    return f"rediss://{state.address}:{state.port}/0"
 
 
 def info(lab: Any) -> dict[str, Any] | None:
@@ -413,7 +412,7 @@ def info(lab: Any) -> dict[str, Any] | None:
         "url": url(state), "address": state.address, "port": state.port, "pid": state.pid,
         "running": running(state), "netns": state.netns, "ca_file": str(paths.ca),
         "controller": client_files(paths, None),
-        "tenants": {t: {"url": url(state, t), "key_prefix": key_prefix(t), **client_files(paths, t)}
+        "tenants": {t: {"url": url(state), "key_prefix": key_prefix(t), **client_files(paths, t)}
                     for t in state.tenants},
     }
 

@@ -217,7 +217,8 @@ class Lab:
 
     # ------------------------------------------------------------------ up
     def up(self, inv: Inventory, inventory_path: Path | str, *, host_firewall: bool = True,
-           agents: bool | None = None, agent_command: Any = None) -> UpResult:
+           agents: bool | None = None, agent_command: Any = None,
+           agent_visibility_timeout: int = agentlab.agentmod.VISIBILITY_TIMEOUT) -> UpResult:
         """Make the running lab match the inventory; a second run changes nothing. With
         ``host_firewall`` (the default) every host loads a connection-tracking firewall at boot.
         ``agents``: True starts the broker and one supervised agent per tenant (``agent_command``
@@ -238,7 +239,8 @@ class Lab:
                                                    result.notes)
             if agents:
                 result.broker_started, result.agents_started = agentlab.ensure(
-                    self, inv, Path(inventory_path), plan, bridge_name(self.lab_id), result.notes, agent_command)
+                    self, inv, Path(inventory_path), plan, bridge_name(self.lab_id), result.notes, agent_command,
+                    agent_visibility_timeout)
             elif agents is False:
                 agentlab.down(self)
         result.seconds = time.monotonic() - t0

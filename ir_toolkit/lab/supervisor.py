@@ -1,7 +1,8 @@
 """A tiny process supervisor for the lab's agents: restarts its child when it dies, as systemd's
 ``Restart=always`` would in production (docs/systemd/irkit-agent@.service).
 
-Run as a plain script (standard library only, so it starts fast and holds ~10 MiB)::
+Run as a plain script (standard library and :mod:`ir_toolkit.childenv` only, so it starts fast and
+holds ~15 MiB)::
 
     python3 -I ir_toolkit/lab/supervisor.py --pidfile F --log F [--backoff S] -- CMD ARG...
 
@@ -27,9 +28,14 @@ import ctypes
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
+from pathlib import Path
+
+if __name__ == "__main__":  # run as a script (python -I): irkit's own tree, for childenv only
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from ir_toolkit import childenv  # noqa: E402 - the one way irkit starts processes
 
 PR_SET_PDEATHSIG = 1
 STOP_GRACE = 10.0
@@ -96,6 +102,7 @@ def main(argv: list[str]) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give a command after --")
+    os.chdir(os.path.dirname(os.path.abspath(args.pidfile)))  # not the (maybe temporary) cwd of `lab up`
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     restarts = 0
@@ -104,8 +111,11 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         with open(args.log, "ab") as out:
             try:
-                child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent, close_fds=True)
+                # the agent's environment: the supervisor's own (the lab gives it a clean one), through
+                # childenv's allow list plus IRKIT_HOME; nothing secret is in either
+                extra = {"IRKIT_HOME": os.environ["IRKIT_HOME"]} if "IRKIT_HOME" in os.environ else None
+                child = childenv.popen(command, env=extra, python=True, stdin=childenv.DEVNULL, stdout=out,
+                                       stderr=childenv.STDOUT, preexec_fn=_die_with_parent, close_fds=True)
             except OSError as exc:
                 _log(args.log, f"cannot start {command[0]}: {exc.strerror}")
                 child = None
@@ -117,12 +127,12 @@ def main(argv: list[str]) -> int:
                 try:
                     status = child.wait(timeout=0.5)
                     break
-                except subprocess.TimeoutExpired:
+                except childenv.TimeoutExpired:
                     if _stopping:
                         child.terminate()
                         try:
                             status = child.wait(timeout=STOP_GRACE)
-                        except subprocess.TimeoutExpired:
+                        except childenv.TimeoutExpired:
                             child.kill()
                             status = child.wait()
                         break
