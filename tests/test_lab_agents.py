@@ -251,6 +251,7 @@ def test_broker_down_for_a_while_then_back(agent_lab, tmp_path):
     tmp_path.chmod(0o777)
     broker = agent_lab.info["broker"]
     agents_before = {a["tenant"]: a["pid"] for a in agent_lab.info["agents"]}
+    client(broker, None).rpush("irkit:t001:kept-across-restart", "queued before the outage")
     os.kill(broker["pid"], signal.SIGKILL)
     time.sleep(5)
     assert not agent_lab.refresh()["broker"]["running"]
@@ -277,6 +278,8 @@ def test_broker_down_for_a_while_then_back(agent_lab, tmp_path):
     # the same agent processes reconnected (no restart needed)
     assert {a["tenant"]: a["pid"] for a in info["agents"]} == agents_before
     assert info["broker"]["pid"] != broker["pid"]
+    # what was queued before the broker died is still there (append-only file in the lab directory)
+    assert client(broker, None).lrange("irkit:t001:kept-across-restart", 0, -1) == [b"queued before the outage"]
 
 
 def test_lab_down_stops_broker_supervisors_and_agents(agent_lab):
@@ -288,3 +291,114 @@ def test_lab_down_stops_broker_supervisors_and_agents(agent_lab):
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"
     assert lab_leftovers(info["lab_id"], Path(info["lab_dir"])) == []
+
+
+# --------------------------------------------------------------------------- the real `irkit agent`, through the CLI
+
+SMALL_PLAYBOOK = """\
+version: 1
+name: lab-agents
+defaults: {timeout: 60, retries: 0, host_timeout: 300, connect_timeout: 10}
+phases:
+  - name: slow
+    steps:
+      - name: slow marker
+        action: command.run
+        params:
+          command: "sleep 8 && echo once >> /var/tmp/irkit-labagent-count && touch /var/tmp/irkit-labagent-done"
+          creates: /var/tmp/irkit-labagent-done
+  - name: write
+    steps:
+      - name: write marker
+        action: file.write
+        params: {path: /var/tmp/irkit-labagent-marker, content: "through the lab agent\\n", mode: "0600"}
+"""
+
+
+def _records(env: dict, case: str) -> list[dict]:
+    from containment_helpers import home as in_home
+
+    from ir_toolkit.audit.log import iter_records
+
+    with in_home(env):
+        try:
+            return list(iter_records(case))
+        except Exception:  # noqa: BLE001 - read while the controller writes
+            return []
+
+
+def test_lab_up_agents_runs_irkit_agents_and_contain_goes_through_them_with_one_killed(lab_factory, tmp_path):
+    """`irkit lab up --agents` with the real `irkit agent`: lab info names the agents' inventory, a
+    run through it reaches every host via the agents, one agent is killed -9 mid-step and restarted
+    by its supervisor, and the log has exactly one step.done per item and verifies."""
+    from containment_helpers import irkit, keyed_env
+
+    from ir_toolkit.inventory import load_inventory
+
+    handle = lab_factory("agentcli", tenants=2, hosts_per_tenant=1)
+    env = keyed_env(handle)  # the controller's keys first: agents pin its verifier key
+    irkit(env, "lab", "up", "--inventory", str(handle.inventory_path), "--agents", "--agent-visibility-timeout",
+          "12", check=0, timeout=600)
+    info = json.loads(irkit(env, "lab", "info", "--inventory", str(handle.inventory_path), "--format", "json",
+                            check=0).stdout)
+    assert info["inventory"].endswith("/agents-inventory.yml") and info["source_inventory"] == str(handle.inventory_path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IRKIT_HOME", str(handle.home))
+        served = load_inventory(info["inventory"])
+    agents = {a["tenant"]: a for a in info["agents"]}
+    for tenant in served.tenants:
+        assert tenant.agent is not None and tenant.agent.broker == info["broker"]["url"]
+        assert tenant.agent.user == "irkit-controller" and tenant.agent.password.startswith("file:")
+        a = agents[tenant.name]
+        cmdline = Path(f"/proc/{a['pid']}/cmdline").read_bytes().split(b"\0")
+        assert b"agent" in cmdline and cmdline[cmdline.index(b"--tenant") + 1] == tenant.name.encode()
+    again = irkit(env, "lab", "up", "--inventory", str(handle.inventory_path), "--agents",
+                  "--agent-visibility-timeout", "12", check=0)
+    assert "nothing changed" in again.stdout
+    assert {a["tenant"]: a["pid"] for a in json.loads(irkit(env, "lab", "info", "--inventory",
+            str(handle.inventory_path), "--format", "json", check=0).stdout)["agents"]} == \
+        {t: a["pid"] for t, a in agents.items()}
+
+    hosts = [h.name for h in served.hosts()]
+    for name in hosts:
+        handle.exec(name, "rm -f /var/tmp/irkit-labagent-*")
+    playbook = tmp_path / "lab-agents.yml"
+    playbook.write_text(SMALL_PLAYBOOK)
+    case = "LABAGENTS-1"
+    controller = subprocess.Popen(
+        [str(Path(sys.executable).with_name("irkit")), "contain", "--inventory", info["inventory"], "--playbook",
+         str(playbook), "--case", case, "--yes", "--format", "json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    try:
+        victim = served.tenants[0].name
+        wait_for(lambda: any(r["action"] == "agent.intent" and r.get("tenant") == victim
+                             for r in _records(env, case)), 240, "the first agent's intent", interval=0.5)
+        time.sleep(1.0)
+        os.kill(agents[victim]["pid"], signal.SIGKILL)
+        out, err = controller.communicate(timeout=600)
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+            controller.wait()
+    after = {a["tenant"]: a for a in json.loads(irkit(env, "lab", "info", "--inventory", str(handle.inventory_path),
+                                                          "--format", "json", check=0).stdout)["agents"]}
+    log = Path(agents[victim]["log"]).read_text()
+    assert controller.returncode == 0, f"{out.decode()}\n{err.decode()}\nagent log:\n{log[-3000:]}"
+    assert after[victim]["pid"] != agents[victim]["pid"] and after[victim]["restarts"] >= 1
+    assert f"pid {agents[victim]['pid']} exited (signal 9)" in log
+    records = _records(env, case)
+    done = [r["params"]["item"] for r in records if r["action"] == "step.done"]
+    assert len(done) == 2 * len(hosts) and len(set(done)) == len(done), done  # one step.done per item
+    assert all(r["outcome"] == "ok" for r in records if r["action"] == "step.done")
+    assert {r["host"] for r in records if r["action"] == "agent.result"} == set(hosts)  # every host via an agent
+    irkit(env, "audit", "verify", "--case", case, check=0)
+    for name in hosts:
+        assert handle.exec(name, "cat /var/tmp/irkit-labagent-marker").stdout == b"through the lab agent\n"
+    handle.down()
+    assert lab_leftovers_of(info) == []
+
+
+def lab_leftovers_of(info: dict) -> list[str]:
+    from conftest import lab_leftovers
+
+    return lab_leftovers(info["lab_id"], Path(info["lab_dir"]))

@@ -17,11 +17,13 @@ at ``broker_address`` — always inside the lab's network, never another address
   (``broker/controller/`` and ``agents/<tenant>/broker/``); the ACL file holds only their SHA-256
   (``#<hex>``) and is 0600, like ``redis.conf``. Nothing secret is in any argv: redis-server is
   started with the config file path only.
-* **No persistence** (``save ""``, ``appendonly no``): the lab broker is a transport; the signed
-  audit log and the agents' own stores are authoritative (docs/scaling.md).
+* **Persistence in the lab directory**: an append-only file (``appendonly yes``, ``appendfsync
+  always``, no RDB snapshots) under ``broker/appendonly/``, so a broker killed and started again
+  (``lab up --agents``) still holds the queued and in-flight (``unacked``) steps. ``lab down``
+  deletes it. The signed audit log and the agents' stores stay authoritative (docs/scaling.md).
 
 Files (``$IRKIT_HOME/lab/<msp>/broker/``, 0700): ``state.json`` (intent first), ``redis.conf``,
-``users.acl``, ``server.crt``/``server.key``, ``redis.log``, ``controller/{password,client.crt,
+``users.acl``, ``appendonly/``, ``server.crt``/``server.key``, ``redis.log``, ``controller/{password,client.crt,
 client.key}``; per tenant ``agents/<tenant>/broker/{password,client.crt,client.key}`` and
 ``ca/ca.pem`` (the lab CA).
 """
@@ -232,7 +234,10 @@ logfile {paths.log}
 loglevel notice
 dir {paths.root}
 save ""
-appendonly no
+appendonly yes
+appendfsync always
+appenddirname appendonly
+aof-use-rdb-preamble no
 databases 1
 maxclients 1000
 timeout 0
@@ -387,6 +392,7 @@ def stop(lab: Any, *, keep_network: bool = False) -> bool:
         raise EnvironmentProblem(f"lab broker processes did not exit after SIGKILL: {left[:10]}")
     if keep_network:
         return True
+    shutil.rmtree(BrokerPaths(root).root / "appendonly", ignore_errors=True)  # the queues end with the broker
     netns.ip_batch(netns.delete_lines([state.netns], []), force=True)
     deadline = time.monotonic() + 10
     while netns.link_exists(state.veth) and time.monotonic() < deadline:
