@@ -226,7 +226,7 @@ def _start(agent: AgentState, directory: Path) -> None:
     agent.supervisor_start = procs.start_time(agent.supervisor_pid)
 
 
-def _wait(root: Path, agents: Sequence[AgentState], broker: dict[str, Any] | None, timeout: float = 60) -> dict[str, str]:
+def _wait(root: Path, agents: Sequence[AgentState], broker: dict[str, Any] | None, timeout: float = 240) -> dict[str, str]:
     """Until each agent runs (and, with ``broker``, holds a connection to it)."""
     failures: dict[str, str] = {}
     pending = {a.tenant: a for a in agents}

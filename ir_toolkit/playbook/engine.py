@@ -575,7 +575,7 @@ class Engine:
         if remote is not None and remote.serves(host.tenant):
             gate = ""
             if action.destructive:  # the gate above passed, or its override was recorded
-                gate = "evidence" if self.gate(host.tenant, host.name) else f"override: {step.evidence_override}"
+                gate = "evidence" if decision else f"override: {step.evidence_override}"
             return self._run_remote(remote, host, item, params, timeout, deadline, gate)
         attempt = 0
         while True:
