@@ -213,3 +213,43 @@ def test_commands_on_a_lab_that_is_not_up(irkit_home, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["lab", "up", "--msp", "Bad/Name"])
     assert exc.value.code == 2
+
+
+def _fake_lab_state(msp: str) -> None:
+    from ir_toolkit.lab.fleet import Lab
+    from ir_toolkit.lab.state import LabState
+
+    lab = Lab(msp)
+    lab.paths.root.mkdir(parents=True, exist_ok=True)
+    LabState(msp, lab.lab_id, f"inventories/{msp}.yml", "198.19.200.0/24", "198.19.200.1",
+             "irkbr-test").save(lab.paths.state)
+
+
+def test_lab_info_and_exec_use_the_one_lab_that_is_up(irkit_home, capsys, monkeypatch):
+    """README tour: `irkit lab info --format json` without --msp; none or several labs: one line, exit 2."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    monkeypatch.delenv("IRKIT_INVENTORY", raising=False)
+    for args in (["lab", "info", "--format", "json"], ["lab", "exec", "h1", "--", "true"]):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "no lab is up" in err and "irkit lab up --msp NAME" in err and len(err.strip().splitlines()) == 1
+    _fake_lab_state("solo")
+    with pytest.raises(SystemExit) as exc:
+        main(["lab", "info", "--format", "json"])
+    assert exc.value.code == 0
+    assert json.loads(capsys.readouterr().out)["msp"] == "solo"
+    with pytest.raises(SystemExit) as exc:
+        main(["lab", "exec", "nohost", "--", "true"])
+    assert exc.value.code == 2 and "no host 'nohost' in the lab of MSP solo" in capsys.readouterr().err
+    _fake_lab_state("duo")
+    with pytest.raises(SystemExit) as exc:
+        main(["lab", "info", "--format", "json"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "2 labs are up (duo, solo): name one with --msp NAME" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["lab", "info", "--msp", "solo", "--format", "json"])
+    assert exc.value.code == 0 and json.loads(capsys.readouterr().out)["msp"] == "solo"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,18 +11,48 @@ import click
 from ir_toolkit.cli.options import format_option, inventory_options, load_selected_inventory
 from ir_toolkit.cli.output import emit_json, emit_table
 from ir_toolkit.errors import EXIT_FAILED, EnvironmentProblem, InputError
+from ir_toolkit.home import lab_dir
 from ir_toolkit.inventory import load_inventory, resolve_inventory_path
+from ir_toolkit.inventory.loader import INVENTORY_ENV
 from ir_toolkit.inventory.model import _SLUG
 from ir_toolkit.lab import reimage as _lab_reimage  # noqa: F401 - registers the `lab` reimage provider
 from ir_toolkit.lab.fleet import Lab, require_root
+from ir_toolkit.lab.layout import LabPaths
+from ir_toolkit.lab.state import load_state
 
 
-def _lab(msp: str | None, inventory_path: str | None) -> Lab:
-    """The lab named by ``--msp`` (no inventory needed) or by the inventory's MSP."""
+def labs_up() -> list[str]:
+    """MSP names of the labs that are up in this ``$IRKIT_HOME`` (a state file in ``lab/<msp>/``), sorted."""
+    try:
+        dirs = sorted(d for d in lab_dir("x").parent.iterdir() if d.is_dir() and _SLUG.match(d.name))
+    except OSError:
+        return []
+    up = []
+    for d in dirs:
+        try:
+            if load_state(LabPaths(d).state) is None:
+                continue
+        except InputError:
+            pass  # an unreadable state still names a lab that may be up: the user must choose
+        up.append(d.name)
+    return up
+
+
+def _lab(msp: str | None, inventory_path: str | None, *, the_one_up: bool = False) -> Lab:
+    """The lab named by ``--msp`` (no inventory needed) or by the inventory's MSP; with ``the_one_up``
+    and neither given (nor ``$IRKIT_INVENTORY``), the one lab that is up in ``$IRKIT_HOME``."""
     if msp:
         if not _SLUG.match(msp):
             raise InputError(f"--msp {msp!r} is not a valid MSP name")
         return Lab(msp)
+    if the_one_up and not inventory_path and not os.environ.get(INVENTORY_ENV):
+        up = labs_up()
+        if len(up) == 1:
+            return Lab(up[0])
+        if not up:
+            raise InputError(f"no lab is up in {lab_dir('x').parent}: start one with `irkit lab up --msp NAME`, "
+                             "or name one with --msp NAME")
+        raise InputError(f"{len(up)} labs are up ({', '.join(up)}): name one with --msp NAME")
     return Lab(load_selected_inventory(None, inventory_path).msp.name)
 
 
@@ -136,9 +167,12 @@ def status(msp: str | None, inventory_path: str | None, fmt: str) -> None:
 @inventory_options
 @format_option
 def info(msp: str | None, inventory_path: str | None, fmt: str) -> None:
-    """How to use the lab: keys, the leaked password, hosts and their host-key fingerprints."""
+    """How to use the lab: keys, the leaked password, hosts and their host-key fingerprints.
+
+    Without --msp/--inventory: the one lab that is up in $IRKIT_HOME (exit 2 if none or several).
+    """
     require_root()
-    data = _lab(msp, inventory_path).info()
+    data = _lab(msp, inventory_path, the_one_up=True).info()
     if fmt == "json":
         emit_json(data)
         return
@@ -156,14 +190,15 @@ def info(msp: str | None, inventory_path: str | None, fmt: str) -> None:
 def exec_cmd(msp: str | None, inventory_path: str | None, host: str, command: tuple[str, ...]) -> None:
     """Run COMMAND on lab HOST out of band, like a console (works while the host is isolated).
 
-    stdin, stdout and stderr pass through; the exit code is the command's.
+    stdin, stdout and stderr pass through; the exit code is the command's. Without --msp/--inventory:
+    the one lab that is up in $IRKIT_HOME (exit 2 if none or several).
     Example: irkit lab exec --msp acme globex-dc01 -- ss -tlnp
     """
     require_root()
     argv = list(command[1:] if command[:1] == ("--",) else command)
     if not argv:
         raise InputError("irkit lab exec: give a command after the host (irkit lab exec HOST -- CMD...)")
-    proc = _lab(msp, inventory_path).exec(host, argv, capture=False)
+    proc = _lab(msp, inventory_path, the_one_up=True).exec(host, argv, capture=False)
     sys.exit(proc.returncode)
 
 
