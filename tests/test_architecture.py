@@ -105,6 +105,12 @@ def test_actions_import_no_cli_run_engine_or_lab() -> None:
                       and (_unit(n) in ("cli", "run", "lab") or n.startswith("ir_toolkit.playbook"))) == []
 
 
+def test_facts_import_no_action_engine_cli_or_lab() -> None:
+    """facts/ sits beside transports/: commands and pure parsers, no actions, engine, run, CLI or lab."""
+    assert _offenders(lambda m, u, n: u == "facts"
+                      and _unit(n) in ("actions", "playbook", "run", "cli", "lab", "triage", "reimage")) == []
+
+
 def test_reimage_providers_import_no_action_engine_cli_or_lab() -> None:
     assert _offenders(lambda m, u, n: u == "reimage"
                       and _unit(n) in ("actions", "playbook", "run", "cli", "lab", "triage")) == []

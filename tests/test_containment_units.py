@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ir_toolkit.actions import sshd
+from ir_toolkit.facts import sshd
 from ir_toolkit.actions.accounts import (
     PASSWORD_SYMBOLS,
     RotateParams,

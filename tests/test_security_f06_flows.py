@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ir_toolkit.actions import flows
+from ir_toolkit.facts import flows
 from ir_toolkit.actions.isolation import ruleset
 
 ALLOWED = [ipaddress.ip_network("198.18.0.1/32"), ipaddress.ip_network("10.9.0.0/16")]

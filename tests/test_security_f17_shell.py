@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from ir_toolkit.actions import sshd
-from ir_toolkit.actions.base import ActionFailed
+from ir_toolkit.actions.base import ActionContext, ActionFailed
 from ir_toolkit.triage import remote
 from ir_toolkit.triage.schema import load_catalog
 
@@ -54,15 +54,24 @@ def test_shell_glob_quotes_everything_but_safe_patterns():
     assert remote.shell_glob(remote.glob_escape("/h*me/?") + "/*") .startswith("'/h*me/?/'")
 
 
+class _Ctx:
+    """Just enough of an ActionContext: its ``run`` and its ``fact`` (the real one, unbound)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def run(self, script, *, stdin=None, timeout=None):  # noqa: ANN001
+        return SimpleNamespace(exit_status=0, stdout=self.text.encode(), stderr=b"")
+
+    fact = ActionContext.fact
+
+
 @pytest.mark.parametrize("seen", ["10.0.0.1;touch /tmp/x", "$(id)", "::1::x", "host.example"])
 def test_ssh_connection_address_is_validated(seen):
-    result = SimpleNamespace(text=seen + "\n")
-    ctx = SimpleNamespace(run=lambda script: result)
     with pytest.raises(ActionFailed, match="invalid client address"):
-        sshd.client_address(ctx)
+        sshd.client_address(_Ctx(seen + "\n"))
 
 
 def test_ssh_connection_address_ok():
-    ctx = SimpleNamespace(run=lambda script: SimpleNamespace(text="198.18.0.1\n"))
-    assert sshd.client_address(ctx) == "198.18.0.1"
+    assert sshd.client_address(_Ctx("198.18.0.1\n")) == "198.18.0.1"
     assert os.sep == "/"

@@ -7,7 +7,8 @@ import ipaddress
 import pytest
 
 from ir_toolkit.actions.base import ActionFailed
-from ir_toolkit.actions.windows import _json_list, blocked_ranges, parse_quser
+from ir_toolkit.actions.windows import _json_list, blocked_ranges
+from ir_toolkit.facts.windows import parse_quser
 from ir_toolkit.lab.winrs import firewall
 from ir_toolkit.lab.winrs.model import nt_hash
 from ir_toolkit.transports.winrm import decode_clixml, encode_script, ps_quote

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import secrets as _secrets
+import shlex
 import string
-import time
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from ir_toolkit.actions.base import DESTROYS_CREDENTIALS, Action, ActionContext, ActionFailed, Outcome, Params, register
 from ir_toolkit.actions.support import endpoint_as, passwd_entry, record
+from ir_toolkit.facts import accounts as facts
+from ir_toolkit.facts.accounts import AccountState
 from ir_toolkit.redaction import register_secret
 from ir_toolkit.secrets import escrow as esc
 from ir_toolkit.secrets.references import expand_path, is_reference, parse_ref, resolve
@@ -31,8 +32,6 @@ from ir_toolkit.transports.base import TransportError
 from ir_toolkit.transports.probes import login_with_password
 
 PASSWORD_SYMBOLS = "-_.,;+=@%^*()[]{}~!?"
-_PERL_CHECK = ("perl -e 'my @p = getpwnam($ARGV[0]) or exit 3; my $h = $p[1]; my $pw = <STDIN>; "
-               "chomp $pw; exit((defined $h && length($h) > 3 && crypt($pw, $h) eq $h) ? 0 : 1)'")
 
 
 def generate_password(length: int) -> str:
@@ -50,16 +49,6 @@ def escrow_recipients(extra: list[str]) -> list[Any]:
     from ir_toolkit.secrets.keystore import escrow_public_key
 
     return [escrow_public_key(), *(esc.load_public_key(expand_path(p)) for p in extra)]
-
-
-@dataclasses.dataclass
-class AccountState:
-    user: str
-    uid: str
-    exists: bool
-    locked: bool = False
-    expired: bool = False
-    hash_digest: str = ""      # SHA-256 of the shadow hash: compared, never shown
 
 
 class RotateParams(Params):
@@ -90,66 +79,50 @@ class RotateParams(Params):
         return value
 
 
+@dataclasses.dataclass(frozen=True)
+class AccountDecision:
+    """What ``accounts.rotate`` does to one account, from its state alone (pure).
+
+    ``action``: ``absent`` (no such account: nothing), ``lock`` (lock and expire it), ``locked``
+    (already locked and expired), ``rotate`` (a new escrowed password, if the escrow rules say it
+    is needed: that part depends on the escrow, not on the host)."""
+
+    user: str
+    action: Literal["absent", "lock", "locked", "rotate"]
+
+    @property
+    def commands(self) -> list[str]:
+        """The commands that carry it out (a rotation's password goes on stdin: ``user:PASSWORD``)."""
+        if self.action == "lock":
+            return [f"usermod -L -e 1 {shlex.quote(self.user)}"]
+        return ["chpasswd"] if self.action == "rotate" else []
+
+
+def account_decision(state: AccountState, mode: str) -> AccountDecision:
+    """Pure: the decision for one account given its host state and the (resolved) mode."""
+    if not state.exists:
+        return AccountDecision(state.user, "absent")
+    if mode == "lock":
+        return AccountDecision(state.user, "locked" if state.locked and state.expired else "lock")
+    return AccountDecision(state.user, "rotate")
+
+
 def account_state(ctx: ActionContext, user: str) -> AccountState:
-    result = ctx.run(f"getent passwd {ctx.quote(user)} >/dev/null || exit 7; id -u {ctx.quote(user)}; "
-                     f"getent shadow {ctx.quote(user)}")
-    if result.exit_status == 7:
-        return AccountState(user, "", False)
-    if not result.ok:
-        raise ActionFailed(f"cannot read the account {user}")
-    lines = result.text.splitlines()
-    uid = lines[0].strip() if lines else ""
-    shadow = lines[1].split(":") if len(lines) > 1 else []
-    pw_hash = shadow[1] if len(shadow) > 1 else ""
-    expire = shadow[7] if len(shadow) > 7 else ""
-    today = int(time.time() // 86400)
-    return AccountState(
-        user, uid, True, locked=pw_hash.startswith("!"),
-        expired=bool(expire.strip()) and expire.strip().isdigit() and int(expire) <= today,
-        hash_digest=hashlib.sha256(pw_hash.encode()).hexdigest(),
-    )
+    return ctx.fact(facts.account_state(user))
 
 
 def password_is_set(ctx: ActionContext, user: str, password: str) -> bool | None:
     """Does the host's shadow hash match ``password``? (password on stdin; None if it cannot tell)."""
-    result = ctx.run(f"{_PERL_CHECK} {ctx.quote(user)}", stdin=(password + "\n").encode())
-    if result.exit_status in (0, 1):
-        return result.exit_status == 0
-    return None
+    return ctx.fact(facts.password_matches(user, password))
 
 
 def session_pids(ctx: ActionContext, user: str) -> list[int]:
     """Processes of the account: owned by it, its sshd session processes, and all their descendants."""
-    script = (f"uid=$(id -u {ctx.quote(user)} 2>/dev/null) || exit 0; "
-              "ps -e -o pid= -o ppid= -o uid= -o ruid= -o args= 2>/dev/null")
-    result = ctx.run(script)
-    rows = []
-    uid = None
-    for line in result.text.splitlines():
-        parts = line.split(None, 4)
-        if len(parts) < 4:
-            continue
-        rows.append((int(parts[0]), int(parts[1]), parts[2], parts[3], parts[4] if len(parts) > 4 else ""))
+    rows = ctx.fact(facts.processes(user))
     entry = passwd_entry(ctx, user)
     if entry is None:
         return []
-    uid = entry[1]
-    me = {"sshd: " + user + "@", "sshd: " + user + " [", "sshd-session: " + user + "@",
-          "sshd-session: " + user + " ["}
-    seeds = {pid for pid, _, euid, ruid, args in rows
-             if euid == uid or ruid == uid or any(args.startswith(m) for m in me)}
-    children: dict[int, list[int]] = {}
-    for pid, ppid, *_ in rows:
-        children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
-    todo = list(seeds)
-    while todo:
-        pid = todo.pop()
-        if pid in found:
-            continue
-        found.add(pid)
-        todo.extend(children.get(pid, []))
-    return sorted(found)
+    return facts.account_pids(rows, user, entry.uid)
 
 
 def end_sessions(ctx: ActionContext, user: str) -> list[int]:
@@ -237,12 +210,12 @@ class RotateAccounts(Action):
         notes, changed = [], False
         store = self._escrow(ctx)
         for user, mode in self._accounts(ctx, params):
-            state = account_state(ctx, user)
-            if not state.exists:
+            decision = account_decision(account_state(ctx, user), mode)
+            if decision.action == "absent":
                 notes.append(f"{user}: no such account")
                 continue
-            if mode == "lock":
-                if state.locked and state.expired:
+            if decision.action in ("lock", "locked"):
+                if decision.action == "locked":
                     notes.append(f"{user}: already locked and expired")
                 else:
                     notes.append(f"{user}: would lock and expire")
@@ -262,11 +235,12 @@ class RotateAccounts(Action):
         notes, changed, details = [], False, {}
         for user, mode in self._accounts(ctx, params):
             state = account_state(ctx, user)
-            if not state.exists:
+            decision = account_decision(state, mode)
+            if decision.action == "absent":
                 notes.append(f"{user}: no such account")
                 continue
-            if mode == "lock":
-                did, note, info = self._lock(ctx, params, state)
+            if decision.action in ("lock", "locked"):
+                did, note, info = self._lock(ctx, params, state, decision)
             else:
                 did, note, info = self._rotate(ctx, params, state)
             changed |= did
@@ -366,12 +340,14 @@ class RotateAccounts(Action):
                 problems.append(f"the previous escrowed password (entry {old_entry.id}) STILL logs in")
         return problems
 
-    def _lock(self, ctx: ActionContext, params: RotateParams, state: AccountState) -> tuple[bool, str, dict]:
+    def _lock(self, ctx: ActionContext, params: RotateParams, state: AccountState,
+              decision: AccountDecision) -> tuple[bool, str, dict]:
         user = state.user
         changed = False
-        if not (state.locked and state.expired):
-            ctx.run(f"usermod -L -e 1 {ctx.quote(user)}", check=True)
+        for command in decision.commands:
+            ctx.run(command, check=True)
             changed = True
+        if changed:
             record(ctx, "account.locked", {"account": user, "expired": True})
         ended = end_sessions(ctx, user) if params.end_sessions else []
         if ended:
@@ -386,14 +362,14 @@ class RotateAccounts(Action):
         problems, notes = [], []
         store = self._escrow(ctx)
         for user, mode in self._accounts(ctx, params):
-            state = account_state(ctx, user)
-            if not state.exists:
+            decision = account_decision(account_state(ctx, user), mode)
+            if decision.action == "absent":
                 continue
             endpoint = endpoint_as(ctx, user)
             if params.old_password and login_with_password(endpoint, resolve(parse_ref(params.old_password)), ctx.deadline):
                 problems.append(f"{user}: the old shared password STILL logs in")
-            if mode == "lock":
-                if not (state.locked and state.expired):
+            if decision.action in ("lock", "locked"):
+                if decision.action == "lock":
                     problems.append(f"{user}: not locked and expired")
                 elif session_pids(ctx, user) and params.end_sessions:
                     problems.append(f"{user}: processes still running")

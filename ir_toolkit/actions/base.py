@@ -18,16 +18,19 @@ from __future__ import annotations
 import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from ir_toolkit.audit.journal import Journal, ReadOnlyJournal
 from ir_toolkit.deadline import Deadline
+from ir_toolkit.facts.base import FactError, Query, gather
 from ir_toolkit.inventory.model import Host, Inventory
 from ir_toolkit.secrets.keyprovider import KeyProvider
 from ir_toolkit.transports.base import TIMED_OUT, CommandResult, Connection, TransportError
 from ir_toolkit.transports.pool import ConnectionPool
+
+T = TypeVar("T")
 
 
 class Params(BaseModel):
@@ -96,6 +99,14 @@ class ActionContext:
                 + (f": {err[-1][:200]}" if err else "")
             )
         return result
+
+    def fact(self, query: Query[T]) -> T:
+        """Read one host fact (a command and its pure parser, :mod:`ir_toolkit.facts`) within the step's
+        deadline; an answer the parser refuses (malformed, oversized, contradictory) fails the host."""
+        try:
+            return gather(self, query)
+        except FactError as exc:
+            raise ActionFailed(str(exc)) from None
 
     def record(self, action: str, params: dict[str, Any], outcome: str = "ok") -> int:
         """A durable audit record about this host (raises while planning); returns its seq."""

@@ -7,7 +7,7 @@ and the playbook's ``allow`` list, in any connection state. There is no blanket
 ``ct state established`` rule: an intruder's session that is open when the table
 loads is dropped like any other (security review §6), and then ended on the host:
 its sockets are destroyed (``ss -K``) and its conntrack entries deleted
-(``conntrack -D``), see :mod:`ir_toolkit.actions.flows`. Only ICMP errors related
+(``conntrack -D``), see :mod:`ir_toolkit.facts.flows`. Only ICMP errors related
 to a tracked flow pass besides (path-MTU discovery for the responders' sessions).
 Other tables are not touched: a drop verdict in any base chain is final in
 nftables, so the table isolates whatever else is loaded, and removing it
@@ -32,10 +32,11 @@ from typing import Any
 
 from pydantic import field_validator
 
-from ir_toolkit.actions import flows
 from ir_toolkit.actions.base import DESTROYS_NETWORK, Action, ActionContext, ActionFailed, Outcome, Params, register
 from ir_toolkit.actions.support import record, responder_access_works
 from ir_toolkit.actions.sshd import client_address
+from ir_toolkit.facts import flows, nft
+from ir_toolkit.facts.nft import NftTable
 
 TABLE = "irkit_isolation"
 FAMILY = "inet"
@@ -129,10 +130,32 @@ def allowed_networks(ctx: ActionContext, params: IsolateParams) -> list[Any]:
     return _networks(values)
 
 
-def _table(ctx: ActionContext) -> str | None:
-    """The current isolation table listing, or None when absent."""
-    result = ctx.run(f"nft list table {FAMILY} {TABLE} 2>/dev/null")
-    return result.text if result.ok else None
+def _table(ctx: ActionContext) -> NftTable:
+    """The isolation table as the host lists it (``present`` False when it is not loaded)."""
+    return ctx.fact(nft.table(FAMILY, TABLE))
+
+
+# ---------------------------------------------------------------------------- decisions (pure)
+
+def isolation_decision(current: NftTable, spec: str) -> str:
+    """What ``host.isolate`` does given the table's state: ``keep`` (already this allow-list),
+    ``update`` (irkit's table with another allow-list, or a table irkit did not write under its
+    name) or ``create``."""
+    if not current.present:
+        return "create"
+    return "keep" if current.spec == spec and not isolation_problems(current, spec) else "update"
+
+
+def isolation_problems(current: NftTable, spec: str) -> list[str]:
+    """Why the loaded table is not the wanted isolation (empty: it is)."""
+    if not current.present:
+        return ["isolation table is not loaded"]
+    hooks = {"input": "input", "output": "output", "forward": "forward"}
+    if current.spec != spec or any(
+            (current.chains.get(c) is None or current.chains[c].hook != h or current.policy(c) != "drop")
+            for c, h in hooks.items()):
+        return ["isolation table differs from the wanted one"]
+    return []
 
 
 def _need_nft(ctx: ActionContext) -> None:
@@ -153,8 +176,8 @@ def _check_controller_allowed(ctx: ActionContext, allowed: list[Any]) -> str:
 
 
 def flow_facts(ctx: ActionContext) -> flows.FlowFacts:
-    """The host's addresses, connected sockets and conntrack table (see :mod:`ir_toolkit.actions.flows`)."""
-    return flows.parse_facts(ctx.run(flows.FACT_COMMAND).text)
+    """The host's addresses, connected sockets and conntrack table (see :mod:`ir_toolkit.facts.flows`)."""
+    return ctx.fact(flows.flow_facts())
 
 
 def cut_live_flows(ctx: ActionContext, allowed: list[Any]) -> dict[str, Any]:
@@ -188,10 +211,10 @@ class IsolateHost(Action):
         allowed = allowed_networks(ctx, params)
         _check_controller_allowed(ctx, allowed)
         _, spec = ruleset(allowed, ctx.case_id)
-        current = _table(ctx)
-        if current is not None and f"spec={spec}" in current:
+        decision = isolation_decision(_table(ctx), spec)
+        if decision == "keep":
             return Outcome(False, "already isolated with this allow-list")
-        verb = "would update the isolation of" if current is not None else "would isolate"
+        verb = "would update the isolation of" if decision == "update" else "would isolate"
         return Outcome(True, f"{verb} the host; allowed: {', '.join(_fmt(n) for n in allowed)}")
 
     def apply(self, ctx: ActionContext, params: IsolateParams) -> Outcome:
@@ -200,14 +223,15 @@ class IsolateHost(Action):
         seen = _check_controller_allowed(ctx, allowed)
         script, spec = ruleset(allowed, ctx.case_id)
         current = _table(ctx)
-        if current is not None and f"spec={spec}" in current:
+        decision = isolation_decision(current, spec)
+        if decision == "keep":
             cut = cut_live_flows(ctx, allowed) if params.cut_flows else None
             if cut is not None and cut["peers"]:
                 record(ctx, "host.flows_cut", cut)
                 return Outcome(True, f"already isolated; ended flows of {len(cut['peers'])} peer(s)",
                                {"spec": spec, "flows_cut": cut})
             return Outcome(False, "already isolated with this allow-list", {"spec": spec})
-        if current is None:
+        if not current.present:
             # the state to return to on release (only taken when irkit's table is not loaded)
             ctx.run(f"mkdir -p {STATE_DIR} && chmod 700 {STATE_DIR} && nft -s list ruleset > {SNAPSHOT}.tmp && "
                     f"mv -f {SNAPSHOT}.tmp {SNAPSHOT}", check=True)
@@ -235,8 +259,7 @@ class IsolateHost(Action):
         ended = f"; ended flows of {len(cut['peers'])} peer(s)" if cut.get("peers") else ""
         # the end state read back in this step (what verify checks): the table as wanted, no live flow of a
         # peer that is not allowed (cut_live_flows re-read them), a fresh login from the controller (above)
-        table = _table(ctx)
-        proven = (table is not None and f"spec={spec}" in table and "policy drop" in table
+        proven = (not isolation_problems(_table(ctx), spec)
                   and not (params.cut_flows and cut.get("sockets_left")))
         return Outcome(True, f"isolated; allowed: {', '.join(details['allowed'])}{ended}", details, verified=proven)
 
@@ -259,12 +282,8 @@ class IsolateHost(Action):
         allowed = allowed_networks(ctx, params)
         _, spec = ruleset(allowed, ctx.case_id)
         current = _table(ctx)
-        problems = []
-        if current is None:
-            problems.append("isolation table is not loaded")
-        elif f"spec={spec}" not in current or "policy drop" not in current:
-            problems.append("isolation table differs from the wanted one")
-        if params.cut_flows and current is not None:
+        problems = isolation_problems(current, spec)
+        if params.cut_flows and current.present:
             facts = flow_facts(ctx)
             left = flows.cut_plan(facts, allowed)
             if left.sockets:
@@ -292,14 +311,14 @@ class ReleaseHost(Action):
 
     def plan(self, ctx: ActionContext, params: ReleaseParams) -> Outcome:
         _need_nft(ctx)
-        if _table(ctx) is None:
+        if not _table(ctx).present:
             return Outcome(False, "not isolated")
         return Outcome(True, "would remove the isolation table")
 
     def apply(self, ctx: ActionContext, params: ReleaseParams) -> Outcome:
         _need_nft(ctx)
         changed = False
-        if _table(ctx) is not None:
+        if _table(ctx).present:
             ctx.run(f"nft delete table {FAMILY} {TABLE}", check=True)
             changed = True
         snap = ctx.run(f"cat {SNAPSHOT} 2>/dev/null || echo __irkit_no_snapshot__")
@@ -321,7 +340,7 @@ class ReleaseHost(Action):
 
     def verify(self, ctx: ActionContext, params: ReleaseParams) -> Outcome:
         problems = []
-        if _table(ctx) is not None:
+        if _table(ctx).present:
             problems.append("isolation table still loaded")
         if ctx.run(f"test -e {SNAPSHOT}").ok:
             problems.append("the pre-isolation ruleset was not restored exactly")

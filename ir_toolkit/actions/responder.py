@@ -15,7 +15,9 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+import shlex
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ir_toolkit.actions import sshd
+from ir_toolkit.facts import sshd as sshd_facts
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
 from ir_toolkit.actions.support import endpoint_as, passwd_entry, read_files, record, write_file
 from ir_toolkit.cases import CaseLayout
@@ -112,6 +115,16 @@ class EnsureAccessParams(Params):
     user: str | None = None
 
 
+def keyfile_for(config: dict[str, list[str]], user: str, home: str, uid: str) -> str:
+    """Pure: the ``authorized_keys`` file sshd reads first for ``user`` under its effective ``config``."""
+    patterns = " ".join(config.get("authorizedkeysfile", [".ssh/authorized_keys"])).split()
+    for pattern in patterns:
+        path = sshd_facts.expand_authorized_keys(pattern, user, home, uid)
+        if path:
+            return path
+    raise ActionFailed("sshd reads no AuthorizedKeysFile for the responder (AuthorizedKeysFile none)")
+
+
 def responder_keyfile(ctx: ActionContext, user: str) -> tuple[str, str, str]:
     """(authorized_keys path sshd reads first for ``user``, uid, home)."""
     entry = passwd_entry(ctx, user)
@@ -120,12 +133,39 @@ def responder_keyfile(ctx: ActionContext, user: str) -> tuple[str, str, str]:
     _, uid, home = entry
     daemon = sshd.locate(ctx)
     config = sshd.effective_config(ctx, daemon, user, sshd.client_address(ctx))
-    patterns = " ".join(config.get("authorizedkeysfile", [".ssh/authorized_keys"])).split()
-    for pattern in patterns:
-        path = sshd.expand_authorized_keys(pattern, user, home, uid)
-        if path:
-            return path, uid, home
-    raise ActionFailed("sshd reads no AuthorizedKeysFile for the responder (AuthorizedKeysFile none)")
+    return keyfile_for(config, user, home, uid), uid, home
+
+
+@dataclass(frozen=True)
+class AccessDecision:
+    """What ``responder.ensure_access`` does to the key file (pure function of its content)."""
+
+    #: the case key is there with exactly irkit's options: nothing to write
+    installed: bool
+    #: lines of the case key with other options (an older install): removed before the new line
+    stale_lines: int
+    #: the file exists (a new one is created 0600, owned by the responder)
+    exists: bool
+
+
+def access_decision(content: str | None, blob: bytes, options: str) -> AccessDecision:
+    """Pure: given the key file's content (None: no such file), the case key's blob and its options."""
+    lines = (content or "").splitlines()
+    mine = [line for line in lines if sshd_facts.key_blob(line.strip()) == blob]
+    installed = any(line.startswith(options + " ") and sshd_facts.key_blob(line) == blob for line in mine)
+    return AccessDecision(installed, 0 if installed else len(mine), content is not None)
+
+
+def install_script(path: str, user: str) -> str:
+    """Shell that appends stdin (the key line) to ``path``, creating the directory 0700 and the file 0600
+    owned by ``user`` when they do not exist, and ending a last line without newline first."""
+    q = shlex.quote(path)
+    owner = shlex.quote(user)
+    return (f'f={q}; d=$(dirname "$f"); '
+            f'if [ ! -d "$d" ]; then mkdir -p "$d" && chmod 700 "$d" && chown {owner} "$d"; fi; '
+            f'new=0; [ -e "$f" ] || new=1; '
+            f'if [ -s "$f" ] && [ "$(tail -c1 "$f" | od -An -c | tr -d " ")" != "\\n" ]; then echo >> "$f"; fi; '
+            f'umask 077; cat >> "$f" && if [ $new = 1 ]; then chown {owner} "$f" && chmod 600 "$f"; fi')
 
 
 @register
@@ -139,9 +179,8 @@ class EnsureResponderAccess(Action):
     def _user(self, ctx: ActionContext, params: EnsureAccessParams) -> str:
         return params.user or ctx.host.user or ctx.inventory.msp.responder.user
 
-    def _installed(self, ctx: ActionContext, path: str, blob: bytes, options: str) -> bool:
-        content = read_files(ctx, [path]).get(path, "")
-        return any(sshd.key_blob(line) == blob and line.startswith(options + " ") for line in content.splitlines())
+    def _decision(self, ctx: ActionContext, path: str, blob: bytes, options: str) -> AccessDecision:
+        return access_decision(read_files(ctx, [path]).get(path), blob, options)
 
     def plan(self, ctx: ActionContext, params: EnsureAccessParams) -> Outcome:
         user = self._user(ctx, params)
@@ -149,9 +188,9 @@ class EnsureResponderAccess(Action):
         path, _, _ = responder_keyfile(ctx, user)
         if not key.exists():
             return Outcome(True, f"would create the case's responder key and install it in {path}")
-        blob = sshd.key_blob(public_line(key))
+        blob = sshd_facts.key_blob(public_line(key))
         assert blob is not None
-        if self._installed(ctx, path, blob, key_options(ctx.inventory)):
+        if self._decision(ctx, path, blob, key_options(ctx.inventory)).installed:
             return Outcome(False, f"case responder key already in {path}")
         return Outcome(True, f"would install the case's responder key in {path}")
 
@@ -162,22 +201,16 @@ class EnsureResponderAccess(Action):
         key_path, created = ensure_case_key(ctx.case_id, ctx.host.tenant, passphrase)
         options = key_options(ctx.inventory)
         line = f"{options} {public_line(key_path)}"
-        blob = sshd.key_blob(line)
+        blob = sshd_facts.key_blob(line)
         assert blob is not None
         fp = fingerprint(blob)
         path, uid, home = responder_keyfile(ctx, user)
         changed = False
-        if not self._installed(ctx, path, blob, options):
-            if read_files(ctx, [path]).get(path) is not None:
+        decision = self._decision(ctx, path, blob, options)
+        if not decision.installed:
+            if decision.stale_lines:
                 remove_key_lines(ctx, path, blob)  # an older line of this key without the options
-            q = ctx.quote(path)
-            owner = ctx.quote(user)
-            script = (f'f={q}; d=$(dirname "$f"); '
-                      f'if [ ! -d "$d" ]; then mkdir -p "$d" && chmod 700 "$d" && chown {owner} "$d"; fi; '
-                      f'new=0; [ -e "$f" ] || new=1; '
-                      f'if [ -s "$f" ] && [ "$(tail -c1 "$f" | od -An -c | tr -d " ")" != "\\n" ]; then echo >> "$f"; fi; '
-                      f'umask 077; cat >> "$f" && if [ $new = 1 ]; then chown {owner} "$f" && chmod 600 "$f"; fi')
-            ctx.run(script, stdin=(line + "\n").encode(), check=True)
+            ctx.run(install_script(path, user), stdin=(line + "\n").encode(), check=True)
             changed = True
         # The proof: a brand-new connection with exactly this key, before anything else proceeds.
         pkey = _case_pkey(ctx, key_path, passphrase)
@@ -210,7 +243,7 @@ def remove_key_lines(ctx: ActionContext, path: str, blob: bytes) -> int:
     if content is None:
         return 0
     lines = content.splitlines(keepends=True)
-    kept = [line for line in lines if sshd.key_blob(line.strip()) != blob]
+    kept = [line for line in lines if sshd_facts.key_blob(line.strip()) != blob]
     if len(kept) != len(lines):
         write_file(ctx, path, "".join(kept))
     return len(lines) - len(kept)
@@ -241,12 +274,12 @@ class RemoveResponderAccess(Action):
         pub = key.with_name(key.name + ".pub")
         if not pub.exists():
             return None
-        blob = sshd.key_blob(public_line(key))
+        blob = sshd_facts.key_blob(public_line(key))
         return (key, blob) if blob else None
 
     def _present(self, ctx: ActionContext, path: str, blob: bytes) -> bool:
-        content = read_files(ctx, [path]).get(path, "")
-        return any(sshd.key_blob(line.strip()) == blob for line in content.splitlines())
+        decision = access_decision(read_files(ctx, [path]).get(path), blob, key_options(ctx.inventory))
+        return decision.installed or decision.stale_lines > 0
 
     def _msp_key_works(self, ctx: ActionContext, user: str) -> bool:
         keys = [load_private_key(p) for p in responder_key_paths(ctx.inventory, None) if p.exists()]

@@ -19,7 +19,6 @@ accounts, and the responder's fresh login still works.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Any
 
 import paramiko
@@ -27,6 +26,7 @@ from pydantic import field_validator
 
 from ir_toolkit.actions import sshd
 from ir_toolkit.actions.base import DESTROYS_CREDENTIALS, Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.facts import sshd as sshd_facts
 from ir_toolkit.actions.responder import case_key_path, public_line
 from ir_toolkit.actions.support import (
     all_users,
@@ -38,6 +38,7 @@ from ir_toolkit.actions.support import (
     write_file,
 )
 from ir_toolkit.errors import IrkitError
+from ir_toolkit.facts.accounts import PasswdEntry
 from ir_toolkit.secrets.references import expand_path, is_reference, parse_ref
 from ir_toolkit.transports.hostkeys import fingerprint
 from ir_toolkit.transports.probes import login_with_key
@@ -65,7 +66,7 @@ class KeyFileHit:
 
 @dataclasses.dataclass
 class RevokeState:
-    daemon: sshd.SshdDaemon
+    daemon: sshd_facts.SshdDaemon
     hits: list[KeyFileHit]
     revoked_keys: str          # what sshd -T says RevokedKeys is ("none" if unset)
     krl_path: str              # where the KRL is (or will be)
@@ -114,7 +115,7 @@ def revoke_targets(ctx: ActionContext, params: RevokeParams) -> list[RevokeTarge
     targets: dict[str, RevokeTarget] = {}
 
     def add_line(text: str, name: str) -> None:
-        blob = sshd.key_blob(text)
+        blob = sshd_facts.key_blob(text)
         if blob is None:
             raise ActionFailed(f"{name}: not an OpenSSH public key")
         fp = fingerprint(blob)
@@ -153,38 +154,47 @@ def responder_fingerprints(ctx: ActionContext) -> set[str]:
         fps.add(fingerprint(key.asbytes()))
     case_key = case_key_path(ctx.case_id, ctx.host.tenant)
     if case_key.with_name(case_key.name + ".pub").exists():
-        blob = sshd.key_blob(public_line(case_key))
+        blob = sshd_facts.key_blob(public_line(case_key))
         if blob:
             fps.add(fingerprint(blob))
     return fps
 
 
-def _krl_listing(ctx: ActionContext, path: str) -> tuple[bool, bool, set[str]]:
-    """(exists, is a binary KRL, hex SHA256 hashes / fingerprints it revokes)."""
-    q = ctx.quote(path)
-    result = ctx.run(f"[ -f {q} ] || exit 9; head -c 8 {q} | od -An -c | tr -d ' \\n'; echo; "
-                     f"ssh-keygen -Q -l -f {q} 2>/dev/null || true")
-    if result.exit_status == 9:
-        return False, False, set()
-    lines = result.text.splitlines()
-    magic = lines[0] if lines else ""
-    is_krl = magic.startswith("SSHKRL\\n\\0")
-    revoked: set[str] = set()
-    if is_krl:
-        for line in lines[1:]:
-            if line.startswith("hash: SHA256:"):
-                revoked.add(line.split("SHA256:", 1)[1].strip().lower())
-            else:
-                blob = sshd.key_blob(line)
-                if blob:
-                    revoked.add(hashlib.sha256(blob).hexdigest())
-    else:
+def key_file_candidates(users: list[PasswdEntry], per_user: dict[str, dict[str, list[str]]]) -> dict[str, str]:
+    """Pure: every authorized_keys file sshd would read (its ``AuthorizedKeysFile`` per user, plus
+    ``authorized_keys`` and ``authorized_keys2``) -> the user it belongs to (first user wins)."""
+    candidates: dict[str, str] = {}
+    for user, uid, home in users:
+        patterns = " ".join(per_user.get(user, {}).get("authorizedkeysfile", [])).split()
+        patterns += [".ssh/authorized_keys", ".ssh/authorized_keys2"]
+        for pattern in patterns:
+            path = sshd_facts.expand_authorized_keys(pattern, user, home, uid)
+            if path and path not in candidates:
+                candidates[path] = user
+    return candidates
+
+
+def revocation_state(daemon: sshd_facts.SshdDaemon, candidates: dict[str, str], contents: dict[str, str],
+                     revoked_keys: str, krl_path: str, listing: sshd_facts.KrlListing,
+                     targets: list[RevokeTarget]) -> RevokeState:
+    """Pure: the revocation's state from the host's facts — which files hold which target lines, which
+    targets the KRL already revokes, whether sshd uses it."""
+    wanted = {t.fingerprint for t in targets}
+    hits = []
+    for path, content in contents.items():
+        lines = [k.index for k in sshd_facts.authorized_keys(content) if k.fingerprint in wanted]
+        if lines:
+            hits.append(KeyFileHit(path, candidates.get(path, ""), lines, content))
+    in_krl = {t.fingerprint for t in targets if sshd_facts.fingerprint_hex(t.fingerprint) in listing.hashes}
+    return RevokeState(daemon, hits, revoked_keys, krl_path, listing.exists, listing.is_krl, in_krl, len(contents))
+
+
+def _krl_listing(ctx: ActionContext, path: str) -> sshd_facts.KrlListing:
+    listing = ctx.fact(sshd_facts.krl_listing(path))
+    if listing.exists and not listing.is_krl:
         content = read_files(ctx, [path]).get(path, "")
-        for line in content.splitlines():
-            blob = sshd.key_blob(line)
-            if blob:
-                revoked.add(hashlib.sha256(blob).hexdigest())
-    return True, is_krl, revoked
+        return sshd_facts.KrlListing(True, False, frozenset(sshd_facts.key_hashes(content.splitlines())))
+    return listing
 
 
 def inspect_revocation(ctx: ActionContext, targets: list[RevokeTarget], params: RevokeParams) -> RevokeState:
@@ -195,25 +205,11 @@ def inspect_revocation(ctx: ActionContext, targets: list[RevokeTarget], params: 
                                         ("authorizedkeysfile", "revokedkeys"))
     root_view = per_user.get("root") or sshd.effective_config(ctx, daemon, "root", addr)
     revoked_keys = (root_view.get("revokedkeys") or ["none"])[0]
-    candidates: dict[str, str] = {}
-    for user, uid, home in users:
-        patterns = " ".join(per_user.get(user, {}).get("authorizedkeysfile", [])).split()
-        patterns += [".ssh/authorized_keys", ".ssh/authorized_keys2"]
-        for pattern in patterns:
-            path = sshd.expand_authorized_keys(pattern, user, home, uid)
-            if path and path not in candidates:
-                candidates[path] = user
+    candidates = key_file_candidates(users, per_user)
     contents = read_files(ctx, list(candidates))
-    wanted = {t.fingerprint for t in targets}
-    hits = []
-    for path, content in contents.items():
-        lines = [i for i, line in enumerate(content.splitlines()) if sshd.line_fingerprint(line) in wanted]
-        if lines:
-            hits.append(KeyFileHit(path, candidates[path], lines, content))
     krl_path = revoked_keys if revoked_keys != "none" else params.krl_path
-    exists, is_krl, listing = _krl_listing(ctx, krl_path)
-    in_krl = {t.fingerprint for t in targets if sshd.fingerprint_hex(t.fingerprint) in listing}
-    return RevokeState(daemon, hits, revoked_keys, krl_path, exists, is_krl, in_krl, len(contents))
+    return revocation_state(daemon, candidates, contents, revoked_keys, krl_path, _krl_listing(ctx, krl_path),
+                            targets)
 
 
 @register

@@ -7,13 +7,14 @@ helpers); host *facts* with parsers of their own live in :mod:`ir_toolkit.facts`
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from typing import Any
 
 import paramiko
 
 from ir_toolkit.actions.base import ActionContext
+from ir_toolkit.facts import accounts, files
+from ir_toolkit.facts.accounts import PasswdEntry
 from ir_toolkit.transports.base import Endpoint
 from ir_toolkit.transports.probes import fresh_login
 
@@ -54,40 +55,19 @@ def responder_access_works(ctx: ActionContext) -> bool:
     return any(fresh_login(endpoint, key, ctx.deadline) for key in responder_pkeys(ctx))
 
 
-def passwd_entry(ctx: ActionContext, user: str) -> tuple[str, str, str] | None:
+def passwd_entry(ctx: ActionContext, user: str) -> PasswdEntry | None:
     """(user, uid, home) from the host's account database, or None if there is no such account."""
-    result = ctx.run(f"getent passwd {ctx.quote(user)}")
-    if not result.ok or not result.text.strip():
-        return None
-    fields = result.text.strip().split("\n")[0].split(":")
-    if len(fields) < 7:
-        return None
-    return fields[0], fields[2], fields[5]
+    return ctx.fact(accounts.passwd_entry(user))
 
 
-def all_users(ctx: ActionContext) -> list[tuple[str, str, str]]:
-    result = ctx.run("getent passwd", check=True)
-    users = []
-    for line in result.text.splitlines():
-        fields = line.split(":")
-        if len(fields) >= 7 and fields[0]:
-            users.append((fields[0], fields[2], fields[5]))
-    return users
+def all_users(ctx: ActionContext) -> list[PasswdEntry]:
+    """Every account of the host, (user, uid, home) each."""
+    return ctx.fact(accounts.passwd_all())
 
 
 def read_files(ctx: ActionContext, paths: list[str]) -> dict[str, str]:
     """Contents of those of ``paths`` that are regular files (following symlinks)."""
-    if not paths:
-        return {}
-    script = "i=0\nfor f in " + " ".join(ctx.quote(p) for p in paths) + "; do\n" \
-        '  if [ -f "$f" ]; then printf "%s " "$i"; base64 -w0 < "$f"; echo; fi\n  i=$((i+1))\ndone\n'
-    result = ctx.run(script, check=True)
-    found: dict[str, str] = {}
-    for line in result.text.splitlines():
-        index, _, data = line.partition(" ")
-        if index.isdigit() and int(index) < len(paths):
-            found[paths[int(index)]] = base64.b64decode(data).decode("utf-8", "replace") if data else ""
-    return found
+    return ctx.fact(files.read_files(paths)) if paths else {}
 
 
 def write_file(ctx: ActionContext, path: str, content: str) -> None:

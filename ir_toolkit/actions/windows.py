@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
-import re
 import time
 from typing import Any
 
@@ -44,12 +42,14 @@ from ir_toolkit.actions.responder import EnsureAccessParams
 from ir_toolkit.actions.support import record
 from ir_toolkit.actions.isolation import IsolateParams, ReleaseParams, allowed_networks
 from ir_toolkit.actions.triage import CollectTriage
+from ir_toolkit.facts import windows as wfacts
+from ir_toolkit.facts.base import FactError
+from ir_toolkit.facts.windows import STOP
 from ir_toolkit.secrets import escrow as esc
 from ir_toolkit.secrets.references import parse_ref, resolve
 from ir_toolkit.transports.base import AUTH_FAILED, Timeouts, TransportError
 from ir_toolkit.transports.winrm import WinrmConnection, ps_quote
 
-STOP = "$ErrorActionPreference = 'Stop'\n"
 PRIVILEGED_GROUPS = ("Administrators", "Remote Desktop Users", "Remote Management Users")
 ISOLATION_GROUP = "irkit-isolation"
 _PROBE = Timeouts(connect=5, auth=10, command=20)
@@ -59,62 +59,28 @@ _PROBE = Timeouts(connect=5, auth=10, command=20)
 
 
 def _json_list(text: str) -> list[dict[str, Any]]:
-    """ConvertTo-Json output: one object (PowerShell unwraps single-item arrays) or a list; '' is []."""
-    text = text.strip()
-    if not text:
-        return []
+    """ConvertTo-Json output as a list of objects (fails the host on anything else)."""
     try:
-        value = json.loads(text)
-    except ValueError:
-        raise ActionFailed("the host returned unreadable JSON") from None
-    if isinstance(value, dict):
-        return [value]
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise ActionFailed("the host returned unexpected JSON")
-    return value
+        return wfacts.json_list(text)
+    except FactError as exc:
+        raise ActionFailed(str(exc)) from None
 
 
 def local_users(ctx: ActionContext) -> dict[str, dict[str, Any]]:
-    out = _run(ctx, "Get-LocalUser | Select-Object Name,Enabled,SID,PasswordLastSet,Description | "
-                    "ConvertTo-Json -Compress")
-    return {str(u.get("Name", "")).lower(): u for u in _json_list(out)}
+    return ctx.fact(wfacts.local_users())
 
 
 def group_members(ctx: ActionContext, group: str) -> list[str]:
     """Short names (``HOST\\name`` → ``name``) of a local group's members."""
-    out = _run(ctx, f"Get-LocalGroupMember -Group {ps_quote(group)} | Select-Object "
-                    "Name,ObjectClass,PrincipalSource,SID | ConvertTo-Json -Compress")
-    return [str(m.get("Name", "")).split("\\")[-1] for m in _json_list(out)]
-
-
-_QUSER = re.compile(r"^\s*>?(?P<user>\S+)\s+(?:(?P<session>\S+)\s+)?(?P<id>\d+)\s+(?P<state>\S+)")
-
-
-def parse_quser(text: str) -> list[tuple[str, int]]:
-    """(user, session id) rows of ``quser`` output (a disconnected session has no SESSIONNAME)."""
-    rows = []
-    for line in text.splitlines()[1:]:
-        m = _QUSER.match(line)
-        if m:
-            rows.append((m.group("user"), int(m.group("id"))))
-    return rows
+    return ctx.fact(wfacts.group_members(group))
 
 
 def sessions_of(ctx: ActionContext, user: str) -> list[int]:
-    result = ctx.run(STOP + "quser")
-    if not result.ok:
-        if b"No User exists" in result.stderr:
-            return []
-        raise ActionFailed(f"quser failed: {result.stderr.decode(errors='replace')[:200]}")
-    return [sid for name, sid in parse_quser(result.text) if name.lower() == user.lower()]
+    return [sid for name, sid in ctx.fact(wfacts.sessions()) if name.lower() == user.lower()]
 
 
 def processes_of(ctx: ActionContext, user: str) -> list[int]:
-    out = _run(ctx, "Get-CimInstance -ClassName Win32_Process | Select-Object @{n='Id';e={$_.ProcessId}},"
-                    "@{n='ProcessName';e={$_.Name}},@{n='UserName';e={$o=Invoke-CimMethod -InputObject $_ "
-                    "-MethodName GetOwner;\"$($o.Domain)\\$($o.User)\"}},SessionId,CommandLine | ConvertTo-Json -Compress")
-    return [int(p["Id"]) for p in _json_list(out)
-            if str(p.get("UserName") or "").split("\\")[-1].lower() == user.lower()]
+    return [pid for pid, owner in ctx.fact(wfacts.processes()) if owner.lower() == user.lower()]
 
 
 def _run(ctx: ActionContext, line: str, *, stdin: bytes | None = None) -> str:
@@ -403,8 +369,8 @@ class DeprivilegeAccounts(Action):
 
     def _state(self, ctx: ActionContext, params: DeprivilegeParams) -> dict[str, list[str]]:
         """account -> privileged groups it is in."""
-        members = {g: [m.lower() for m in group_members(ctx, g)] for g in params.groups}
-        return {a: [g for g, ms in members.items() if a.lower() in ms] for a in self._accounts(ctx, params)}
+        members = {g: group_members(ctx, g) for g in params.groups}
+        return wfacts.privileged_memberships(members, self._accounts(ctx, params))
 
     def plan(self, ctx: ActionContext, params: DeprivilegeParams) -> Outcome:
         state = self._state(ctx, params)

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Union
 
+from ir_toolkit.facts.base import Query
+
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -214,3 +216,8 @@ def cut_script(plan: CutPlan, facts: FlowFacts) -> str:
             lines.append(f"conntrack -D -s {peer} >/dev/null 2>&1; conntrack -D -d {peer} >/dev/null 2>&1")
     lines.append("true")
     return "\n".join(lines) + "\n"
+
+
+def flow_facts() -> Query[FlowFacts]:
+    """The host's own addresses, connected sockets and conntrack table."""
+    return Query("flows.facts", FACT_COMMAND, lambda out: parse_facts(out.text))
