@@ -19,7 +19,6 @@ new fingerprints), ``reimage.done``. See docs/reimage.md.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from typing import Any, Literal
 
@@ -42,13 +41,10 @@ from ir_toolkit.reimage.history import (
     unfinished_reimage,
 )
 from ir_toolkit.secrets.references import parse_ref, resolve
+from ir_toolkit.timeutil import stamp as now
 from ir_toolkit.transports.base import TransportError
 from ir_toolkit.transports.hostkeys import fingerprint, write_case_pin
 from ir_toolkit.transports.probes import scan_host_key, wait_for_host_key
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def reimaged_here(ctx: ActionContext) -> dict[str, Any] | None:

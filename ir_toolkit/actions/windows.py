@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import time
 from typing import Any
 
 from pydantic import Field
@@ -48,6 +47,7 @@ from ir_toolkit.facts.windows import STOP
 from ir_toolkit.secrets import escrow as esc
 from ir_toolkit.secrets.references import parse_ref, resolve
 from ir_toolkit.transports.base import AUTH_FAILED, Timeouts, TransportError
+from ir_toolkit.transports.retry import RetryPolicy, transient
 from ir_toolkit.transports.winrm import WinrmConnection, ps_quote
 
 PRIVILEGED_GROUPS = ("Administrators", "Remote Desktop Users", "Remote Management Users")
@@ -118,22 +118,24 @@ def fresh_login(ctx: ActionContext, user: str, password: str) -> bool:
     network failure is never taken for "the old password no longer works".
     """
     endpoint = _endpoint(ctx, user)
-    for attempt in range(3):
+    deadline = ctx.deadline
+
+    def attempt() -> bool:
         try:
-            conn = WinrmConnection.open(endpoint, password=password, timeouts=_PROBE)
+            conn = WinrmConnection.open(endpoint, password=password, timeouts=_PROBE, deadline=deadline.at)
         except TransportError as exc:
             if exc.kind == AUTH_FAILED:
                 return False
-            if not exc.transient or attempt == 2:
-                raise
-            time.sleep(0.3 * (attempt + 1))
-            continue
+            raise
         try:
-            who = conn.run_cmd("whoami", timeout=15)
+            who = conn.run_cmd("whoami", timeout=max(1.0, min(15.0, deadline.remaining())), deadline=deadline.at)
             return who.ok and who.text.strip().lower().endswith("\\" + user.lower())
         finally:
             conn.close()
-    return False
+
+    # the one retry policy (transient failures only), every attempt and pause within the step's deadline
+    return bool(RetryPolicy(2, base=0.15, jitter=False).call(attempt, deadline, retry_if=transient,
+                                                             what=f"{endpoint.name or endpoint.address}: login"))
 
 
 def _responder(ctx: ActionContext, params: EnsureAccessParams) -> tuple[str, str]:

@@ -44,12 +44,12 @@ from pathlib import Path
 from typing import Any
 
 from ir_toolkit import __version__
+from ir_toolkit.actor import system_actor
 from ir_toolkit.fsutil import fsync_dir as _fsync_dir
 from ir_toolkit.audit import layout
 from ir_toolkit.audit.keyschedule import KeySchedule
 from ir_toolkit.tlog.merkle import CompactRange, leaf_hash
 from ir_toolkit.tlog.note import (
-    Checkpoint,
     NoteError,
     Signer,
     UnverifiedNote,
@@ -81,17 +81,6 @@ _RECOVERED_MARK = b'"action":"' + ACTION_RECOVERED.encode() + b'"'
 _MAC_KEY_INFO = b"irkit audit line MAC key v1"
 _registry: dict[Path, AuditLog] = {}
 _registry_lock = threading.Lock()
-
-
-def system_actor() -> str:
-    import getpass
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry in a container
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
 
 
 def valid_origin_for(case_id: str, origin: str) -> bool:
@@ -982,12 +971,3 @@ def log_key_schedule(case_id: str) -> KeySchedule:
                 except RecordError:
                     break
     return schedule
-
-
-def read_checkpoint(case_id: str) -> Checkpoint | None:
-    """The latest local checkpoint's body (unverified), or None."""
-    try:
-        text = layout.checkpoint_path(case_id).read_text(encoding="utf-8")
-        return parse_checkpoint(_split_note(text)[0])
-    except (FileNotFoundError, NoteError):
-        return None

@@ -24,7 +24,6 @@ value gives exactly the same bytes.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
 from collections.abc import Mapping
@@ -32,6 +31,9 @@ from pathlib import PurePath
 from typing import Any
 
 import rfc8785
+
+from ir_toolkit.canonical import canonical_json
+from ir_toolkit.timeutil import stamp
 
 from ir_toolkit.redaction import redact, redact_text
 
@@ -59,8 +61,8 @@ class RecordError(ValueError):
 
 
 def now_ts() -> str:
-    """RFC 3339 UTC with microseconds and a ``Z``."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds and a ``Z`` (:func:`ir_toolkit.timeutil.stamp`)."""
+    return stamp()
 
 
 # --------------------------------------------------------------------------- encoding
@@ -92,10 +94,7 @@ def _check_value(value: Any, where: str) -> Any:
 
 def canonical(obj: Any) -> bytes:
     """RFC 8785 bytes of ``obj`` (already checked: no floats, safe ints, str keys)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    if text.isascii():
-        return text.encode("ascii")
-    return rfc8785.dumps(obj)
+    return canonical_json(obj)
 
 
 def build_record(

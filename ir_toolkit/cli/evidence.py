@@ -183,10 +183,8 @@ def _load_identities(paths: tuple[str, ...], collections: list[Any]) -> list[Any
                 continue
     if not wanted:
         return []
-    try:
-        from ir_toolkit.secrets import keystore
-    except ImportError:
-        return []
+    from ir_toolkit.secrets import keystore
+
     try:
         if fingerprint(keystore.evidence_public_key()) in wanted:
             return [keystore.load_evidence_private_key()]

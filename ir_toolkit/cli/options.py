@@ -7,7 +7,6 @@ from typing import Any, TypeVar
 
 import click
 
-from ir_toolkit.errors import NotImplementedYet
 from ir_toolkit.home import validate_case_id
 from ir_toolkit.inventory import Inventory, load_inventory, resolve_inventory_path
 
@@ -45,7 +44,3 @@ def format_option(func: F) -> F:
         "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
         help="Output for people (table) or machines (json).",
     )(func)
-
-
-def not_implemented(command: str, issue: int) -> None:
-    raise NotImplementedYet(f"irkit {command}: not implemented yet (see issue #{issue})")

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ir_toolkit.fsutil import write_atomic
 from ir_toolkit import childenv
 from ir_toolkit.errors import EnvironmentProblem
 from ir_toolkit.inventory.model import Inventory, Tenant
@@ -153,14 +154,7 @@ def save_dcs(state_root: Path, dcs: dict[str, DcState]) -> None:
     path = state_root / "directories" / "state.json"
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = json.dumps([dataclasses.asdict(d) for d in dcs.values()], indent=1, sort_keys=True) + "\n"
-    tmp = path.with_name(".state.json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), mode=0o600)
 
 
 def dc_netns(lab_id: str, tenant: str) -> str:

@@ -13,8 +13,6 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-_TCP_LISTEN = "0A"
-
 
 def _stat_fields(pid: int) -> list[str] | None:
     try:
@@ -67,21 +65,6 @@ def netns_members(inodes: set[int]) -> dict[int, list[int]]:
         if ino in found:
             found[ino].append(int(entry.name))
     return found
-
-
-def listening_ports(pid: int) -> set[int]:
-    """TCP ports in LISTEN state in the network namespace of ``pid``."""
-    ports: set[int] = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        for line in lines:
-            parts = line.split()
-            if len(parts) > 3 and parts[3] == _TCP_LISTEN:
-                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def reap(pids: Iterable[int]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import secrets
 import string
 import warnings
@@ -17,6 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ir_toolkit.fsutil import write_atomic
 from ir_toolkit import childenv
 from ir_toolkit.errors import EnvironmentProblem
 from ir_toolkit.redaction import register_secret
@@ -26,15 +26,7 @@ PASSWORD_ALPHABET = string.ascii_letters + string.digits
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` atomically with ``mode`` (never briefly world-readable), fsynced."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=mode)
 
 
 def generate_keypair(comment: str) -> tuple[bytes, str]:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ir_toolkit.fsutil import write_atomic
 from ir_toolkit.errors import EnvironmentProblem, InputError
 from ir_toolkit.lab.layout import REGISTRY_DIR
 
@@ -81,19 +82,7 @@ class LabState:
 
 
 def _write_durable(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, text.encode(), mode=0o600)
 
 
 def load_state(path: Path) -> LabState | None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ir_toolkit.fsutil import write_atomic
 from ir_toolkit.tlog.note import ALG_ED25519, NoteError, parse_vkey
 from ir_toolkit.errors import InputError
 from ir_toolkit.inventory.model import Contact, Inventory
@@ -106,11 +106,7 @@ def write_approval(plan: Plan, plan_file: Path, approver: str, signer: object) -
     directory = approvals_dir(plan_file)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / f"{_safe(approver)}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(approval, indent=1, sort_keys=True) + "\n")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(approval, indent=1, sort_keys=True) + "\n").encode(), mode=0o600)
     return path
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import os
 import resource
 import threading
 import time
@@ -35,6 +34,7 @@ from ir_toolkit.actions.base import (
     Outcome,
     action_for,
 )
+from ir_toolkit.actor import system_actor
 from ir_toolkit.audit import events
 from ir_toolkit.audit.journal import Journal, JournalReadOnly, ReadOnlyJournal
 from ir_toolkit.deadline import Deadline
@@ -117,14 +117,8 @@ class RunSummary:
 
 
 def actor_name() -> str:
-    import getpass
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
+    """Who runs irkit (:func:`ir_toolkit.actor.system_actor`)."""
+    return system_actor()
 
 
 # --------------------------------------------------------------------------- planning

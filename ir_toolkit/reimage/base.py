@@ -22,7 +22,6 @@ nothing below the lab imports it). Providers are not thread-safe: one caller dri
 
 from __future__ import annotations
 
-import datetime as _dt
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from ir_toolkit.errors import (
 from ir_toolkit.inventory.model import Host
 from ir_toolkit.log import get_logger
 from ir_toolkit.redaction import redact, redact_text
+from ir_toolkit.timeutil import stamp
 from ir_toolkit.transports.redfish import (
     RedfishTimeouts,
     SecretResolver,
@@ -99,7 +99,7 @@ class ReimageStep:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    return stamp()
 
 
 _ERROR_CLASS: dict[int, type[IrkitError]] = {

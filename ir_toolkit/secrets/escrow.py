@@ -47,9 +47,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ir_toolkit.cases import CaseLayout
+from ir_toolkit.canonical import sorted_compact
 from ir_toolkit.errors import FileInputError, InputError, VerificationFailed
 from ir_toolkit.home import irkit_home
 from ir_toolkit.redaction import register_secret
+from ir_toolkit.timeutil import parse_stamp, stamp, utc_now
 
 PENDING = "pending"
 APPLIED = "applied"
@@ -87,15 +89,15 @@ def _path_lock(path: Path) -> threading.Lock:
 
 def utcnow() -> dt.datetime:
     """The clock (one place, so tests can move it)."""
-    return dt.datetime.now(dt.timezone.utc)
+    return utc_now()
 
 
 def _iso(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return stamp(when)
 
 
 def parse_time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parse_stamp(text)
 
 
 def _b64(data: bytes) -> str:
@@ -266,7 +268,7 @@ class EscrowEntry:
                 "host": self.host, "account": self.account, "kind": self.kind, "created": _iso(self.created)}
 
     def aad(self) -> bytes:
-        return json.dumps(self.header(), sort_keys=True, separators=(",", ":")).encode()
+        return sorted_compact(self.header())
 
     def state_time(self, state: str) -> dt.datetime | None:
         for item in reversed(self.history):
@@ -342,7 +344,7 @@ class Escrow:
 
     # ---- writing
     def _append(self, path: Path, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        line = sorted_compact(record) + b"\n"
         with _path_lock(path):
             _make_dirs(path.parent)
             created = not path.exists()

@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ir_toolkit.tlog.note import ALG_ED25519, NoteError, Signer, Verifier, b64encode, parse_vkey
 from ir_toolkit.errors import InputError
+from ir_toolkit.canonical import sorted_compact
 from ir_toolkit.fsutil import fsync_dir as _fsync_dir
 from ir_toolkit.fsutil import write_atomic
 from ir_toolkit.home import keys_dir
@@ -133,7 +134,7 @@ def _kek(passphrase: str, salt: bytes, log2n: int, r: int, p: int) -> bytes:
 
 
 def _aad(header: dict[str, Any]) -> bytes:
-    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    return sorted_compact(header)
 
 
 def seal_private(secret: bytes, passphrase: str, header: dict[str, Any]) -> dict[str, Any]:

@@ -415,7 +415,3 @@ def parse_checkpoint(text: str) -> Checkpoint:
     if any(not e for e in ext):
         raise MalformedNote("malformed checkpoint: empty extension line")
     return Checkpoint(origin, int(size_text), root, tuple(ext))
-
-
-def sign_checkpoint(checkpoint: Checkpoint, signer: Signer) -> str:
-    return sign_note(checkpoint.body(), [signer])

@@ -24,7 +24,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ir_toolkit.transports.base import (
     AUTH_FAILED,
@@ -33,9 +33,15 @@ from ir_toolkit.transports.base import (
     TIMED_OUT,
     UNREACHABLE,
     CommandResult,
+    Connection,
+    Endpoint,
     Timeouts,
     TransportError,
 )
+
+if TYPE_CHECKING:
+    from ir_toolkit.inventory.model import Host
+    from ir_toolkit.transports.pool import ConnectionPool
 
 CERT_REFUSED = "certificate_refused"
 POWERSHELL = "powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand"
@@ -44,20 +50,16 @@ _OP_TIMEOUT = 2150858793
 _MAX_OP = 20  # seconds: longest single Receive wait
 
 
-@dataclass(frozen=True)
-class WinrmEndpoint:
-    """Where and as whom to connect over WinRM."""
+@dataclass
+class WinrmEndpoint(Endpoint):
+    """Where and as whom to connect over WinRM: an :class:`~ir_toolkit.transports.base.Endpoint` (address,
+    port, user, ``pinned`` certificate fingerprints — ``SHA256:`` + base64 of the DER's SHA-256; empty: the
+    CA decides — and name) plus the WinRM scheme, authentication and CA."""
 
-    address: str
-    port: int
-    user: str
     scheme: str = "https"
     auth: str = "ntlm"
     ca_file: str | None = None
     validate: bool = True
-    name: str = ""
-    #: acceptable certificate fingerprints (``SHA256:`` + base64 of the DER's SHA-256); empty: the CA decides
-    pinned: frozenset[str] = frozenset()
 
     @property
     def url(self) -> str:
@@ -179,11 +181,13 @@ def peer_certificate(endpoint: WinrmEndpoint, timeout: float) -> bytes:
 class WinrmConnection:
     """One authenticated WinRM session with one open WinRS shell."""
 
-    kind = "winrm"
+    kind: ClassVar[str] = "winrm"
 
     def __init__(self, endpoint: WinrmEndpoint, protocol: Any, shell_id: str, timeouts: Timeouts,
                  fingerprint: str = "") -> None:
-        self.endpoint = endpoint
+        #: the Connection protocol's endpoint (a WinrmEndpoint: scheme, auth and CA besides)
+        self.endpoint: Endpoint = endpoint
+        self.winrm_endpoint = endpoint
         self.protocol = protocol
         self.shell_id: str | None = shell_id
         self.timeouts = timeouts
@@ -194,7 +198,9 @@ class WinrmConnection:
     # ------------------------------------------------------------------ opening
     @staticmethod
     def _protocol(endpoint: WinrmEndpoint, password: str, op_timeout: int, read_timeout: int) -> Any:
-        from winrm.protocol import Protocol
+        from winrm.protocol import Protocol as _Protocol
+
+        Protocol: Any = _Protocol  # pywinrm's Literal-typed options are validated here, not by its stubs
 
         if endpoint.scheme not in ("https", "http"):
             raise TransportError(PROTOCOL, f"{endpoint.address}: WinRM scheme must be https or http")
@@ -329,10 +335,10 @@ class WinrmConnection:
             self.shell_id = self.protocol.open_shell(codepage=65001, noprofile=True)
         except Exception as exc:  # noqa: BLE001
             self.shell_id = None
-            raise _kind_of(exc, self.endpoint) from None
+            raise _kind_of(exc, self.winrm_endpoint) from None
 
     def _lost(self, exc: BaseException) -> TransportError:
-        error = _kind_of(exc, self.endpoint)
+        error = _kind_of(exc, self.winrm_endpoint)
         if error.kind in (UNREACHABLE, TIMED_OUT, CERT_REFUSED, AUTH_FAILED):
             self.shell_id = None  # the connection is not to be trusted for another command
         return error
@@ -433,7 +439,7 @@ def responder_password(access: Any) -> str:
     return value
 
 
-def _open_winrm(pool: Any, host: Any, deadline: float) -> WinrmConnection:
+def _open_winrm(pool: ConnectionPool, host: Host, deadline: float) -> Connection:
     """The pool's ``winrm`` factory: the MSP's ``responder.windows`` account, transient failures retried."""
     access = pool.inventory.msp.responder.windows
     endpoint = endpoint_for(host, access)

@@ -13,19 +13,18 @@ counts). The record::
     outcome ok | partial
 
 The audit log is :mod:`ir_toolkit.audit.log` (``AuditLog.open``/``append_durable``/
-``iter_records``), imported lazily: should it be unavailable, :func:`open_audit_log`
-returns None, triage warns that no custody record is written, and ``evidence
-verify`` reports custody as unchecked.
+``signed_records``). A case without an audit log has no custody records (``None``):
+``evidence verify`` then reports custody as unchecked.
 """
 
 from __future__ import annotations
 
-import getpass
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ir_toolkit.actor import system_actor
+from ir_toolkit.audit import log as audit_log
 from ir_toolkit.home import case_dir
 from ir_toolkit.triage.bundle import Collection
 
@@ -34,15 +33,8 @@ ACTION_FAILED = "evidence.collection_failed"
 
 
 def actor() -> str:
-    """Who acts: ``<os user>@<controller host>`` (the audit log's own notion when available)."""
-    module = audit_module()
-    if module is not None and hasattr(module, "system_actor"):
-        return str(module.system_actor())
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+    """Who acts: ``<os user>@<controller host>`` (:func:`ir_toolkit.actor.system_actor`)."""
+    return system_actor()
 
 
 def custody_params(case_id: str, collection: Collection, seal: dict[str, Any]) -> dict[str, Any]:
@@ -94,42 +86,15 @@ def record_failure(audit_log: Any, tenant: str, host: str, error: str, *, who: s
     ))
 
 
-def audit_module() -> Any | None:
-    """The audit-log module, or None while it is not installed (see INTEGRATION POINT above)."""
-    try:
-        from ir_toolkit.audit import log as audit_log_module
-    except ImportError:
-        return None
-    if not hasattr(audit_log_module, "iter_records") or not hasattr(audit_log_module, "AuditLog"):
-        return None
-    return audit_log_module
-
-
-def open_audit_log(case_id: str, msp: str) -> Any | None:
-    """Open the case's audit log for appending with the responder's signing key.
-
-    Raises the keystore's InputError when no keys exist (``run irkit keys init``).
-    Returns None only when the audit module itself is missing.
-    """
-    module = audit_module()
-    if module is None:
-        return None
-    from ir_toolkit.secrets import keystore
-
-    signer = keystore.load_signing_key(keystore.get_passphrase())
-    return module.AuditLog.open(case_id, origin=f"{msp}/ir/{case_id}", signer=signer)
-
-
 def custody_records(case_id: str, *, tenant: str | None = None, host: str | None = None) -> list[dict[str, Any]] | None:
     """Every trusted ``evidence.collected`` record of the case (of one host when given); None without a log.
 
     Trusted: from the writer that has the log open in this process (its index: O(records
     asked for)), else from the verified, signed prefix of the log (``audit.log.signed_records``).
     """
-    module = audit_module()
-    if module is None or not (case_dir(case_id) / "audit" / "log.jsonl").exists():
+    if not (case_dir(case_id) / "audit" / "log.jsonl").exists():
         return None
-    return module.signed_records(case_id, actions=(ACTION_COLLECTED,), tenant=tenant, host=host)
+    return audit_log.signed_records(case_id, actions=(ACTION_COLLECTED,), tenant=tenant, host=host)
 
 
 @dataclass(frozen=True)
@@ -144,11 +109,10 @@ class CustodyView:
 
 def custody_view(case_id: str, *, key: str | Sequence[str] | None = None) -> CustodyView:
     """Verify the case's audit log and take the custody records from its signed prefix only."""
-    module = audit_module()
-    if module is None or not (case_dir(case_id) / "audit" / "log.jsonl").exists():
+    if not (case_dir(case_id) / "audit" / "log.jsonl").exists():
         return CustodyView(None, "no audit log")
-    if key is None and module.open_instance(case_id) is not None:
-        records = module.signed_records(case_id, actions=(ACTION_COLLECTED,))
+    if key is None and audit_log.open_instance(case_id) is not None:
+        records = audit_log.signed_records(case_id, actions=(ACTION_COLLECTED,))
         return CustodyView(records, None, 0, "the writer holding the signing key (this process)")
     from ir_toolkit.audit.verify import verified_records
 
