@@ -165,7 +165,7 @@ def processes(user: str | None = None) -> Query[list[Process]]:
 
     def parse(out: Output) -> list[Process]:
         rows: list[Process] = []
-        for n, line in enumerate(lines_of(fact, out.text, max_line=1 << 20), 1):
+        for n, line in enumerate(lines_of(fact, out.text, max_lines=1 << 21, max_line=1 << 20), 1):
             parts = line.split(None, 4)
             if not parts:
                 continue
