@@ -23,7 +23,7 @@ from ir_toolkit.actions.accounts import account_decision
 from ir_toolkit.actions.isolation import _networks, isolation_decision, isolation_problems, ruleset
 from ir_toolkit.actions.responder import access_decision, install_script, keyfile_for
 from ir_toolkit.actions.revocation import RevokeTarget, key_file_candidates, revocation_state
-from ir_toolkit.facts import accounts, files, flows, nft, sshd, windows
+from ir_toolkit.facts import accounts, files, flows, nft, sshd, traces, windows
 from ir_toolkit.facts.base import FactError, Output, to_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "facts"
@@ -57,6 +57,9 @@ QUERIES: dict[str, Any] = {
     "windows.group_members": lambda a: windows.group_members(**a),
     "windows.sessions": lambda a: windows.sessions(),
     "windows.processes": lambda a: windows.processes(),
+    "traces.files": lambda a: traces.trace_files(a.get("paths", []), a.get("units", []), a.get("cron_patterns", []),
+                                                 a.get("ports", [])),
+    "traces.processes": lambda a: traces.trace_processes(a["patterns"]),
 }
 
 

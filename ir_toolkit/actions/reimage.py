@@ -29,7 +29,7 @@ from ir_toolkit.actions.base import DESTROYS_EVERYTHING, Action, ActionContext, 
 from ir_toolkit.actions.support import record
 from ir_toolkit.errors import IrkitError
 from ir_toolkit.inventory.model import Host
-from ir_toolkit.reimage import ReimageOptions, ReimageProvider, ReimageResult, ReimageStatus, provider_for
+from ir_toolkit.reimage import ReimageOptions, ReimageProvider, ReimageStatus, provider_for, run_to_completion
 from ir_toolkit.reimage.history import (
     RECORD_DONE,
     RECORD_KEY_ACCEPTED,
@@ -192,19 +192,6 @@ def _ssh_answers(host: Host) -> bool:
     return True
 
 
-def drive_provider(provider: ReimageProvider, host: Host, deadline: float, interval: float) -> ReimageResult:
-    """Start and poll the provider until it is done or failed; cancel it at ``deadline``."""
-    provider.start(host)
-    while provider.poll() is ReimageStatus.RUNNING:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            provider.cancel()
-            provider.result.facts["step_deadline_reached"] = True
-            break
-        time.sleep(min(interval, left))
-    return provider.result
-
-
 @register
 class ReimageHost(Action):
     """Reinstall the host through its provider, accept its new key (only because irkit reimaged it), prove access."""
@@ -306,7 +293,8 @@ class ReimageHost(Action):
                  old_fp: str, started: str, t0: float) -> Outcome:
         host = ctx.host
         fleet.drop(host)  # the running system is about to go away
-        result = drive_provider(provider, host, ctx.deadline.at, params.poll_interval)
+        result = run_to_completion(provider, host, interval=params.poll_interval, sleep=ctx.deadline.sleep,
+                                   deadline=ctx.deadline)
         ok = result.status is ReimageStatus.DONE
         provider_seq = record(ctx, RECORD_PROVIDER, result.to_record(), outcome="ok" if ok else "failed")
         if not ok:

@@ -15,6 +15,7 @@ from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome
 from ir_toolkit.actions.reimage import reimaged_here
 from ir_toolkit.actions.revocation import RevokeParams, inspect_revocation, revoke_targets
 from ir_toolkit.actions.support import responder_pkeys
+from ir_toolkit.facts import traces
 from ir_toolkit.secrets.references import is_reference, parse_ref, resolve
 from ir_toolkit.transports.base import Endpoint
 from ir_toolkit.transports.hostkeys import case_pins
@@ -63,52 +64,15 @@ class VerifyCleanParams(Params):
         return value
 
 
-_UNIT_DIRS = "/etc/systemd/system /run/systemd/system /lib/systemd/system /usr/lib/systemd/system " \
-             "/etc/systemd/user /usr/lib/systemd/user"
-_CRONTABS = "/var/spool/cron/crontabs/* /var/spool/cron/* /etc/crontab /etc/cron.d/* /etc/anacrontab"
-# every process: pid, executable, command line (NULs as spaces)
-_PROCESS_LIST = ("for p in /proc/[0-9]*; do c=$(tr '\\0' ' ' < $p/cmdline 2>/dev/null); "
-                 "e=$(readlink $p/exe 2>/dev/null); [ -n \"$c$e\" ] && printf 'proc %s %s | %s\\n' "
-                 "\"${p#/proc/}\" \"$e\" \"$c\"; done; true")
-
-
 def breach_traces(ctx: ActionContext, params: VerifyCleanParams) -> list[str]:
-    """Every trace of ``params`` still on the host (one line each); empty when clean."""
+    """Every trace of ``params`` still on the host (one line each); empty when clean (facts: :mod:`ir_toolkit.facts.traces`)."""
     found: list[str] = []
-    q = ctx.quote
-    script: list[str] = []
-    for path in params.absent_paths:
-        script.append(f"if [ -e {q(path)} ] || [ -L {q(path)} ]; then echo path {q(path)}; fi")
-    for unit in params.absent_units:
-        script.append(f"for d in {_UNIT_DIRS}; do [ -d \"$d\" ] && find \"$d\" -name {q(unit)} 2>/dev/null "
-                      "| sed 's/^/unit /'; done")
-    for i, pattern in enumerate(params.cron_patterns):
-        script.append(f"for f in {_CRONTABS}; do [ -f \"$f\" ] && grep -qF -- {q(pattern)} \"$f\" "
-                      f"&& echo \"cron {i} $f\"; done")
-    if params.ports:
-        script.append("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk 'NR>0 && $4==\"0A\" {print \"listen \" $2}'")
-    out = ctx.run("\n".join(script) + "\ntrue", check=True).text if script else ""
-    if params.process_patterns:
-        # A command of its own, holding none of the patterns: the scanning shell cannot match itself.
-        out += ctx.run(_PROCESS_LIST, check=True).text
-    if out:
-        for line in out.splitlines():
-            kind, _, rest = line.partition(" ")
-            if kind in ("path", "unit"):
-                found.append(f"{'file' if kind == 'path' else 'systemd unit'} {rest} is present")
-            elif kind == "cron":
-                index, _, path = rest.partition(" ")
-                found.append(f"crontab {path} contains {params.cron_patterns[int(index)]!r}")
-            elif kind == "proc":
-                pid, _, text = rest.partition(" ")
-                for pattern in params.process_patterns:
-                    if pattern in text:
-                        found.append(f"process {pid} matches {pattern!r}: {text.strip()[:120]}")
-                        break
-            elif kind == "listen":
-                port = int(rest.rsplit(":", 1)[-1], 16) if ":" in rest else -1
-                if port in params.ports:
-                    found.append(f"something listens on TCP port {port}")
+    files = traces.trace_files(params.absent_paths, params.absent_units, params.cron_patterns, params.ports)
+    if files is not None:
+        found += ctx.fact(files)
+    procs = traces.trace_processes(params.process_patterns)
+    if procs is not None:
+        found += ctx.fact(procs)
     return sorted(set(found))
 
 

@@ -38,6 +38,7 @@ from ir_toolkit.errors import (
     IrkitError,
     VerificationFailed,
 )
+from ir_toolkit.deadline import Deadline
 from ir_toolkit.inventory.model import Host
 from ir_toolkit.log import get_logger
 from ir_toolkit.redaction import redact, redact_text
@@ -254,13 +255,25 @@ def provider_for(host: Host, options: ReimageOptions | None = None) -> ReimagePr
 
 
 def run_to_completion(provider: ReimageProvider, host: Host, *, interval: float | None = None,
-                      sleep: Callable[[float], None] = time.sleep) -> ReimageResult:
-    """Start and poll until done/failed (Ctrl-C cancels, then re-raises)."""
+                      sleep: Callable[[float], Any] = time.sleep, deadline: Deadline | None = None) -> ReimageResult:
+    """Start and poll until done/failed (the one drive loop: the CLI, the tests and ``host.reimage``).
+
+    With ``deadline`` the provider is cancelled when it is reached or cancelled (a watchdog, Ctrl-C) and
+    ``result.facts["step_deadline_reached"]`` is set; pauses never outlast it. Ctrl-C cancels, then re-raises.
+    """
     provider.start(host)
     wait = provider.options.poll_interval if interval is None else interval
     try:
         while provider.poll() is ReimageStatus.RUNNING:
-            sleep(wait)
+            if deadline is None:
+                sleep(wait)
+                continue
+            left = deadline.remaining()
+            if left <= 0:
+                provider.cancel()
+                provider.result.facts["step_deadline_reached"] = True
+                break
+            sleep(min(wait, left))
     except KeyboardInterrupt:
         provider.cancel()
         raise
