@@ -22,7 +22,8 @@ import pytest
 from ir_toolkit.actions.accounts import account_decision
 from ir_toolkit.actions.isolation import _networks, isolation_decision, isolation_problems, ruleset
 from ir_toolkit.actions.responder import access_decision, install_script, keyfile_for
-from ir_toolkit.actions.revocation import RevokeTarget, key_file_candidates, revocation_state
+from ir_toolkit.actions.base import ActionFailed
+from ir_toolkit.actions.revocation import RevokeTarget, key_file_candidates, revocation_state, sshd_config_with_krl
 from ir_toolkit.facts import accounts, files, flows, nft, sshd, traces, windows
 from ir_toolkit.facts.base import FactError, Output, to_json
 
@@ -156,7 +157,15 @@ def _cut_flows(facts: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
             "script": flows.cut_script(plan, parsed).splitlines()}
 
 
+def _sshd_config(facts: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return {"config": sshd_config_with_krl(facts["sshd_config"], params["krl_path"], params["case"]).split("\n")}
+    except ActionFailed as exc:
+        return {"error": str(exc)}
+
+
 DECISIONS = {
+    "ssh_keys.revoke.sshd_config": _sshd_config,
     "host.isolate": _isolate,
     "responder.ensure_access": _ensure_access,
     "ssh_keys.revoke": _revoke,

@@ -189,6 +189,15 @@ def revocation_state(daemon: sshd_facts.SshdDaemon, candidates: dict[str, str], 
     return RevokeState(daemon, hits, revoked_keys, krl_path, listing.exists, listing.is_krl, in_krl, len(contents))
 
 
+def sshd_config_with_krl(current: str, krl_path: str, case_id: str) -> str:
+    """Pure: the sshd config with ``RevokedKeys`` first (sshd takes the first value of a keyword, so a
+    later ``RevokedKeys none`` in the file or an Include cannot undo it)."""
+    if any(ch in krl_path for ch in "\n\r\"") or not krl_path.startswith("/"):
+        raise ActionFailed(f"refusing KRL path {krl_path[:80]!r} (absolute, one line, no quotes)")
+    return (f"# Added by irkit (case {case_id}): keys revoked during incident response.\n"
+            f"RevokedKeys {krl_path}\n" + current)
+
+
 def _krl_listing(ctx: ActionContext, path: str) -> sshd_facts.KrlListing:
     listing = ctx.fact(sshd_facts.krl_listing(path))
     if listing.exists and not listing.is_krl:
@@ -301,10 +310,8 @@ class RevokeSshKeys(Action):
         current = read_files(ctx, [config]).get(config)
         if current is None:
             raise ActionFailed(f"sshd config {config} is not readable")
-        header = (f"# Added by irkit (case {ctx.case_id}): keys revoked during incident response.\n"
-                  f"RevokedKeys {state.krl_path}\n")
         ctx.run(f"cp -p {q} {ctx.quote(backup)}", check=True)
-        write_file(ctx, config, header + current)
+        write_file(ctx, config, sshd_config_with_krl(current, state.krl_path, ctx.case_id))
         problem = sshd.test_config(ctx, daemon)
         if problem:
             ctx.run(f"cp -p {ctx.quote(backup)} {q}", check=True)
