@@ -208,3 +208,22 @@ def test_every_fact_has_fixtures_with_a_hostile_case() -> None:
                        if not hostile and f not in ("sshd.has_match_blocks", "accounts.password_matches",
                                                     "flows.facts"))
     assert no_attack == []
+
+
+def test_a_lying_answer_fails_the_host_with_one_line() -> None:
+    """Through the real ActionContext over a (scripted) connection: a FactError becomes ActionFailed,
+    the engine's one-line host failure, and the command sent is exactly the fact's."""
+    from types import SimpleNamespace
+
+    from fakes import FakeConnection
+
+    from ir_toolkit.actions.base import ActionContext
+    from ir_toolkit.deadline import Deadline
+
+    conn = FakeConnection("web01", lambda c, cmd, stdin: (0, b"root:x:0:0:root:/root:/bin/bash\n"))
+    ctx = ActionContext(host=SimpleNamespace(name="web01", tenant="t"), inventory=None,  # type: ignore[arg-type]
+                        case_id="C", conn=conn, deadline=Deadline.after(10))
+    with pytest.raises(ActionFailed) as caught:
+        ctx.fact(accounts.passwd_entry("alice"))
+    assert str(caught.value) == "accounts.passwd_entry: asked for 'alice', the host answered for 'root'"
+    assert conn.commands == ["getent passwd alice"]
