@@ -40,10 +40,13 @@ def collected(lab_factory, tmp_path_factory):
     verify = irkit(env, "evidence", "verify", "--case", CASE, "--format", "json")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     reports = json.loads(verify.stdout)
-    assert [r["host"] for r in reports] == [host]
-    assert reports[0]["result"] == "ok" and reports[0]["contents"] == "re-hashed", reports
+    # the playbook seals a volatile snapshot before isolation and the full triage after it
+    assert {r["host"] for r in reports} == {host} and sorted(r["kind"] for r in reports) == ["full", "volatile"]
+    assert all(r["result"] == "ok" and r["contents"] == "re-hashed" for r in reports), reports
+    full = next(r for r in reports if r["kind"] == "full")
     out = tmp_path_factory.mktemp("bundle") / "x"
-    extract = irkit(env, "evidence", "extract", "--case", CASE, "--host", host, "--out", str(out))
+    extract = irkit(env, "evidence", "extract", "--case", CASE, "--host", host, "--collection", full["collection"],
+                    "--out", str(out))
     assert extract.returncode == 0, extract.stdout + extract.stderr
     return {"out": out, "values": values, "host": host, "elapsed": elapsed}
 
