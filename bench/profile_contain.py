@@ -156,7 +156,9 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=50)
     parser.add_argument("--tenants", type=int, default=0, help="default: one per 50 hosts")
     parser.add_argument("--forks", type=int, default=200)
-    parser.add_argument("--base", default="198.18.128.0/18")
+    parser.add_argument("--base", default="198.18.128.0/18",
+                        help="lab network; 'auto': a free 198.19.x.0/22 block as the test labs use (labs of fewer "
+                             "than 50 hosts, which need no /tmp/irkit-biglab.lock)")
     parser.add_argument("--py-spy", action="store_true", help="sample every thread and subprocess with py-spy")
     parser.add_argument("--rate", type=int, default=50)
     parser.add_argument("--playbook", default=None)
@@ -172,8 +174,17 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="irkit-prof-"))
     env = {**os.environ, "IRKIT_HOME": str(home), "IRKIT_KEY_PASSPHRASE": "bench-passphrase"}
     inventory = home / "inventory.yml"
+    base = args.base
+    if base == "auto":
+        import ipaddress
+
+        sys.path.insert(0, str(REPO))
+        from ir_toolkit.lab.netns import conflicts
+
+        base = next(str(net) for block in range(0, 256, 4)
+                    if not conflicts(net := ipaddress.ip_network(f"198.19.{block}.0/22"), own_bridge=""))
     subprocess.run([IRKIT, "lab", "generate", "--tenants", str(tenants), "--hosts-per-tenant", str(per),
-                    "--msp", "cpufleet", "--out", str(inventory), "--base", args.base], env=env, check=True,
+                    "--msp", "cpufleet", "--out", str(inventory), "--base", base], env=env, check=True,
                    capture_output=True)
     result: dict = {"hosts": n, "tenants": tenants}
     try:

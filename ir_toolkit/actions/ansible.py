@@ -2,7 +2,7 @@
 
 The step targets exactly the hosts irkit's step targets; each host's engine worker arrives
 here, and the arrivals of one step are gathered into **one** ansible-runner job (a batch:
-hosts that arrive within a short quiet period, at most ``forks`` of them), as Ansible would
+hosts that arrive within a short quiet period, at most ``hosts_per_job`` of them), as Ansible would
 run them with ``--forks``. Per host the step then fails exactly when Ansible says the host
 failed or was unreachable, so irkit's wave and tenant ``max_fail_percentage``, the run
 summary, retries and resume treat Ansible hosts like any other.
@@ -57,6 +57,8 @@ class AnsibleParams(Params):
     #: extra variables whose values are secret references (``env:NAME``, ``file:PATH``)
     secret_vars: dict[str, str] = {}
     forks: int = Field(default=50, ge=1, le=500)
+    #: most hosts in one ansible-runner job (each job starts ansible-playbook again: ~2-3 s of CPU)
+    hosts_per_job: int = Field(default=500, ge=1, le=5000)
     #: seconds without any output before the job is killed
     idle_timeout: int = Field(default=120, ge=5, le=86400)
     #: ``check``: verify runs the content again in check mode and requires "no change"
@@ -339,7 +341,7 @@ class AnsiblePlaybook(Action):
                                            "skipped": st.skipped, "hosts_in_job": len(by_name)})
             return result
 
-        result, _members = _BATCHER.submit(key, member, params.forks, run)
+        result, _members = _BATCHER.submit(key, member, max(params.hosts_per_job, 1), run)
         return result, rel
 
     @staticmethod

@@ -26,6 +26,7 @@ import queue
 import secrets
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -179,6 +180,27 @@ class EvidenceLimits:
 _usage_lock = threading.Lock()
 _case_usage: dict[str, int] = {}   # evidence root -> bytes (on disk at first use + written since, this process)
 _in_flight = 0                     # bytes reserved by members being written right now (all cases)
+#: free space per evidence directory: (monotonic time of the statvfs, bytes free then, bytes settled since).
+#: A host's bundle has hundreds of members; one statvfs per member, under the lock every collecting
+#: thread takes, cost more controller CPU than the members' own bookkeeping. The figure is refreshed
+#: at most every _FREE_MAX_AGE seconds, and at once near the floor; bytes settled since are subtracted.
+_free_cache: dict[str, tuple[float, int, int]] = {}
+_FREE_MAX_AGE = 0.25
+
+
+def _free_bytes(directory: Path, need: int, floor: int) -> int:
+    """Free bytes under ``directory`` less what this process wrote since the last look (lock held)."""
+    key = str(directory)
+    now = time.monotonic()
+    cached = _free_cache.get(key)
+    if cached is not None and now - cached[0] < _FREE_MAX_AGE:
+        estimate = cached[1] - cached[2]
+        if estimate - _in_flight - need >= 2 * floor + (64 << 20):
+            return estimate
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    _free_cache[key] = (now, free, 0)
+    return free
 
 
 def _disk_usage(root: Path) -> int:
@@ -216,8 +238,7 @@ class EvidenceBudget:
             if case_used + need > self.limits.case_quota:
                 raise QuotaExceeded(errno.EDQUOT, f"case evidence quota of {self.limits.case_quota} bytes reached "
                                                   f"({case_used} used, {size} more asked)")
-            st = os.statvfs(self.directory)
-            free = st.f_bavail * st.f_frsize - _in_flight
+            free = _free_bytes(self.directory, need, self.limits.min_free) - _in_flight
             if free - need < self.limits.min_free:
                 raise QuotaExceeded(errno.ENOSPC, f"free space floor: only {max(free, 0)} bytes free, evidence keeps "
                                                   f"{self.limits.min_free} free for the audit log and escrow")
@@ -231,6 +252,9 @@ class EvidenceBudget:
         global _in_flight
         with _usage_lock:
             _in_flight = max(0, _in_flight - claimed)
+            cached = _free_cache.get(str(self.directory))
+            if cached is not None:  # on disk now: counted against the cached free space until the next look
+                _free_cache[str(self.directory)] = (cached[0], cached[1], cached[2] + claimed)
 
 
 class IncompleteMember(Exception):
