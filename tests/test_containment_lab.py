@@ -118,6 +118,10 @@ def test_contain_end_to_end(ctn, env, tmp_path):
                 assert secret not in text, f"secret in {path}"
     assert all(secret not in listing for secret in new_passwords.values())
     assert irkit(env, "audit", "verify", "--case", CASE).returncode == 0
+    # run logs at the default level stay within their budget (docs/performance.md: 16 KiB per host and
+    # run; the per-path triage records live in each bundle's own collection log, not here)
+    run_log = sum(p.stat().st_size for p in (case_dir / "logs").glob("*.jsonl"))
+    assert run_log <= 16 * 1024 * len(hosts), f"run log {run_log} bytes for {len(hosts)} hosts"
 
     # ---- a second run changes nothing and says so (same case: irkit can still log in everywhere)
     again = irkit(env, "contain", "--inventory", str(ctn.inventory_path), "--playbook", str(playbook),

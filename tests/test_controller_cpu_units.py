@@ -111,3 +111,52 @@ def test_debug_records_stay_out_of_the_default_run_log(tmp_path):
     finally:
         log.configure(stream=io.StringIO())
     assert "symlink recorded" in verbose.read_text()
+
+
+def _reference_split(data: bytes, tags: dict[str, str]) -> tuple[bytes, dict[str, bytes]]:
+    """The line-by-line routing the block splitter replaced (pieces of at most 1 MiB; a tag only at a
+    piece that starts a line): the behaviour it must keep."""
+    prefixes = {t.encode() + b"\t": t for t in tags}
+    main, parts = bytearray(), {t: bytearray() for t in tags}
+    src = io.BytesIO(data)
+    at_start, current = True, None
+    while piece := src.readline(1 << 20):
+        if at_start:
+            tab = piece.find(b"\t", 0, 34)
+            current = prefixes.get(piece[:tab + 1]) if tab >= 0 else None
+            if current is not None:
+                piece = piece[tab + 1:]
+        (parts[current] if current is not None else main).extend(piece)
+        at_start = piece.endswith(b"\n")
+    return bytes(main), {t: bytes(v) for t, v in parts.items()}
+
+
+def test_sections_split_as_they_arrive_match_the_line_by_line_split():
+    import hashlib
+    import random
+
+    from ir_toolkit.triage.collector import SectionSplitter
+
+    tags = {"hidden": "h.txt", "writable": "w.txt", "a": "a.txt", "ab": "ab.txt"}
+    rng = random.Random(17)
+    for _ in range(1500):
+        lines = []
+        for _ in range(rng.randint(0, 30)):
+            head = rng.choice(["", "hidden\t", "writable\t", "a\t", "ab\t", "abc\t", "hidden", "\thidden\t",
+                               "x" * 40 + "\t", "\n"])
+            body = bytes(rng.choice(b"ab\tc|0\n") for _ in range(rng.randint(0, 25)))
+            lines.append(head.encode() + body + (b"\n" if rng.random() < 0.8 else b""))
+        data = b"".join(lines)
+        if rng.random() < 0.02:  # a hostile endless line, and a tag forged after 1 MiB of a line
+            data += b"hidden\t" + b"z" * (3 << 20) + b"\n0|" + b"b" * ((1 << 20) - 2) + b"hidden\t/forged\nab\tq"
+        cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, rng.randint(0, 9))))
+        main, parts = io.BytesIO(), {t: io.BytesIO() for t in tags}
+        splitter = SectionSplitter(tags, main, parts)
+        for i, j in zip([0, *cuts], [*cuts, len(data)]):
+            splitter.write(data[i:j])
+        size, sizes, sha = splitter.finish()
+        want_main, want_parts = _reference_split(data, tags)
+        assert main.getvalue() == want_main
+        assert {t: p.getvalue() for t, p in parts.items()} == want_parts
+        assert size == len(want_main) and sizes == {t: len(v) for t, v in want_parts.items()}
+        assert sha == hashlib.sha256(data).hexdigest()
