@@ -180,8 +180,8 @@ def _expand(value: object, home: str) -> object:
 class AgentProcess:
     """``irkit agent`` as a separate process (its own IRKIT_HOME), restartable after kill -9."""
 
-    def __init__(self, home: Path, args: list[str]) -> None:
-        self.home, self.args = home, args
+    def __init__(self, home: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.home, self.args, self.extra_env = home, args, dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = home / "agent.log"
 
@@ -190,6 +190,7 @@ class AgentProcess:
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("IRKIT_")}
         env["IRKIT_HOME"] = str(self.home)
+        env.update(self.extra_env)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([str(Path(sys.executable).with_name("irkit")), "agent", *self.args],
                                          env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -438,3 +439,101 @@ def test_offline_tenant_export_run_import(lab, tmp_path):
     assert len(done) == len(set(done)) == len(everyone) * 2 - 2  # the tampered host's two steps stay pending
     # a resume runs the local tenants' nothing-left and holds the offline tenant's pending steps again
     irkit(env, "resume", "--case", case, check=3)
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_containment_through_an_agent_with_a_kill(lab_factory, redis_server, tmp_path):
+    """The shipped containment playbook with one tenant served by a real agent process (killed -9 once
+    during the run, restarted): same end state as local (MSP key and old password dead, the new escrowed
+    passwords - escrowed on the agent, decrypted on the controller - log in, evidence verified by the
+    controller's gate and `irkit evidence verify`), one step.done per item, the audit log verifies."""
+    import json
+    import sys
+
+    import yaml
+
+    from containment_helpers import PASSPHRASE, contain_playbook, escrow_get, irkit, key_login, keyed_env, \
+        password_login
+
+    lab = lab_factory("agt")
+    env = keyed_env(lab)
+    lab_home = str(lab.home)
+    info = lab.info
+    inventory = yaml.safe_load(Path(lab.inventory_path).read_text())
+    tenant = inventory["tenants"][0]["name"]
+    served = {h["name"] for h in inventory["tenants"][0]["hosts"]}
+
+    agent_home = tmp_path / "agent-home"
+    (agent_home / "keys").mkdir(parents=True)
+    for name in ("escrow.key", "escrow.pub", "evidence.pub"):  # never the signing key
+        shutil.copy2(Path(lab_home) / "keys" / name, agent_home / "keys" / name)
+    key_file = agent_home / "agent.key"
+    agent_env = {"IRKIT_HOME": str(agent_home), "PATH": os.environ["PATH"]}
+    vkey = json.loads(irkit(agent_env, "agent", "keygen", "--tenant", tenant, "--out", str(key_file),
+                            "--format", "json", check=0).stdout)["vkey"]
+    own = dict(_expand(inventory, lab_home))  # type: ignore[arg-type]
+    own["tenants"] = [t for t in own["tenants"] if t["name"] == tenant]
+    (agent_home / "tenant.yml").write_text(yaml.safe_dump(own, sort_keys=False))
+    from containment_helpers import home as in_home
+
+    with in_home(env):
+        from ir_toolkit.secrets.keystore import signing_verifier
+
+        (agent_home / "controller.vkey").write_text(signing_verifier().vkey + "\n")
+    drop = agent_home / "drop"
+    agent = AgentProcess(agent_home, [
+        "--tenant", tenant, "--broker", redis_server.url, "--controller-key", f"file:{agent_home}/controller.vkey",
+        "--agent-key", str(key_file), "--inventory", str(agent_home / "tenant.yml"), "--drop", str(drop),
+        "--keys-passphrase", "env:AGENT_KEYS_PASSPHRASE", "--visibility-timeout", "20", "--restore-interval", "1",
+        "--longest-step", "200"],
+        env={"AGENT_KEYS_PASSPHRASE": PASSPHRASE, "IRKIT_INSECURE_TEST_SCRYPT_LOG2N": "10"})
+    variant = json.loads(json.dumps(inventory))
+    variant["tenants"][0]["agent"] = {"broker": redis_server.url, "public_key": vkey, "drop": str(drop),
+                                      "result_timeout": 600, "visibility_timeout": 20}
+    variant_path = Path(lab_home) / "agents-variant.yml"
+    variant_path.write_text(yaml.safe_dump(variant, sort_keys=False))
+    playbook = contain_playbook(lab, tmp_path / "contain.yml")
+    case = "AGENT-CONTAIN-1"
+    agent.start()
+    controller = subprocess.Popen(
+        [str(Path(sys.executable).with_name("irkit")), "contain", "--inventory", str(variant_path), "--playbook",
+         str(playbook), "--case", case, "--yes", "--format", "json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.time() + 600
+        killed = False
+        while time.time() < deadline and controller.poll() is None:
+            intents = [r for r in _case_records(lab_home, case) if r["action"] == "agent.intent"]
+            if not killed and len(intents) >= 4:  # a few steps in: kill -9, the supervisor restarts it
+                agent.kill9()
+                time.sleep(1)
+                agent.start()
+                killed = True
+            time.sleep(0.5)
+        out, err = controller.communicate(timeout=900)
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+        agent.stop()
+    assert killed
+    assert controller.returncode == 0, f"{out.decode()[-3000:]}\n{err.decode()[-3000:]}\n" \
+                                       f"{agent.log.read_text()[-4000:]}"
+    result = json.loads(out)
+    assert result["ok"] is True, result
+
+    records = _case_records(lab_home, case)
+    done = [r["params"]["item"] for r in records if r["action"] == "step.done"]
+    assert len(done) == len(set(done)) and all(r["outcome"] == "ok" for r in records if r["action"] == "step.done")
+    plan_items = {r["params"]["item"] for r in records if r["action"] == "step.start"}
+    assert set(done) == plan_items
+    assert {r["host"] for r in records if r["action"] == "agent.result"} == served
+    assert {r["host"] for r in records if r["action"] == "evidence.collected"} >= served
+    irkit(env, "audit", "verify", "--case", case, check=0)
+    irkit(env, "evidence", "verify", "--case", case, check=0)
+    for host in info["hosts"]:
+        assert not key_login(lab, host, "root", info["msp_private_key"]), host["name"]
+        assert not password_login(lab, host, "mspadmin", info["msp_shared_password"]), host["name"]
+        new = escrow_get(env, case, host["name"])
+        assert len(new) == 24 and password_login(lab, host, "mspadmin", new), host["name"]
+        assert key_login(lab, host, "root", info["responder_private_key"]), host["name"]

@@ -107,7 +107,7 @@ class World:
         self.agent = Agent(AgentConfig(
             tenant="t1", signer=self.agent_key, controller=[self.controller.verifier()], inventory=self.inventory,
             store=self.store, publish=self.published.append, drop=self.drop,
-            pool_factory=lambda inv, case: FakePool(inv, case)))
+            pool_factory=lambda inv, case: FakePool(inv, case), diary=False))  # one IRKIT_HOME for both sides
 
     def envelope(self, **over: Any) -> StepEnvelope:
         host = over.pop("host", "t1-h0")
@@ -371,7 +371,7 @@ def test_memory_broker_end_to_end_with_a_celery_worker(world: World, tmp_path: P
     agent_store = AgentStore(tmp_path / "agent2" / "store.sqlite", world.agent_key.name)
     cfg = AgentConfig(tenant="t1", signer=world.agent_key, controller=[world.controller.verifier()],
                       inventory=world.inventory, store=agent_store, publish=lambda doc: None, drop=world.drop,
-                      pool_factory=lambda inv, case: FakePool(inv, case))
+                      pool_factory=lambda inv, case: FakePool(inv, case), diary=False)
     app, _agent = build_app(cfg, BrokerSettings("memory://"))
     journal = MemoryJournal()
     d = _dispatcher(world, journal, app=make_app("t1", BrokerSettings("memory://"))).start()
@@ -456,3 +456,39 @@ def test_offline_runner_blocks_a_hosts_later_steps_after_a_refusal(world: World)
     # a destructive step offline needs an ok triage.collect of its host first
     assert ("gate", "t1-h1") in refusals
     assert AStep.applied == ["t1-h1"]
+
+
+def test_a_resumed_controller_knows_the_answers_and_the_chain_from_the_signed_log(world: World) -> None:
+    """Resume across agents: a new dispatcher on the same (real, signed) log answers finished steps without
+    sending them again, drops old messages as seen, and continues each agent's chain where it was."""
+    from ir_toolkit.audit.log import AuditLog
+
+    def open_log() -> AuditLog:
+        return AuditLog.open("CASE-1", origin="acme/ir/CASE-1", signer=world.controller)
+
+    log = open_log()
+    app = make_app("t1", BrokerSettings("memory://"))
+    d = _dispatcher(world, log, app=app)  # type: ignore[arg-type]
+    world.agent.handle(world.envelope().sign(world.controller))
+    for doc in world.published:
+        assert d.handle("t1", doc) == "recorded"
+    log.close()
+
+    log = open_log()
+    try:
+        again = _dispatcher(world, log, app=app)  # type: ignore[arg-type]
+        sent: list[Any] = []
+        again.send = lambda env: sent.append(env)  # type: ignore[method-assign]
+        out = again.run_step(Item("t1-h0"), {"label": "go"}, step_timeout=5, wait=5, wave=1, approvals=(1, 1),
+                             gate="")
+        assert out["status"] == "ok" and sent == []  # answered from the log, not sent again
+        assert again.handle("t1", world.published[-1]) == "duplicate"
+        world.agent.handle(world.envelope(host="t1-h1", item="contain/0/t1-h1").sign(world.controller))
+        assert [again.handle("t1", doc) for doc in world.published[2:]] == ["recorded", "recorded"]
+        assert not [r for r in log.verified_records() if r["action"].startswith("agent.chain")]
+        # the next attempt of an unanswered step is numbered after the attempts already in the log
+        env = again.envelope(Item("t1-h1", idx=9), {"label": "go"}, step_timeout=5, wait=5, wave=1,
+                             approvals=(1, 1), gate="")
+        assert env.attempt == 1
+    finally:
+        log.close()

@@ -9,7 +9,8 @@ Per message (scale-out memo §1.5.3):
    ``intent`` without ``done`` -> the verify-first path (``verify`` before ``apply``);
 3. publish a signed ``intent``, then act with irkit's own actions over the agent's own connections,
    within the envelope's deadline; what the action would write to the audit log is collected and
-   carried in the result (the controller is the only writer of the signed log);
+   carried in the result (the controller is the only writer of the case's signed log; the agent's
+   own diary, signed with its key, only serves the actions' checks on the agent);
 4. copy the files under the host's evidence/escrow directories to the tenant's drop, referenced by
    SHA-256 and size (all of them: an earlier, killed attempt's escrow entries travel too);
 5. publish the signed ``result``; only then does the worker ack the step.
@@ -59,20 +60,31 @@ _CONTROLLER_ONLY = ("step.", "run.", "agent.", "approval.", "audit.", "tenant.",
 
 class CollectingJournal:
     """The journal actions see on an agent: records are kept (in order) for the result message; the
-    controller appends them to the signed log. Returned sequence numbers are local (1, 2, ...)."""
+    controller appends them to the case's signed log, the log of record.
 
-    def __init__(self) -> None:
+    ``local`` is the agent's own diary of the case (an irkit audit log in the agent's ``$IRKIT_HOME``,
+    signed with the agent's key): records go there too, so an action's own checks on the agent (e.g.
+    triage's "is this bundle's custody recorded?") find them. Returned sequence numbers are the diary's
+    (or 1, 2, ... without one)."""
+
+    def __init__(self, local: Any = None) -> None:
         self.records: list[dict[str, Any]] = []
+        self.local = local
         self._lock = threading.Lock()
 
     def append_durable(self, *, action: str, actor: str, tenant: str | None = None, host: str | None = None,
                        params: dict[str, Any] | None = None, outcome: str = "ok") -> int:
         from ir_toolkit.redaction import redact
 
+        clean = redact(_jsonable(params or {}))
+        seq = None
+        if self.local is not None:
+            seq = self.local.append_durable(action=action, actor=actor, tenant=tenant, host=host, params=clean,
+                                            outcome=outcome)
         with self._lock:
             self.records.append({"action": action, "actor": actor, "tenant": tenant, "host": host,
-                                 "params": redact(_jsonable(params or {})), "outcome": outcome})
-            return len(self.records)
+                                 "params": clean, "outcome": outcome})
+            return int(seq) if seq is not None else len(self.records)
 
     def checkpoint(self) -> str:
         return ""
@@ -117,6 +129,8 @@ class AgentConfig:
     clock: Callable[[], float] = time.time
     #: (inventory, case) -> the pool the agent connects with (tests pass a fake one)
     pool_factory: Callable[[Inventory, str], ConnectionPool] | None = None
+    #: keep the agent's own signed diary of each case (its actions' own checks read it)
+    diary: bool = True
 
     @property
     def agent_id(self) -> str:
@@ -147,6 +161,7 @@ class Agent:
         self._send_lock = threading.RLock()
         self._pools: dict[str, ConnectionPool] = {}
         self._actions: dict[str, Any] = {}
+        self._diaries: dict[str, Any] = {}
         #: path -> (size, mtime_ns, sha256) of files already copied to the drop
         self._hashes: dict[str, tuple[int, int, str]] = {}
 
@@ -249,6 +264,19 @@ class Agent:
             action = self._actions.setdefault(key, cls())
         return host, action, params
 
+    def _diary(self, case: str) -> Any:
+        """The agent's own signed diary of ``case`` (opened once per case; None when disabled)."""
+        if not self.config.diary:
+            return None
+        with self._lock:
+            log = self._diaries.get(case)
+            if log is None:
+                from ir_toolkit.audit.log import AuditLog
+
+                log = AuditLog.open(case, origin=f"{self.config.agent_id}/ir/{case}", signer=self.config.signer)
+                self._diaries[case] = log
+            return log
+
     def _pool(self, case: str) -> ConnectionPool:
         with self._lock:
             pool = self._pools.get(case)
@@ -268,7 +296,7 @@ class Agent:
             plan_hash=env.plan_hash, run_id=env.run_id, verify_first=verify_first),
             step_id=env.step_id, state=INTENT, plan_hash=env.plan_hash, attempt=env.attempt)
         started = self._now()
-        journal = CollectingJournal()
+        journal = CollectingJournal(self._diary(env.case))
         outcome, host_key = self._act(env, host, action, params, journal, verify_first)
         if outcome["status"] != "ok":
             try:
@@ -350,6 +378,8 @@ class Agent:
     def close(self) -> None:
         for pool in self._pools.values():
             pool.close()
+        for log in self._diaries.values():
+            log.close()
 
 
 def _outcome(status: str, *, changed: bool = False, summary: str = "", verify: str = "", details: Any = None,

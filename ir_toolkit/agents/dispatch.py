@@ -130,10 +130,13 @@ class AgentDispatcher:
         self._refusals: dict[tuple[str, int], dict[str, Any]] = {}
         self._chains: dict[str, _Chain] = {}
         self._attempts: dict[str, int] = {}
+        #: step ids whose first result is appended (answered once it is durable)
+        self._pending: set[str] = set()
         #: case-relative path -> (sha256, size) imported from a drop in this run
         self._imported: dict[str, tuple[str, int]] = {}
         self._stop = threading.Event()
         self._log_lock = threading.Lock()
+        self._local = threading.local()
         self.counters: dict[str, int] = {"results": 0, "duplicates": 0, "intents": 0, "refusals": 0, "rejected": 0}
         self._load_history()
 
@@ -295,7 +298,24 @@ class AgentDispatcher:
 
     def handle(self, tenant: str, body: Any) -> str:
         """Verify, de-duplicate and record one message from ``tenant``'s results queue; returns what was
-        done with it (``recorded``, ``duplicate``, ``rejected``)."""
+        done with it (``recorded``, ``duplicate``, ``rejected``) once its records are durable.
+
+        Records are appended under one lock (the log's order), made durable outside it - so the consumers
+        of many tenants share fsyncs (the log's group commit) - and only then is a waiting step answered."""
+        answer: list[tuple[str, Any]] = []
+        self._local.wrote = 0
+        what = self._handle(tenant, body, answer)
+        sync = getattr(self.journal, "sync", None)
+        if sync is not None and self._local.wrote:
+            sync()
+        if answer:
+            with self._cond:
+                for kind, (key, value) in answer:
+                    (self._outcomes if kind == "outcome" else self._refusals)[key] = value
+                self._cond.notify_all()
+        return what
+
+    def _handle(self, tenant: str, body: Any, answer: list[tuple[str, Any]]) -> str:
         t = self._tenants[tenant]
         try:
             msg, digest = AgentMessage.open(body, [t.key])
@@ -332,13 +352,11 @@ class AgentDispatcher:
                 self._write(events.AGENT_REFUSED, tenant, msg.host or None, {
                     **base, "code": msg.code, "reason": msg.reason, "envelope_sha256": msg.envelope_sha256,
                     "claims": dict(msg.claims)}, "refused")
-                with self._cond:
-                    self._refusals[(msg.step_id, msg.attempt)] = {"code": msg.code, "reason": msg.reason}
-                    self._cond.notify_all()
+                answer.append(("refusal", ((msg.step_id, msg.attempt), {"code": msg.code, "reason": msg.reason})))
                 return "recorded"
             # a result
             with self._cond:
-                first = msg.step_id not in self._outcomes
+                first = msg.step_id not in self._outcomes and msg.step_id not in self._pending
             if not first:
                 self.counters["duplicates"] += 1
                 self._write(events.AGENT_RESULT, tenant, msg.host, {**base, "duplicate": True,
@@ -357,9 +375,8 @@ class AgentDispatcher:
                 "evidence": [e.to_json() for e in msg.evidence], "verify_first": msg.verify_first},
                 "ok" if outcome["status"] == "ok" else "failed")
             self.counters["results"] += 1
-            with self._cond:
-                self._outcomes[msg.step_id] = outcome
-                self._cond.notify_all()
+            self._pending.add(msg.step_id)
+            answer.append(("outcome", (msg.step_id, outcome)))
             return "recorded"
 
     def outcome(self, sid: str) -> dict[str, Any] | None:
@@ -394,9 +411,13 @@ class AgentDispatcher:
                 "code": code, "reason": reason[:500], "message_sha256": document_hash(body)}, "refused")
         return "rejected"
 
-    def _write(self, action: str, tenant: str, host: str | None, params: dict[str, Any], outcome: str) -> int:
-        return int(self.journal.append_durable(action=action, actor=self.actor, tenant=tenant, host=host,
-                                               params=params, outcome=outcome))
+    def _write(self, action: str, tenant: str, host: str | None, params: dict[str, Any], outcome: str,
+               actor: str | None = None) -> int:
+        """Append (durable at the end of :meth:`handle`, before the message is acked or answers a step)."""
+        append = getattr(self.journal, "append", None) or self.journal.append_durable
+        self._local.wrote = getattr(self._local, "wrote", 0) + 1
+        return int(append(action=action, actor=actor or self.actor, tenant=tenant, host=host, params=params,
+                          outcome=outcome))
 
     def _write_records(self, tenant: str, msg: AgentMessage) -> None:
         """The action's own records (custody, escrow, isolation, ...), for the message's tenant and host."""
@@ -413,8 +434,7 @@ class AgentDispatcher:
             if outcome not in events.EVENTS[action].outcomes:
                 outcome = "failed"
             actor = f"{msg.agent_id}:{str(record.get('actor', ''))[:80]}"
-            self.journal.append_durable(action=action, actor=actor, tenant=tenant, host=msg.host,
-                                        params={**params, "agent_id": msg.agent_id}, outcome=outcome)
+            self._write(action, tenant, msg.host, {**params, "agent_id": msg.agent_id}, outcome, actor=actor)
 
     def _import_evidence(self, tenant: str, msg: AgentMessage) -> str:
         """Copy each referenced file from the drop into the case, checking size and SHA-256; '' if all ok."""
