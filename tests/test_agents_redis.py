@@ -494,6 +494,9 @@ def test_containment_through_an_agent_with_a_kill(lab_factory, redis_server, tmp
     variant_path = Path(lab_home) / "agents-variant.yml"
     variant_path.write_text(yaml.safe_dump(variant, sort_keys=False))
     playbook = contain_playbook(lab, tmp_path / "contain.yml")
+    # file: references in step parameters are read where the step runs - on the agent, whose
+    # $IRKIT_HOME is its own: the lab's files by their full path (the agent runs on this machine)
+    playbook.write_text(playbook.read_text().replace("${IRKIT_HOME}", lab_home))
     case = "AGENT-CONTAIN-1"
     agent.start()
     controller = subprocess.Popen(

@@ -59,6 +59,8 @@ class AStep(Action):
 
     def apply(self, ctx: ActionContext, params: _P) -> Outcome:
         result = ctx.run(f"step {params.label}")
+        if params.label == "slow":
+            time.sleep(1.0)
         if not result.ok:
             raise ActionFailed("exit")
         AStep.applied.append(ctx.host.name)
@@ -492,3 +494,16 @@ def test_a_resumed_controller_knows_the_answers_and_the_chain_from_the_signed_lo
         assert env.attempt == 1
     finally:
         log.close()
+
+
+def test_a_redelivery_while_the_step_runs_waits_for_it(world: World) -> None:
+    """A step longer than the visibility timeout is delivered again while it runs: the second delivery is
+    not acked early (a kill then would lose the step); it waits, then answers with the stored result."""
+    signed = world.envelope(params={"label": "slow"}).sign(world.controller)
+    first = threading.Thread(target=world.agent.handle, args=(signed,))
+    first.start()
+    time.sleep(0.3)
+    assert world.agent.handle(signed) == "republished"
+    first.join(10)
+    assert AStep.applied == ["t1-h0"]
+    assert [m.kind for m in world.messages()] == ["intent", "result", "result"]

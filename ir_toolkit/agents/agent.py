@@ -157,6 +157,7 @@ class Agent:
         self._hosts: dict[str, Host] = {h.name: h for h in self.inventory.targets()}
         self._running: set[str] = set()
         self._lock = threading.Lock()
+        self._idle = threading.Condition()
         #: sign, commit and publish one message at a time: the queue holds the chain in order
         self._send_lock = threading.RLock()
         self._pools: dict[str, ConnectionPool] = {}
@@ -217,19 +218,23 @@ class Agent:
         except Refused as exc:
             self.refuse(raw, exc.code, exc.reason, env)
             return "refused"
-        state, stored = self.config.store.step(env.step_id)
-        if state == DONE and stored is not None:
-            self.config.publish(stored)  # the same signed result again; the controller de-duplicates
-            return "republished"
-        with self._lock:
-            if env.step_id in self._running:
-                return "running"  # redelivered while this process still runs it: the first run answers
+        with self._idle:
+            # redelivered while this process still runs it (a step longer than the visibility timeout):
+            # wait for that run instead of acking this delivery early, so a kill now still redelivers it
+            while env.step_id in self._running:
+                if not self._idle.wait(timeout=max(1.0, env.expires_at - self.config.clock())):
+                    return "running"
+            state, stored = self.config.store.step(env.step_id)
+            if state == DONE and stored is not None:
+                self.config.publish(stored)  # the same signed result again; the controller de-duplicates
+                return "republished"
             self._running.add(env.step_id)
         try:
             self._run(env, host, action, params, verify_first=state == INTENT)
         finally:
-            with self._lock:
+            with self._idle:
                 self._running.discard(env.step_id)
+                self._idle.notify_all()
         return "done"
 
     def _admit(self, env: StepEnvelope) -> tuple[Host, Any, Any]:
