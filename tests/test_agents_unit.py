@@ -507,3 +507,22 @@ def test_a_redelivery_while_the_step_runs_waits_for_it(world: World) -> None:
     first.join(10)
     assert AStep.applied == ["t1-h0"]
     assert [m.kind for m in world.messages()] == ["intent", "result", "result"]
+
+
+def test_wire_params_are_exact_and_never_carry_a_secret() -> None:
+    from ir_toolkit.actions.ansible import AnsibleParams
+    from ir_toolkit.errors import InputError
+    from ir_toolkit.playbook.plan import plan_params, wire_params
+    from ir_toolkit.redaction import forget_secrets, register_secret
+
+    params = AnsibleParams(playbook="x.yml", secret_vars={"vault": "env:VAULT_PASS"}, extra_vars={"n": 1.5})
+    assert plan_params(params)["secret_vars"] == "[REDACTED]"  # fine for showing a plan, wrong on the wire
+    wired = wire_params(params)
+    assert wired["secret_vars"] == {"vault": "env:VAULT_PASS"} and wired["extra_vars"] == {"n": "1.5"}
+    assert AnsibleParams.model_validate(wired).secret_vars == {"vault": "env:VAULT_PASS"}
+    register_secret("hunter2-very-secret")
+    try:
+        with pytest.raises(InputError, match="secret"):
+            wire_params(AnsibleParams(playbook="x.yml", extra_vars={"pw": "hunter2-very-secret"}))
+    finally:
+        forget_secrets()

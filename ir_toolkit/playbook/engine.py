@@ -38,11 +38,12 @@ from ir_toolkit.actor import system_actor
 from ir_toolkit.audit import events
 from ir_toolkit.audit.journal import Journal, JournalReadOnly, ReadOnlyJournal
 from ir_toolkit.deadline import Deadline
+from ir_toolkit.errors import InputError
 from ir_toolkit.inventory.model import Host, Inventory
 from ir_toolkit.log import get_logger
 from ir_toolkit.playbook.gate import EvidenceGate, GateDecision, evidence_gate, refusal, required_kind
 from ir_toolkit.playbook.milestones import Milestones, audit_params
-from ir_toolkit.playbook.plan import Plan, PlanItem, file_sha256, item_id, plan_params
+from ir_toolkit.playbook.plan import Plan, PlanItem, file_sha256, item_id, plan_params, wire_params
 from ir_toolkit.playbook.schema import LoadedPlaybook, Phase
 from ir_toolkit.playbook.targets import make_waves, select_hosts
 from ir_toolkit.secrets.keyprovider import KeyProvider
@@ -617,7 +618,12 @@ class Engine:
                     deadline: Deadline, gate: str) -> tuple[str, str]:
         """The step on the tenant's agent: wait for its outcome (within the host's budget), record it."""
         needed = self.inventory.tenant(host.tenant).approvals_required
-        result = remote.run_step(item, plan_params(params), step_timeout=min(timeout, deadline.remaining()),
+        try:
+            wired = wire_params(params)
+        except InputError as exc:
+            self._record(events.STEP_DONE, item, params={"error": str(exc)}, outcome=FAILED)
+            return FAILED, str(exc)
+        result = remote.run_step(item, wired, step_timeout=min(timeout, deadline.remaining()),
                                  wait=max(1.0, deadline.remaining()), wave=self._wave_of.get(host.name, 1),
                                  approvals=(self.options.approvals.get(host.tenant, 0), needed), gate=gate)
         status = result.get("status")

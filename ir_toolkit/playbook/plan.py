@@ -127,3 +127,16 @@ def plan_params(params: Any) -> dict[str, Any]:
     """The parameters as recorded in a plan: redacted, JSON-safe."""
     raw = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
     return _jsonable(redact(raw))
+
+
+def wire_params(params: Any) -> dict[str, Any]:
+    """The parameters as sent to a tenant's agent: exact (references stay references, a dict named
+    ``secret_vars`` stays a dict), JSON-safe, and refused if a registered secret value is in them."""
+    raw = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
+    data = _jsonable(raw)
+    text = json.dumps(data, sort_keys=True)
+    from ir_toolkit.redaction import redact_text
+
+    if redact_text(text) != text:
+        raise InputError("step parameters carry a secret value: use a reference (env:NAME, file:PATH)")
+    return dict(data)

@@ -18,7 +18,7 @@ from ir_toolkit.audit import events
 from ir_toolkit.errors import InputError
 from ir_toolkit.fsutil import write_atomic
 from ir_toolkit.playbook.journal import journal_state, plan_path_for
-from ir_toolkit.playbook.plan import Plan, load_plan, plan_params
+from ir_toolkit.playbook.plan import Plan, load_plan, wire_params
 from ir_toolkit.run.session import (
     QuietFrontend,
     gather_approvals,
@@ -88,7 +88,7 @@ def export_steps(case_id: str, tenant: str, out: Path, *, plan_file: str | None 
             cls = action_for(item.action, host) if host is not None else None
             if cls is None:
                 continue
-            params = plan_params(loaded.step_params(item.phase_index, item.step_index, cls))
+            params = wire_params(loaded.step_params(item.phase_index, item.step_index, cls))
             gate = "" if not item.destructive else (f"override: {step.evidence_override}" if step.evidence_override
                                                     else OFFLINE_GATE)
             env = dispatcher.envelope(item, params, step_timeout=loaded.playbook.step_timeout(step),
