@@ -19,8 +19,9 @@ copy of the lab (containment changes the hosts, so the lab goes down and up agai
   ``ir_toolkit/playbooks/msp-breach-containment.yml`` that ``irkit contain --msp`` runs, default forks;
 * **Ansible** (ansible-playbook -f 50, pipelining, ControlPersist, strict host keys, facts off, as
   bench_engine.py), two playbooks under ``bench/ansible/``:
-  1. ``snapshot-isolate.yml``: volatile snapshot (irkit's own artifact commands for processes with
-     command lines and executable hashes, sockets with owners, sessions, routes, ARP, modules), tar.gz,
+  1. ``snapshot-isolate.yml``: volatile snapshot (the artifacts of irkit's own ``volatile`` profile, with
+     irkit's commands: processes with command lines and executable hashes, sockets with owners, sessions,
+     interfaces, routes, ARP, firewall, kernel state), tar.gz,
      fetched; then the same nftables table as irkit's (policy drop; loopback and the controller only),
      under a watchdog that a fresh login from the controller disarms; live flows ended.
   2. ``contain-rest.yml``: full triage of the same profile (``ir_triage``; generated from irkit's
@@ -658,6 +659,8 @@ def report(result: dict[str, Any]) -> None:
               f"violations {r.get('evidence_before_credential_changes', {}).get('violations')}; run log "
               f"{r.get('run_log_bytes', 0) / 1e6:.1f} MB; audit log {r.get('audit_log_bytes', 0) / 1e6:.1f} MB "
               f"({r.get('audit_records')} records)")
+        if r.get("run_end"):
+            print(f"  irkit run.end record: {json.dumps(r['run_end'])[:600]}")
         if r.get("queries"):
             print(f"  irkit audit/gate queries (#16): {json.dumps(r['queries'])}")
     if "ansible" in result:
@@ -683,6 +686,7 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, default=2)
     parser.add_argument("--hosts-per-tenant", type=int, default=10)
     parser.add_argument("--only", choices=["irkit", "ansible"], help="run one tool only")
+    parser.add_argument("--ansible-first", action="store_true", help="run the Ansible side first")
     parser.add_argument("--forks", type=int, default=0, help="irkit --forks (default: irkit's own default)")
     parser.add_argument("--base", default="198.18.64.0/18", help="lab network (inside 198.18.0.0/15)")
     parser.add_argument("--query-sample", type=int, default=200, help="hosts to run the #16 queries for")
@@ -721,10 +725,11 @@ def main() -> int:
                               "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               "loadavg_start": os.getloadavg(), "nproc": os.cpu_count()}
     try:
-        if args.only in (None, "irkit"):
-            result["irkit"] = irkit_run(args, env, inventory, work, lab, n)
-        if args.only in (None, "ansible"):
-            result["ansible"] = ansible_run(args, env, work, lab, n)
+        order = ["ansible", "irkit"] if args.ansible_first else ["irkit", "ansible"]
+        for tool in order:
+            if args.only in (None, tool):
+                result[tool] = (irkit_run(args, env, inventory, work, lab, n) if tool == "irkit"
+                                else ansible_run(args, env, work, lab, n))
     finally:
         lab.down()
         subprocess.run([IRKIT, "lab", "down", "--inventory", str(inventory), "--purge"], env=env,

@@ -23,7 +23,8 @@ from ir_toolkit.triage.schema import USER_HOME, Artifact, builtin_catalog
 
 WORK = "/var/tmp/irkit-bench"
 
-#: what the volatile snapshot holds (the issue's list), as irkit's artifact names
+#: what the volatile snapshot holds (the issue's list), as irkit's artifact names - used only when irkit
+#: has no ``volatile`` profile of its own
 VOLATILE = (
     "linux.live.processes", "linux.live.process_details", "linux.live.process_hashes",
     "linux.live.network_sockets", "linux.live.sessions", "linux.live.routes", "linux.live.arp",
@@ -105,7 +106,10 @@ def _script(artifacts: Iterable[Artifact], archive: str) -> str:
 
 
 def volatile_script() -> str:
+    """irkit's own ``volatile`` profile when it has one (the snapshot its playbook takes), else VOLATILE."""
     catalog = builtin_catalog()
+    if "volatile" in catalog.profiles:
+        return _script(catalog.select("volatile", "linux").artifacts, "volatile.tgz")
     return _script([catalog.artifacts[name] for name in VOLATILE], "volatile.tgz")
 
 
