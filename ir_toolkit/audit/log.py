@@ -628,6 +628,11 @@ class AuditLog:
                 self._cond.wait()
             if self._broken is not None:
                 raise OSError(errno.EIO, f"audit log of case {self.case_id}: {self._broken}")
+            if (min_seq is None and not keep and self._durable >= self._size
+                    and (self._signer is None or self._signed >= self._size)):
+                # nothing written since the last commit: the gate's and history queries call this per
+                # host; without this shortcut each paid an fsync pair (measured: 200 queries, 201 fsyncs)
+                return self._latest_note
             self._syncing = True
             target = self._size
             root = self._acc.root()
