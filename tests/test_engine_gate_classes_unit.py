@@ -273,3 +273,39 @@ def test_milestones_count_the_first_run_of_each_destructive_action_only():
     assert figures["isolation"]["last_s"] == 1.5 and figures["containment"]["last_s"] == 3.0
     params = audit_params(figures)
     assert params["time_to_isolation_ms"] == 1500 and params["time_to_full_containment_ms"] == 3000
+
+
+class TCounted(_Step):
+    """Counts its plans; ``verify_ok`` is a parameter plan does not read."""
+
+    name = "t.counted"
+    plan_ignores = ("verify_ok",)
+    plans: list[str] = []
+
+    def plan(self, ctx, params):
+        TCounted.plans.append(ctx.host.name)
+        return super().plan(ctx, params)
+
+
+def test_planning_reuses_the_prediction_of_a_repeated_step_on_the_same_host(tmp_path, monkeypatch):
+    """The verify phase repeats earlier steps: their predictions are the same (plans change nothing), so each
+    distinct (action, params) is inspected once per host - the plan is the same as with every step inspected."""
+    monkeypatch.setenv("IRKIT_HOME", str(tmp_path / "home"))
+    register(TCounted)
+    try:
+        TCounted.plans = []
+        inv = inventory_file(tmp_path, {"globex": hosts("globex", 2)})
+        pb = playbook_file(tmp_path, [
+            {"name": "do", "steps": [{"name": "a", "action": "t.counted", "params": {"label": "a"}}]},
+            {"name": "verify", "steps": [
+                {"name": "a again", "action": "t.counted", "params": {"label": "a", "verify_ok": False}},
+                {"name": "b", "action": "t.counted", "params": {"label": "b"}}]},
+        ])
+        _, _, plan, _ = run(tmp_path, inv, pb, options=EngineOptions(forks=2, evidence_gate=lambda t, h, d: True))
+        assert sorted(TCounted.plans) == ["globex-h0", "globex-h0", "globex-h1", "globex-h1"]  # a and b, not a again
+        by = {(i.host, i.step): i.change for i in plan.items}
+        assert by[("globex-h0", "a again")] == by[("globex-h0", "a")] == {"changed": True, "summary": "would a"}
+        assert by[("globex-h0", "b")]["summary"] == "would b"
+    finally:
+        actions_base._REGISTRY.pop("t.counted", None)
+

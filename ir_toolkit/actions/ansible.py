@@ -271,6 +271,8 @@ class AnsiblePlaybook(Action):
     connection_kinds = ("ssh",)
     #: a retry re-runs idempotent content; a half-run job is finished by the next run
     retry_safe = True
+    #: only apply reads it: the check-mode prediction of an otherwise equal step is the same
+    plan_ignores = ("expect_no_change",)
 
     def _run(self, ctx: ActionContext, params: AnsibleParams, mode: str) -> tuple[AnsibleResult, str]:
         project, rel = resolve_playbook(params)

@@ -153,6 +153,10 @@ class Action(ABC):
     #: the engine may run apply+verify again after a transient transport failure
     #: (False for steps that must never run twice, such as a reimage)
     retry_safe: ClassVar[bool] = True
+    #: parameters ``plan`` does not read (e.g. one only ``apply`` checks): planning reuses the prediction of
+    #: the same action with otherwise equal parameters earlier on the same host (plans change nothing, so
+    #: the host is in the same state), e.g. for the containment playbook's verify phase
+    plan_ignores: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def plan(self, ctx: ActionContext, params: Any) -> Outcome:

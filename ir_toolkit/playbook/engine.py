@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import resource
 import threading
 import time
@@ -174,8 +175,17 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
             for row in per_host[host_name]:
                 changes[row] = {"changed": None, "summary": f"unknown: {exc}", "error": exc.kind}
             return
+        #: (action variant, params it plans with) -> the prediction already made on this host: a step
+        #: repeated later (the verify phase) would inspect the same, unchanged state again
+        seen: dict[tuple[str, str], dict[str, Any]] = {}
         for row in per_host[host_name]:
             item, action, params = rows[row]
+            memo = (f"{type(action).__module__}.{type(action).__qualname__}",
+                    json.dumps(params.model_dump(mode="json", exclude=set(action.plan_ignores)), sort_keys=True,
+                               default=str))
+            if memo in seen:
+                changes[row] = dict(seen[memo])
+                continue
             step = playbook.phases[item.phase_index].steps[item.step_index]
             ctx = ActionContext(host, inventory, case_id, conn, deadline.child(playbook.step_timeout(step)),
                                 journal=journal, pool=pool, actor=who, keys=keys, planning=True, preview=preview)
@@ -189,6 +199,7 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
                                 "error": getattr(exc, "kind", "failed")}
             except JournalReadOnly as exc:
                 changes[row] = {"changed": None, "summary": f"unknown: {exc}", "error": "plan_wrote"}
+            seen[memo] = changes[row]
         if on_event:
             on_event("planned", {"host": host_name, "tenant": host.tenant})
 
