@@ -66,7 +66,7 @@ def test_contain_end_to_end(ctn, env, tmp_path):
                        ">/var/tmp/ps-watch.log 2>&1 </dev/null & echo $! > /var/tmp/ps-watch.pid")
     playbook = contain_playbook(ctn, tmp_path / "contain.yml")
     proc = irkit(env, "contain", "--inventory", str(ctn.inventory_path), "--playbook", str(playbook),
-                 "--case", CASE, "--yes", "--format", "json", check=0)
+                 "--case", CASE, "--yes", "--format", "json", check=0, timeout=900)
     for name in names:
         ctn.exec(name, 'kill "$(cat /var/tmp/ps-watch.pid)"')
     result = summary(proc)
@@ -125,7 +125,7 @@ def test_contain_end_to_end(ctn, env, tmp_path):
 
     # ---- a second run changes nothing and says so (same case: irkit can still log in everywhere)
     again = irkit(env, "contain", "--inventory", str(ctn.inventory_path), "--playbook", str(playbook),
-                  "--case", CASE, "--yes", check=0)
+                  "--case", CASE, "--yes", check=0, timeout=900)
     assert "nothing changed" in again.stdout, again.stdout
     for host in hosts:
         assert escrow_get(env, CASE, host["name"]) == new_passwords[host["name"]]
@@ -146,7 +146,7 @@ def test_contain_end_to_end(ctn, env, tmp_path):
 
     # ---- and a third contain run still changes nothing: the end state holds
     again = irkit(env, "contain", "--inventory", str(ctn.inventory_path), "--playbook", str(playbook),
-                  "--case", CASE, "--yes", check=0)
+                  "--case", CASE, "--yes", check=0, timeout=900)
     assert "nothing changed" in again.stdout, again.stdout
     records = _records(env, CASE)
     actions = {r["action"] for r in records}

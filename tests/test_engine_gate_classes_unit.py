@@ -309,3 +309,28 @@ def test_planning_reuses_the_prediction_of_a_repeated_step_on_the_same_host(tmp_
     finally:
         actions_base._REGISTRY.pop("t.counted", None)
 
+
+
+def test_a_generated_case_key_is_used_without_decrypting_it_and_a_file_is_decrypted_once(tmp_path, monkeypatch):
+    """The access phase's cost: the bcrypt KDF of the case key (~0.25 s of CPU) once per key file, not per host;
+    a key irkit has just generated is never decrypted from the file at all."""
+    from ir_toolkit.actions import responder
+    from ir_toolkit.inventory import load_inventory
+    from ir_toolkit.transports import pool as pool_mod
+
+    monkeypatch.setenv("IRKIT_HOME", str(tmp_path / "home"))
+    inventory = load_inventory(inventory_file(tmp_path, {"globex": hosts("globex", 1)}))
+    pool = pool_mod.ConnectionPool(inventory, CASE)
+    decrypted: list[str] = []
+    real = pool_mod.load_private_key
+    monkeypatch.setattr(pool_mod, "load_private_key", lambda path, pw=None: decrypted.append(str(path)) or real(path, pw))
+    path, created = responder.ensure_case_key(CASE, "globex", "case pass", remember=pool.remember_key)
+    assert created
+    key = pool.private_key(path, "case pass")
+    assert decrypted == [] and key.get_base64() == responder.public_line(path).split()[1]
+    # the same key from the file (another process, a resume): decrypted once, then from memory
+    other = pool_mod.ConnectionPool(inventory, CASE)
+    assert other.private_key(path, "case pass").get_base64() == key.get_base64()
+    assert other.private_key(path, "case pass") is other.private_key(path, "case pass")
+    assert decrypted == [str(path)]
+    assert responder.ensure_case_key(CASE, "globex", "case pass", remember=pool.remember_key) == (path, False)

@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import ipaddress
 import os
 import shlex
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,8 @@ from ir_toolkit.transports.ssh import load_private_key
 
 
 _case_key_lock = threading.Lock()
+#: per case key file: generating one tenant's key (bcrypt) does not wait for another tenant's
+_case_key_locks: dict[str, threading.Lock] = {}
 
 
 def case_key_path(case_id: str, tenant: str) -> Path:
@@ -80,11 +84,20 @@ def case_key_passphrase(ctx: ActionContext) -> str:
     return value
 
 
-def ensure_case_key(case_id: str, tenant: str, passphrase: str) -> tuple[Path, bool]:
-    """The case's responder key pair for ``tenant``, generated once (thread and process safe), the private
-    key encrypted at rest with ``passphrase`` (OpenSSH format, bcrypt KDF). Returns (path, created)."""
-    path = case_key_path(case_id, tenant)
+def _tenant_lock(path: Path) -> threading.Lock:
     with _case_key_lock:
+        return _case_key_locks.setdefault(str(path), threading.Lock())
+
+
+def ensure_case_key(case_id: str, tenant: str, passphrase: str,
+                    remember: Callable[[Path, paramiko.PKey], None] | None = None) -> tuple[Path, bool]:
+    """The case's responder key pair for ``tenant``, generated once (thread and process safe), the private
+    key encrypted at rest with ``passphrase`` (OpenSSH format, bcrypt KDF). Returns (path, created).
+
+    ``remember(path, pkey)`` gets a key it generates, so it is used without decrypting the file again.
+    """
+    path = case_key_path(case_id, tenant)
+    with _tenant_lock(path):  # one tenant's key generation (bcrypt) does not hold up another tenant's
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path.parent / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -98,6 +111,10 @@ def ensure_case_key(case_id: str, tenant: str, passphrase: str) -> tuple[Path, b
             public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
             write_atomic(pub, public + f" irkit-responder-{case_id}-{tenant}\n".encode(), mode=0o644)
             write_atomic(path, private, mode=0o600)
+            if remember is not None:
+                plain = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption())
+                remember(path, paramiko.Ed25519Key(file_obj=io.StringIO(plain.decode())))
             return path, True
         finally:
             os.close(fd)
@@ -198,7 +215,8 @@ class EnsureResponderAccess(Action):
         user = self._user(ctx, params)
         passphrase = case_key_passphrase(ctx)
         _check_from(ctx)
-        key_path, created = ensure_case_key(ctx.case_id, ctx.host.tenant, passphrase)
+        key_path, created = ensure_case_key(ctx.case_id, ctx.host.tenant, passphrase,
+                                            remember=ctx.pool.remember_key if ctx.pool is not None else None)
         options = key_options(ctx.inventory)
         line = f"{options} {public_line(key_path)}"
         blob = sshd_facts.key_blob(line)

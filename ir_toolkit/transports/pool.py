@@ -118,6 +118,7 @@ class ConnectionPool:
         #: decrypted keys by (path, inode, mtime, size): an encrypted key file's bcrypt KDF costs ~0.25 s of
         #: CPU, so each file is decrypted once per run, not once per host or per reload
         self._decrypted: dict[tuple[str, int, int, int], paramiko.PKey] = {}
+        self._file_locks: dict[str, threading.Lock] = {}
         #: decrypts the case's responder keys (set by run/ from the unlocked KeyProvider); without it
         #: only the MSP's responder key is used
         self.case_key_passphrase: str | None = None
@@ -128,38 +129,64 @@ class ConnectionPool:
         """The responder keys for ``host`` (its tenant's case key first, when it can be decrypted)."""
         tenant = host.tenant if host is not None else None
         with self._lock:
-            if tenant not in self._keys:
-                paths = responder_key_paths(self.inventory, self.case_id, tenant)
-                layout = CaseLayout.of(self.case_id) if self.case_id else None
-                loaded = []
-                for path in paths:
-                    if not path.exists():
-                        continue
-                    if layout is not None and path.parent == layout.keys and path != layout.responder_key:
-                        if self.case_key_passphrase is None:
-                            continue  # encrypted at rest: usable once run/ has unlocked the keys
-                        loaded.append(self._load(path, self.case_key_passphrase))
-                    else:
-                        loaded.append(self._load(path, None))
-                if not loaded:
-                    missing = ", ".join(str(p) for p in paths) or "(none configured)"
-                    raise TransportError(AUTH_FAILED, f"no responder key found: {missing}")
-                self._keys[tenant] = loaded
-            return self._keys[tenant]
+            cached = self._keys.get(tenant)
+        if cached is not None:
+            return cached
+        # built without the pool's lock: a decryption (bcrypt) must not hold up every other host
+        paths = responder_key_paths(self.inventory, self.case_id, tenant)
+        layout = CaseLayout.of(self.case_id) if self.case_id else None
+        loaded = []
+        for path in paths:
+            if not path.exists():
+                continue
+            if layout is not None and path.parent == layout.keys and path != layout.responder_key:
+                if self.case_key_passphrase is None:
+                    continue  # encrypted at rest: usable once run/ has unlocked the keys
+                loaded.append(self._load(path, self.case_key_passphrase))
+            else:
+                loaded.append(self._load(path, None))
+        if not loaded:
+            missing = ", ".join(str(p) for p in paths) or "(none configured)"
+            raise TransportError(AUTH_FAILED, f"no responder key found: {missing}")
+        with self._lock:
+            self._keys[tenant] = loaded
+        return loaded
+
+    @staticmethod
+    def _signature(path: Path) -> tuple[str, int, int, int]:
+        st = path.stat()
+        return (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _load(self, path: Path, passphrase: str | None) -> paramiko.PKey:
-        """``load_private_key``, once per key file as it is on disk (a changed file is read again)."""
-        st = path.stat()
-        sig = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
-        key = self._decrypted.get(sig)
-        if key is None:
-            key = self._decrypted[sig] = load_private_key(path, passphrase)
+        """``load_private_key``, once per key file as it is on disk (a changed file is read again).
+
+        One decryption per file at a time (a per-file lock); lookups and other files go on meanwhile.
+        """
+        sig = self._signature(path)
+        with self._lock:
+            key = self._decrypted.get(sig)
+            if key is not None:
+                return key
+            file_lock = self._file_locks.setdefault(str(path), threading.Lock())
+        with file_lock:
+            with self._lock:
+                key = self._decrypted.get(sig)
+            if key is None:
+                key = load_private_key(path, passphrase)
+                with self._lock:
+                    self._decrypted[sig] = key
         return key
 
     def private_key(self, path: Path, passphrase: str | None) -> paramiko.PKey:
         """A responder key file, decrypted once per run (see :meth:`_load`)."""
+        return self._load(path, passphrase)
+
+    def remember_key(self, path: Path, pkey: paramiko.PKey) -> None:
+        """A key irkit has just generated and written to ``path``: used as it is, never decrypted from the file
+        (the file's bcrypt KDF costs ~0.25 s of CPU; a changed file is read again)."""
+        sig = self._signature(path)
         with self._lock:
-            return self._load(path, passphrase)
+            self._decrypted[sig] = pkey
 
     def reload_keys(self) -> None:
         """Forget which keys each tenant uses (after a per-case responder key was installed or removed);
