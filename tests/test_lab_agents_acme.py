@@ -108,11 +108,10 @@ def _records(env: dict, case: str) -> list[dict]:
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "as of 13:03 (main + h-agent's branch with the agent's own diary): every step of the shipped containment "
-    "playbook passes through the agents, kill -9 included (134 step.done ok, none twice), except the harden "
-    "phase's ansible.playbook, which the agents refuse: 'bad_params: parameters: Input should be a valid "
-    "dictionary' (the envelope's params of that action); without h-agent's diary commits triage.collect's "
-    "custody check fails on the agent"))
+    "last run on main (13:06): the contain through the agents with one killed -9 finishes (218 step.done, all ok, "
+    "none twice; agent.result for all 20 hosts; audit verify VALID), but one of the end-state checks after it "
+    "fails and was not identified (candidates: the restart check, old-credential logins from the agents' "
+    "namespaces, the escrowed password via the agent's escrow, the reachability probe); see the closing note"))
 def test_contain_through_the_agents_with_one_killed(acme):
     env, info = acme["env"], acme["info"]
     assert info["inventory"].endswith("agents-inventory.yml")

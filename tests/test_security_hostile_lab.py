@@ -33,9 +33,12 @@ def env(hst):
     return {**keyed_env(hst), "IRKIT_EVIDENCE_HOST_QUOTA": "64M"}
 
 
-def _manifest(home: Path, case: str, host: str) -> dict:
-    (coll,) = [p for p in (home / "cases" / case / "evidence").glob(f"*/{host}/*") if not p.name.endswith(".partial")]
-    seal = json.loads((coll / "seal.json").read_text())
+def _manifest(home: Path, case: str, host: str, kind: str = "full") -> tuple[Path, dict]:
+    """The host's collection of the given kind (the playbook seals a volatile snapshot before isolation,
+    then the full triage)."""
+    colls = [p for p in (home / "cases" / case / "evidence").glob(f"*/{host}/*") if not p.name.endswith(".partial")]
+    seals = {c: json.loads((c / "seal.json").read_text()) for c in colls}
+    ((coll, seal),) = [(c, s) for c, s in seals.items() if s.get("kind", "full") == kind]
     return coll, seal
 
 
@@ -87,7 +90,8 @@ def test_a_lying_and_a_trickling_host_do_not_stop_containment(hst, env, tmp_path
     assert seal["status"] == "partial"
     assert _du(coll) <= 64 << 20, "more than the host quota on the controller's disk"
     assert _du(home / "cases" / CASE / "evidence") < 256 << 20
-    out = irkit(env, "evidence", "extract", "--case", CASE, "--host", LIAR, "--out", str(tmp_path / "x"))
+    out = irkit(env, "evidence", "extract", "--case", CASE, "--host", LIAR, "--collection", coll.name,
+                "--out", str(tmp_path / "x"))
     manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
     files = {f["source_path"]: f for f in manifest["files"]}
     big = files["/var/log/syslog.1"]
