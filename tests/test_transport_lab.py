@@ -61,3 +61,34 @@ def test_without_retries_the_drop_is_a_transient_error(busy_lab, monkeypatch):
         assert exc.value.kind == TRANSIENT
     finally:
         hog.close()
+
+
+def test_commands_run_when_descriptors_are_above_fd_setsize(busy_lab, monkeypatch):
+    """At 1,000 hosts the controller holds well over 1,024 descriptors: a command's wait must not use
+    select(), which refuses descriptors at or above FD_SETSIZE ("filedescriptor out of range")."""
+    import os
+    import resource
+
+    from ir_toolkit.inventory import load_inventory
+    from ir_toolkit.transports.pool import ConnectionPool
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1200:
+        pytest.skip(f"needs an open-files limit over 1,200 (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    monkeypatch.setenv("IRKIT_HOME", str(busy_lab.home))
+    filler = []
+    try:
+        while len(filler) < 1100:  # push the connection's descriptors past 1,024
+            filler.append(os.open("/dev/null", os.O_RDONLY))
+        inventory = load_inventory(busy_lab.inventory_path)
+        fleet = ConnectionPool(inventory, None, max_retries=5)
+        try:
+            conn = fleet.connection(inventory.hosts()[0], time.monotonic() + 30)
+            assert conn.run("echo ok").text == "ok\n"
+        finally:
+            fleet.close()
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -304,7 +304,10 @@ class SshConnection:
                     err.add(chan.recv_stderr(65536))
 
             end = start + limit
-            ready_fd = chan.fileno()  # readable when stdout or stderr data (or EOF) arrives
+            # readable when stdout or stderr data (or EOF) arrives; poll, not select: a controller with
+            # hundreds of connections has descriptors above FD_SETSIZE (1024), which select() refuses
+            poller = select.poll()
+            poller.register(chan.fileno(), select.POLLIN)
             while True:
                 drain()
                 left = end - time.monotonic()
@@ -315,7 +318,7 @@ class SshConnection:
                         break
                     chan.status_event.wait(min(left, 1.0))
                     continue
-                select.select([ready_fd], [], [], min(left, 1.0))
+                poller.poll(min(left, 1.0) * 1000)
             drain()
             if not chan.exit_status_ready():
                 raise TransportError(UNREACHABLE, f"{self.endpoint.address}: channel closed without an exit status")
