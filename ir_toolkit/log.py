@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from typing import IO, Any
 import structlog
 
 from ir_toolkit.redaction import redaction_processor
+from ir_toolkit.timeutil import file_stamp, stamp
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
@@ -84,7 +84,7 @@ class _Tee:
 
 
 def _timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-    event["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    event["timestamp"] = stamp()
     return event
 
 
@@ -149,5 +149,4 @@ def get_logger(name: str | None = None) -> Any:
 
 def run_log_path(case_dir: Path) -> Path:
     """A fresh per-run JSON log path in a case directory."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return case_dir / "logs" / f"{stamp}-{os.getpid()}.jsonl"
+    return case_dir / "logs" / f"{file_stamp()}-{os.getpid()}.jsonl"

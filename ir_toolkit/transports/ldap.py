@@ -21,7 +21,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import ldap3
 from ldap3.core import exceptions as lx
@@ -124,7 +124,7 @@ class LdapConnection:
     ``host_key_fingerprint`` is the SHA-256 of the DC's certificate (validated against the CA).
     """
 
-    kind = "ldap"
+    kind: ClassVar[str] = "ldap"
 
     def __init__(self, endpoint: LdapEndpoint, conn: ldap3.Connection, deadline: float | None,
                  user: str = "") -> None:

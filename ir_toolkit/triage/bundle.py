@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 
 from ir_toolkit.cases import CaseLayout
 from ir_toolkit.errors import InputError, VerificationFailed
+from ir_toolkit.timeutil import file_stamp, stamp
 from ir_toolkit.fsutil import fsync_dir as _fsync_dir
 from ir_toolkit.home import case_dir
 from ir_toolkit.triage.crypto import DecryptingReader, EncryptingWriter, fingerprint
@@ -58,12 +59,11 @@ _COPY_BUF = 1 << 20
 
 
 def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return stamp()
 
 
 def new_collection_id() -> str:
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{secrets.token_hex(3)}"
+    return f"{file_stamp()}-{secrets.token_hex(3)}"
 
 
 def evidence_root(case_id: str) -> Path:

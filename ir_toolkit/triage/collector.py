@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from ir_toolkit import __version__
 from ir_toolkit.log import get_logger
+from ir_toolkit.timeutil import stamp
 from ir_toolkit.transports.base import TIMED_OUT, TransportError
 from ir_toolkit.triage import remote, utmp
 from ir_toolkit.triage.bundle import (
@@ -891,8 +892,7 @@ def _alive(conn: Any) -> bool:
 
 
 def _iso(epoch: float) -> str:
-    return _dt.datetime.fromtimestamp(epoch, tz=_dt.timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return stamp(_dt.datetime.fromtimestamp(epoch, tz=_dt.timezone.utc))
 
 
 def _check_path_encoding(entry: dict[str, Any]) -> None:
