@@ -526,3 +526,71 @@ def test_wire_params_are_exact_and_never_carry_a_secret() -> None:
             wire_params(AnsibleParams(playbook="x.yml", extra_vars={"pw": "hunter2-very-secret"}))
     finally:
         forget_secrets()
+
+
+# --------------------------------------------------------------------------- co-recipients (the controller's keys)
+
+
+def _raw_b64(public: Any) -> str:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    return base64.b64encode(public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+
+
+def test_envelopes_carry_the_controllers_public_keys_signed(world: World) -> None:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    ctl_escrow, ctl_evidence = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    recipients = {"escrow": [_raw_b64(ctl_escrow.public_key())], "evidence": [_raw_b64(ctl_evidence.public_key())]}
+    env = world.envelope(recipients=recipients)
+    signed = env.sign(world.controller)
+    assert StepEnvelope.open(signed, [world.controller.verifier()]).recipients == recipients
+    # an intruder who swaps in their own key (to receive every secret the agent escrows) breaks the signature
+    attacker = _raw_b64(X25519PrivateKey.generate().public_key())
+    with pytest.raises(BadSignature):
+        StepEnvelope.open({**signed, "recipients": {**recipients, "escrow": [attacker]}},
+                          [world.controller.verifier()])
+    for bad, why in (({"escrow": ["AAAA"]}, "32 bytes"), ({"escrow": ["not base64!"]}, "base64"),
+                     ({"ssh": [attacker]}, "escrow/evidence"), ({"escrow": [attacker] * 9}, "at most"),
+                     ({"escrow": attacker}, "at most")):
+        with pytest.raises(MalformedEnvelope, match=why):
+            StepEnvelope.open(_resign({**signed, "recipients": bad}, world.controller), [world.controller.verifier()])
+
+
+def test_an_agent_escrows_and_seals_to_its_own_and_the_controllers_keys(signer: Any, tmp_path: Path) -> None:
+    """What an agent escrows is readable by the controller with the controller's own escrow key (and by
+    the agent with its own); the agent never holds the controller's private key."""
+    from ir_toolkit.agents.agent import _step_keys
+    from ir_toolkit.secrets import escrow as esc
+    from ir_toolkit.secrets import keystore
+    from ir_toolkit.secrets.keyprovider import KeyProvider
+    from tests.conftest import TEST_PASSPHRASE
+
+    controller_dir = keystore.keys_dir()  # `signer` made the controller's keys here
+    agent_dir = tmp_path / "agent-keys"
+    keystore.init_keys("agent passphrase", name="t1-agent", directory=agent_dir)
+    from ir_toolkit.agents.dispatch import controller_recipients
+
+    sent = controller_recipients(controller_dir)
+    assert set(sent) == {"escrow", "evidence"}
+    (tmp_path / "w").mkdir()
+    w = World(tmp_path / "w")
+    env = w.envelope(recipients=sent)
+    keys = _step_keys(KeyProvider("agent passphrase", directory=agent_dir), env)
+    kids = [esc.key_id(k) for k in keys.escrow_recipients()]
+    assert kids == [esc.key_id(keystore.escrow_public_key(agent_dir)),
+                    esc.key_id(keystore.escrow_public_key(controller_dir))]
+    assert [esc.key_id(k) for k in keys.evidence_recipients()] == [
+        esc.key_id(keystore.evidence_public_key(agent_dir)), esc.key_id(keystore.evidence_public_key(controller_dir))]
+    envelope = esc.seal(b"new password", keys.escrow_recipients(), b"aad")
+    ctl_private = keystore.load_escrow_private_key(TEST_PASSPHRASE, path=controller_dir / keystore.ESCROW_KEY)
+    agent_private = keys.escrow_private_key()  # the agent's own, from its own keystore
+    assert esc.open_sealed(envelope, ctl_private, b"aad") == esc.open_sealed(envelope, agent_private, b"aad") \
+        == b"new password"
+    # the agent's own key listed again as a co-recipient is not wrapped twice
+    same = KeyProvider(None, directory=agent_dir).with_co_recipients(escrow=[keystore.escrow_public_key(agent_dir)])
+    assert len(same.escrow_recipients()) == 1
+    # without co-recipients (an envelope from an older controller) the agent's keys are used as before
+    assert _step_keys(keys, w.envelope()) is keys

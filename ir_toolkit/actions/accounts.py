@@ -45,10 +45,10 @@ def generate_password(length: int) -> str:
             return value
 
 
-def escrow_recipients(extra: list[str]) -> list[Any]:
-    from ir_toolkit.secrets.keystore import escrow_public_key
-
-    return [escrow_public_key(), *(esc.load_public_key(expand_path(p)) for p in extra)]
+def escrow_recipients(keys: Any, extra: list[str]) -> list[Any]:
+    """The run's escrow recipients (``keys``: the context's KeyProvider, which adds the controller's
+    key on an agent) plus the step's ``extra_recipients``; each key once."""
+    return esc.unique_recipients([*keys.escrow_recipients(), *(esc.load_public_key(expand_path(p)) for p in extra)])
 
 
 class RotateParams(Params):
@@ -294,7 +294,7 @@ class RotateAccounts(Action):
         password = generate_password(self._length(ctx, params))
         # 1. escrow first: encrypted and fsynced before the host ever sees the password
         entry = store.put(msp=ctx.inventory.msp.name, tenant=tenant, host=host, account=user, secret=password,
-                          recipients=escrow_recipients(params.extra_recipients), data_alg=params.data_alg)
+                          recipients=escrow_recipients(ctx.keys, params.extra_recipients), data_alg=params.data_alg)
         record(ctx, "credential.escrowed", {"account": user, "entry": entry.id, "state": esc.PENDING})
         # 2. apply over stdin (never argv)
         try:

@@ -378,10 +378,10 @@ def _escrow_key(ctx: ActionContext) -> Any:
     return ctx.keys.escrow_private_key()
 
 
-def _recipients(extra: list[str]) -> list[Any]:
+def _recipients(ctx: ActionContext, extra: list[str]) -> list[Any]:
     from ir_toolkit.actions.accounts import escrow_recipients
 
-    return escrow_recipients(extra)
+    return escrow_recipients(ctx.keys, extra)
 
 
 @register
@@ -500,7 +500,7 @@ class DirectoryMspAccounts(Action):
             password = generate_password(params.length or ctx.inventory.msp.policy.password_length)
             # 1. escrow first: encrypted and fsynced before the DC ever sees it
             entry = store.put(msp=ctx.inventory.msp.name, tenant=ctx.host.tenant, host=d.domain, account=sam,
-                              secret=password, recipients=_recipients(params.extra_recipients))
+                              secret=password, recipients=_recipients(ctx, params.extra_recipients))
             record(ctx, "directory.password_escrowed", {"account": sam, "escrow": entry.id})
         # 2. reset (twice: the DC keeps accepting the previous password after one reset)
         for n in range(1, params.resets + 1):

@@ -18,6 +18,7 @@ from typing import Any
 
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
 from ir_toolkit.audit.journal import Journal
+from ir_toolkit.secrets.escrow import unique_recipients
 from ir_toolkit.transports.base import TIMED_OUT, TransportError
 from ir_toolkit.triage.collector import HostTarget, collect_host
 from ir_toolkit.triage.crypto import load_public_key
@@ -80,7 +81,8 @@ class CollectTriage(Action):
         recipients = [load_public_key(spec) for spec in params.recipients]
         if params.encrypt:
             # the evidence key pair, never the escrow key (security review §14)
-            recipients.append(ctx.keys.evidence_public_key())
+            recipients.extend(ctx.keys.evidence_recipients())
+        recipients = unique_recipients(recipients)
         target = HostTarget(case=ctx.case_id, msp=ctx.inventory.msp.name, tenant=ctx.host.tenant,
                             host=ctx.host.name, address=ctx.host.address, os=ctx.host.os,
                             ssh_user=ctx.conn.endpoint.user)

@@ -256,7 +256,7 @@ class WindowsRotateAccounts(RotateAccounts):
         password = generate_password(self._length(ctx, params))
         # 1. escrow first: encrypted and fsynced before the host ever sees the password
         entry = store.put(msp=ctx.inventory.msp.name, tenant=tenant, host=host, account=user, secret=password,
-                          recipients=escrow_recipients(params.extra_recipients), data_alg=params.data_alg)
+                          recipients=escrow_recipients(ctx.keys, params.extra_recipients), data_alg=params.data_alg)
         record(ctx, "credential.escrowed", {"account": user, "entry": entry.id, "state": esc.PENDING})
         # 2. apply: the password on stdin, read by PowerShell into a variable (never in the script)
         script = (STOP + "$p = [Console]::In.ReadLine()\n"

@@ -20,6 +20,7 @@ A refusal is a signed ``refusal`` message, so the controller records it in the s
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import threading
@@ -57,6 +58,18 @@ MAX_SKEW = 300
 #: the agent's own audit records must be ones irkit declares, and never the controller's step records
 _CONTROLLER_ONLY = ("step.", "run.", "agent.", "approval.", "audit.", "tenant.", "gate.", "host.timed_out")
 
+
+
+def _step_keys(keys: KeyProvider, env: StepEnvelope) -> KeyProvider:
+    """The agent's keys, plus the controller's public keys from the (verified) envelope as co-recipients."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    def load(kind: str) -> list[Any]:
+        return [X25519PublicKey.from_public_bytes(base64.b64decode(k)) for k in env.recipients.get(kind, [])]
+
+    if not env.recipients:
+        return keys
+    return keys.with_co_recipients(escrow=load("escrow"), evidence=load("evidence"))
 
 class CollectingJournal:
     """The journal actions see on an agent: records are kept (in order) for the result message; the
@@ -328,7 +341,7 @@ class Agent:
             conn = pool.connection(host, deadline.at)
             host_key = str(getattr(conn, "host_key_fingerprint", "") or "")
             ctx = ActionContext(host, self.inventory, env.case, conn, deadline, journal=journal, pool=pool,
-                                actor=self.config.actor, keys=self.config.keys)
+                                actor=self.config.actor, keys=_step_keys(self.config.keys, env))
             if verify_first:
                 first: Outcome = action.verify(ctx, params)
                 if first.ok:

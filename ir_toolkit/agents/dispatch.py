@@ -95,14 +95,38 @@ class _Chain:
     seen: set[str] = field(default_factory=set)
 
 
+def controller_recipients(directory: Any = None) -> dict[str, list[str]]:
+    """This controller's escrow and evidence public keys (no passphrase needed), as envelopes carry them;
+    a key the keystore does not have is left out."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    from ir_toolkit.errors import InputError
+    from ir_toolkit.secrets import keystore
+
+    out: dict[str, list[str]] = {}
+    for kind, load in (("escrow", keystore.escrow_public_key), ("evidence", keystore.evidence_public_key)):
+        try:
+            key = load(directory)
+        except InputError:
+            continue
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        out[kind] = [base64.b64encode(raw).decode("ascii")]
+    return out
+
+
 class AgentDispatcher:
     """Sends one run's steps to agents and is the one place their answers enter the audit log."""
 
     def __init__(self, inventory: Inventory, journal: Any, signer: Signer, *, case: str, plan_hash: str,
                  actor: str, log_origin: str = "", apps: dict[str, Any] | None = None,
                  longest_step_s: float = 3600.0, clock: Any = time.time,
-                 drops: dict[str, str] | None = None) -> None:
+                 drops: dict[str, str] | None = None, recipients: dict[str, list[str]] | None = None) -> None:
         self.inventory = inventory
+        #: the controller's escrow and evidence public keys, sent in every envelope (what agents escrow
+        #: or collect is encrypted to them too, so the controller reads it with its own keys)
+        self.recipients = controller_recipients() if recipients is None else dict(recipients)
         self.journal = journal
         self.signer = signer
         self.case = case
@@ -216,7 +240,7 @@ class AgentDispatcher:
             destructive=bool(item.destructive), deadline_s=max(1, int(step_timeout)), not_before=now,
             expires_at=now + max(1, int(wait)), plan_hash=self.plan_hash,
             approvals=Approvals(required=approvals[1], count=approvals[0], log_size=size), log_origin=self.log_origin,
-            gate=gate)
+            gate=gate, recipients=self.recipients)
 
     def send(self, env: StepEnvelope) -> dict[str, Any]:
         from ir_toolkit.agents.celeryapp import STEP_TASK

@@ -107,6 +107,29 @@ def _unb64(text: Any) -> bytes:
     return raw
 
 
+RECIPIENT_KINDS = ("escrow", "evidence")
+MAX_RECIPIENTS = 8
+
+
+def _recipients(value: Any) -> dict[str, list[str]]:
+    """The envelope's co-recipients: known kinds only, each a short list of canonical base64 32-byte keys."""
+    if not isinstance(value, dict) or set(value) - set(RECIPIENT_KINDS):
+        raise MalformedEnvelope("recipients: an object with escrow/evidence lists only")
+    out: dict[str, list[str]] = {}
+    for kind, keys in value.items():
+        if not isinstance(keys, list) or len(keys) > MAX_RECIPIENTS:
+            raise MalformedEnvelope(f"recipients.{kind}: a list of at most {MAX_RECIPIENTS} keys")
+        for key in keys:
+            try:
+                raw = _unb64(key)
+            except MalformedEnvelope:
+                raise MalformedEnvelope(f"recipients.{kind}: not canonical base64") from None
+            if len(raw) != 32:
+                raise MalformedEnvelope(f"recipients.{kind}: not a raw X25519 public key (32 bytes)")
+        out[kind] = list(keys)
+    return out
+
+
 def load_document(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
     """Bytes/text of JSON (or an already decoded dict from the broker) -> a dict, size-checked."""
     if isinstance(raw, dict):
@@ -213,6 +236,9 @@ class StepEnvelope:
     log_origin: str
     #: how the controller's gate let a destructive step through: "evidence" or "override: <reason>"
     gate: str = ""
+    #: the controller's own public keys ("escrow", "evidence": base64 of raw X25519 keys): the agent
+    #: encrypts what the step escrows or collects to these as well as to its own keys
+    recipients: dict[str, list[str]] = field(default_factory=dict)
     v: int = ENVELOPE_VERSION
     kind: str = "irkit.step"
 
@@ -246,7 +272,7 @@ class StepEnvelope:
             destructive=_need(body, "destructive", bool), deadline_s=_need(body, "deadline_s", int),
             not_before=_need(body, "not_before", int), expires_at=_need(body, "expires_at", int),
             plan_hash=_need(body, "plan_hash", str), approvals=appr, log_origin=_need(body, "log_origin", str),
-            gate=str(body.get("gate", "")),
+            gate=str(body.get("gate", "")), recipients=_recipients(body.get("recipients", {})),
         )
         if not _HEX64.match(env.plan_hash) or not _HEX64.match(env.step_id):
             raise MalformedEnvelope("plan_hash and step_id are 64 hex digits")

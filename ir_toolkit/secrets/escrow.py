@@ -117,6 +117,18 @@ def key_id(public_key: PublicKey) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
 
 
+def unique_recipients(keys: Sequence[PublicKey]) -> list[PublicKey]:
+    """``keys`` in order, each key once (by :func:`key_id`): a run's own key may also be a co-recipient."""
+    seen: set[str] = set()
+    out: list[PublicKey] = []
+    for key in keys:
+        kid = key_id(key)
+        if kid not in seen:
+            seen.add(kid)
+            out.append(key)
+    return out
+
+
 def load_public_key(path: str | Path) -> PublicKey:
     """A recipient public key: PEM (X25519 or RSA) or an OpenSSH ``ssh-rsa`` line."""
     path = Path(path)

@@ -8,7 +8,9 @@ While planning, actions get :meth:`KeyProvider.locked`, which refuses private ke
 
 from __future__ import annotations
 
+import copy
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,21 @@ class KeyProvider:
         self._passphrase = passphrase
         self._directory = directory
         self._lock = threading.Lock()
-        self._signer: Any = None
-        self._escrow: Any = None
+        #: unlocked keys, shared with the views :meth:`with_co_recipients` makes
+        self._cache: dict[str, Any] = {}
+        self._co_escrow: tuple[Any, ...] = ()
+        self._co_evidence: tuple[Any, ...] = ()
+
+    def with_co_recipients(self, *, escrow: Sequence[Any] = (), evidence: Sequence[Any] = ()) -> KeyProvider:
+        """This provider (same passphrase, same unlocked keys), whose escrow entries and evidence
+        bundles are also encrypted to ``escrow`` / ``evidence`` public keys: an agent runs steps with
+        its own keys and adds the controller's, which came in the controller's signed envelope, so the
+        controller can read what the agent escrowed and collected without the agent holding the
+        controller's private keys."""
+        view = copy.copy(self)  # shares _lock and _cache
+        view._co_escrow = tuple(escrow)
+        view._co_evidence = tuple(evidence)
+        return view
 
     @classmethod
     def locked(cls) -> KeyProvider:
@@ -65,18 +80,21 @@ class KeyProvider:
         from ir_toolkit.secrets.keystore import load_signing_key
 
         with self._lock:
-            if self._signer is None:
-                self._signer = load_signing_key(self._need("signing key"), directory=self._directory)
-            return self._signer
+            if "signer" not in self._cache:
+                self._cache["signer"] = load_signing_key(self._need("signing key"), directory=self._directory)
+            return self._cache["signer"]
 
     def escrow_private_key(self) -> Any:
         """The escrow recipient's private key (X25519), unlocked on first use."""
         from ir_toolkit.secrets.keystore import load_escrow_private_key
 
         with self._lock:
-            if self._escrow is None:
-                self._escrow = load_escrow_private_key(self._need("escrow key"))
-            return self._escrow
+            if "escrow" not in self._cache:
+                from ir_toolkit.secrets.keystore import ESCROW_KEY
+
+                path = self._directory / ESCROW_KEY if self._directory is not None else None
+                self._cache["escrow"] = load_escrow_private_key(self._need("escrow key"), path)
+            return self._cache["escrow"]
 
     def case_key_passphrase(self, case_id: str) -> str | None:
         """The passphrase that encrypts the case's responder keys at rest (derived from the keys
@@ -95,3 +113,15 @@ class KeyProvider:
         from ir_toolkit.secrets.keystore import evidence_public_key
 
         return evidence_public_key(self._directory)
+
+    def escrow_recipients(self) -> list[Any]:
+        """Who every new escrow entry is encrypted to: this keystore's escrow key, then any co-recipient."""
+        from ir_toolkit.secrets.escrow import unique_recipients
+
+        return unique_recipients([self.escrow_public_key(), *self._co_escrow])
+
+    def evidence_recipients(self) -> list[Any]:
+        """Who every evidence bundle is encrypted to: this keystore's evidence key, then any co-recipient."""
+        from ir_toolkit.secrets.escrow import unique_recipients
+
+        return unique_recipients([self.evidence_public_key(), *self._co_evidence])
