@@ -134,13 +134,14 @@ class Recording:
         return getattr(self._conn, name)
 
 
-def _walk_defs(tmp_path: Path, root: Path) -> Path:
+def _walk_defs(tmp_path: Path, root: Path, compress: str | None = None) -> Path:
     fmt = remote.WALK_LISTING_FORMAT
     walk = (f"NL='\n'; find {shlex.quote(str(root))} -printf '0|%p\\n' , \\( -type f -perm /6000 \\( -path \"*$NL*\" "
             f"-printf 'suid\\tunsafe-name\\n' -o -printf 'suid\\t{fmt}' \\) \\)")
     body = {"version": 1, "artifacts": [
         {"name": "linux.w.walk", "description": "walk", "os": "linux", "collector": "command", "order": 10,
-         "command": walk, "output": "walk.txt", "sections": {"suid": "suid.txt"}},
+         "command": walk, "output": "walk.txt", "sections": {"suid": "suid.txt"},
+         **({"compress": compress} if compress else {})},
         {"name": "linux.w.suid", "description": "suid", "os": "linux", "collector": "hash", "order": 60,
          "perm": "/6000", "paths": [str(root)], "listed_by": "linux.w.walk#suid"},
     ]}
@@ -161,8 +162,8 @@ def _tree(root: Path, names: list[str]) -> dict[str, str]:
     return digests
 
 
-def _collect(sshd, tmp_path, root):
-    catalog = load_catalog(extra_dirs=[_walk_defs(tmp_path, root)])
+def _collect(sshd, tmp_path, root, compress=None):
+    catalog = load_catalog(extra_dirs=[_walk_defs(tmp_path, root, compress)])
     conn = Recording(sshd.connect())
     try:
         result = collect_host(conn, HostTarget(case="CASE-W", msp="m", tenant="t", host="h", address="127.0.0.1"),
@@ -175,10 +176,11 @@ def _collect(sshd, tmp_path, root):
 
 @lab
 @pytest.mark.lab
-def test_listed_files_are_hashed_without_a_walk_of_their_own(irkit_home, sshd, tmp_path):
+@pytest.mark.parametrize("compress", [None, "gzip"])  # gzip: the walk's sections split off on the host
+def test_listed_files_are_hashed_without_a_walk_of_their_own(irkit_home, sshd, tmp_path, compress):
     root = tmp_path / "host"
     digests = _tree(root, ["su-a", "sg-b", "su c\twith tab"])
-    result, manifest, commands = _collect(sshd, tmp_path, root)
+    result, manifest, commands = _collect(sshd, tmp_path, root, compress)
     assert result.status == "complete", result
     files = {e["source_path"]: e for e in manifest["files"]}
     assert set(files) == set(digests)
@@ -192,10 +194,11 @@ def test_listed_files_are_hashed_without_a_walk_of_their_own(irkit_home, sshd, t
 
 @lab
 @pytest.mark.lab
-def test_a_newline_in_a_suid_path_falls_back_to_its_own_find(irkit_home, sshd, tmp_path):
+@pytest.mark.parametrize("compress", [None, "gzip"])
+def test_a_newline_in_a_suid_path_falls_back_to_its_own_find(irkit_home, sshd, tmp_path, compress):
     root = tmp_path / "host"
     digests = _tree(root, ["su-a", "evil\nname"])
-    result, manifest, commands = _collect(sshd, tmp_path, root)
+    result, manifest, commands = _collect(sshd, tmp_path, root, compress)
     files = {e["source_path"]: e for e in manifest["files"]}
     assert set(files) == set(digests), "the file with a newline in its name is not lost"
     assert all(files[p]["sha256_host"] == d for p, d in digests.items())

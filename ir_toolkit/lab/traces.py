@@ -96,7 +96,7 @@ TRACES: tuple[Trace, ...] = (
           + _bg("perl -e 'open(my $f, \"<\", \"/var/tmp/irkit-trace-open-del\") or die; "
                 "unlink \"/var/tmp/irkit-trace-open-del\"; $0=\"irkit-trace-holder\"; sleep 900'"),
           "live/deleted-open-files.tar", "IRKIT-TRACE-P9-DELETED-OPEN"),
-    Trace("P10", "strings of every running binary", "true", "live/process-strings.txt", "IRKIT-TRACE-P7"),
+    Trace("P10", "strings of every running binary", "true", "live/process-strings.txt.gz", "IRKIT-TRACE-P7"),
     # --- network
     Trace("N1", "connections with owning PIDs", "true", "live/linux.live.network_sockets.txt", f":{IMPLANT_PORT}"),
     Trace("N2", "listening sockets with PIDs", "true", "live/linux.live.network_sockets.txt", "pid="),
@@ -215,8 +215,8 @@ TRACES: tuple[Trace, ...] = (
     Trace("R4", "osquery snapshot", "true", "live/linux.live.security_agents.txt", "IRKIT-TRACE-osqueryi --json"),
     # --- file system sweeps (one walk)
     Trace("F1", "bodyfile of every local file system (a separate tmpfs too)",
-          _f("/srv/irkit-trace-timeline", "IRKIT-TRACE-F1"), "live/bodyfile.txt", "|/mnt/irkit-trace/inner-file|"),
-    Trace("F1b", "bodyfile of the root file system", "true", "live/bodyfile.txt", "|/srv/irkit-trace-timeline|"),
+          _f("/srv/irkit-trace-timeline", "IRKIT-TRACE-F1"), "live/bodyfile.txt.gz", "|/mnt/irkit-trace/inner-file|"),
+    Trace("F1b", "bodyfile of the root file system", "true", "live/bodyfile.txt.gz", "|/srv/irkit-trace-timeline|"),
     Trace("F3", "SUID/SGID files hashed",
           "cp /usr/bin/sleep /var/tmp/irkit-trace-suid && chmod 4755 /var/tmp/irkit-trace-suid",
           "manifest.json", "/var/tmp/irkit-trace-suid"),

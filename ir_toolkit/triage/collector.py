@@ -196,6 +196,7 @@ class HostCollector:
         self._stats: dict[str, remote.FileStat] = {}
         self._inodes: dict[tuple[int, int], str] = {}
         self._homes: list[str] | None = None
+        self._missing_tools: set[str] = set()      # tools the preflight found missing on the host
         self._decode: dict[str, str] = {}          # path -> decoder, for files decoded on the controller
         self._captured: dict[str, bytes] = {}      # path -> the bytes stored, kept for decoding
         self._capture_room = DECODE_TOTAL
@@ -283,8 +284,9 @@ class HostCollector:
         self._captured.clear()
 
     def _preflight(self) -> None:
-        """Note missing tools; without tar the files come over SFTP instead."""
-        if not any(a.collector != "command" for a in self.selection.artifacts):
+        """Note missing tools; without tar the files come over SFTP instead, without gzip (or awk, for an output
+        with sections) a compressed output comes over uncompressed."""
+        if not any(a.collector != "command" or a.compress is not None for a in self.selection.artifacts):
             return
         try:
             result = self.conn.run(remote.PREFLIGHT_COMMAND, timeout=self._timeout(60))
@@ -295,6 +297,10 @@ class HostCollector:
         missing = result.stdout.decode("utf-8", "replace").split()
         if missing:
             self.log.add("warning", "tools missing on host", tools=missing)
+        self._missing_tools = set(missing)
+        if self._missing_tools & set(remote.COMPRESS_TOOLS) and any(a.compress for a in self.selection.artifacts):
+            self.log.add("warning", "outputs the host would compress come over uncompressed",
+                         tools=sorted(self._missing_tools & set(remote.COMPRESS_TOOLS)))
         if "tar" in missing and self.transfer == "tar":
             self.transfer = "sftp"
             self.log.add("warning", "no tar on host: files are copied over SFTP")
@@ -316,19 +322,27 @@ class HostCollector:
 
     def _command(self, artifact: Artifact) -> dict[str, Any]:
         summary: dict[str, Any] = {"name": artifact.name, "collector": "command"}
-        archive = f"live/{artifact.output_name}"
+        compress = self._compresses(artifact)
+        archive = f"live/{artifact.compressed_name if compress else artifact.output_name}"
         spool = self._spool()
-        # sections are split as the output arrives (one pass; no second copy of a large output)
         parts = {tag: self._spool() for tag in artifact.sections} if artifact.sections else {}
-        splitter = SectionSplitter(artifact.sections, spool, parts) if artifact.sections else None
+        untagged = self._spool() if compress and artifact.sections else None
+        # Plain output: sections are split as it arrives (one pass; no second copy of a large output).
+        # Compressed: the host split them off (remote.SECTION_AWK); the stream is kept as it came, hashed.
+        sink: Any
+        if compress:
+            sink = _HashingSink(spool)
+        elif artifact.sections:
+            sink = SectionSplitter(artifact.sections, spool, parts)
+        else:
+            sink = spool
         try:
-            res = run_capped(self.conn, remote.command_for(artifact), cap=artifact.file_cap,
-                             timeout=self._timeout(float(artifact.timeout)), deadline=self.deadline,
-                             spool=splitter if splitter is not None else spool)
+            res = run_capped(self.conn, remote.command_for(artifact, compress=compress), cap=artifact.file_cap,
+                             timeout=self._timeout(float(artifact.timeout)), deadline=self.deadline, spool=sink)
         except TransferError as exc:
-            spool.close()
-            for part in parts.values():
-                part.close()
+            for f in (spool, untagged, *parts.values()):
+                if f is not None:
+                    f.close()
             self._lost(exc)
             self.log.add("error", "command failed", artifact=artifact.name, reason=str(exc))
             summary.update(status="failed", reason=str(exc))
@@ -339,24 +353,39 @@ class HostCollector:
         size = res.kept
         sections: dict[str, tuple[IO[bytes], int]] = {}
         stream_sha = None
+        extra: dict[str, Any] = {}
+        section_entries: list[dict[str, Any]] = []
+        meta = MemberMeta(mtime=captured, mode=0o644)
         try:
-            if splitter is not None:
-                size, part_sizes, stream_sha = splitter.finish()
+            if compress:
+                stream_sha = sink.sha.hexdigest()
+                size, sections, extra = self._unframe(artifact, spool, res, parts, untagged)
+            elif artifact.sections:
+                size, part_sizes, stream_sha = sink.finish()
                 sections = {tag: (parts[tag], part_sizes[tag]) for tag in artifact.sections}
-                if not res.truncated:
-                    self._keep_listings(artifact.name, sections)
+            if sections and not res.truncated:
+                self._keep_listings(artifact.name, sections)
             spool.seek(0)
-            digest = self.writer.add_stream(archive, size, spool, MemberMeta(mtime=captured, mode=0o644))
-            section_entries = []
+            digest = self.writer.add_stream(archive, size, LimitedReader(spool, size), meta)
             for tag, (part, part_size) in sections.items():
                 name = f"live/{artifact.sections[tag]}"
                 part.seek(0)
                 section_entries.append({
                     "archive_path": name, "artifact": artifact.name, "kind": "section", "section": tag,
-                    "size": part_size, "sha256_received": self.writer.add_stream(
-                        name, part_size, part, MemberMeta(mtime=captured, mode=0o644)),
+                    "size": part_size, "sha256_received": self.writer.add_stream(name, part_size, part, meta),
                     "sha256_host": None, "captured": _iso(captured), "status": COLLECTED,
                     "note": f"the output lines of {artifact.name} tagged '{tag}', tag removed",
+                })
+            if untagged is not None and extra.get("untagged_size"):
+                name = f"live/{artifact.untagged_name}"
+                untagged.seek(0)
+                section_entries.append({
+                    "archive_path": name, "artifact": artifact.name, "kind": "section", "section": None,
+                    "size": extra["untagged_size"], "sha256_received": self.writer.add_stream(
+                        name, extra.pop("untagged_size"), untagged, meta),
+                    "sha256_host": None, "captured": _iso(captured), "status": COLLECTED,
+                    "note": f"untagged lines the host sent among the section lines of {artifact.name} "
+                            "(irkit's own framing never puts any there)",
                 })
         except QuotaExceeded as exc:
             self.quota_reason = str(exc)
@@ -366,28 +395,32 @@ class HostCollector:
                                  "command": artifact.command, "status": FAILED, "reason": str(exc)})
             return summary
         finally:
-            spool.close()
-            for part in parts.values():
-                part.close()
+            for f in (spool, untagged, *parts.values()):
+                if f is not None:
+                    f.close()
         entry: dict[str, Any] = {
             "archive_path": archive, "artifact": artifact.name, "kind": "command", "command": artifact.command,
             "exit_status": res.exit_status, "size": size, "sha256_received": digest,
             "sha256_host": None, "captured": _iso(captured), "status": COLLECTED,
         }
-        if stream_sha is not None:
+        if compress:
+            entry.update(encoding="gzip", **extra)
+        if stream_sha is not None and (stream_sha != digest or artifact.sections):
             entry["sha256_stream"] = stream_sha
         self.outputs.extend(section_entries)
         if res.truncated:
             entry["status"] = TRUNCATED
-            entry["reason"] = f"output {res.total_bytes} bytes > max_file_size {artifact.file_cap}; first bytes kept"
+            what = "compressed output" if compress else "output"
+            entry["reason"] = (f"{what} {res.total_bytes} bytes > max_file_size {artifact.file_cap}; first bytes kept"
+                               + ("; its sections (at the end of the stream) are not in it"
+                                  if compress and artifact.sections else ""))
             self.log.add("warning", "command output over cap: truncated", artifact=artifact.name,
                          total_bytes=res.total_bytes, kept=size)
         if res.stderr:
+            err_name = f"live/{artifact.output_name}.stderr"
             try:
-                err_digest = self.writer.add_bytes(archive + ".stderr", res.stderr,
-                                                   MemberMeta(mtime=captured, mode=0o644))
-                entry["stderr"] = {"archive_path": archive + ".stderr", "sha256_received": err_digest,
-                                   "size": len(res.stderr)}
+                err_digest = self.writer.add_bytes(err_name, res.stderr, meta)
+                entry["stderr"] = {"archive_path": err_name, "sha256_received": err_digest, "size": len(res.stderr)}
             except QuotaExceeded as exc:
                 self.quota_reason = str(exc)
         level = "info" if res.exit_status == 0 else "warning"
@@ -396,8 +429,54 @@ class HostCollector:
                      bytes=size, reason=why)
         self.outputs.append(entry)
         summary.update(status="ok" if res.exit_status == 0 else "errors", exit_status=res.exit_status,
-                       files=1 + len(sections), bytes=res.kept)
+                       files=1 + len(section_entries), bytes=res.kept)
         return summary
+
+    def _compresses(self, artifact: Artifact) -> bool:
+        """The host compresses this output: the artifact asks for it and the host has the tools."""
+        if artifact.compress is None:
+            return False
+        needs = {"gzip", "awk"} if artifact.sections else {"gzip"}
+        return not (needs & self._missing_tools)
+
+    def _unframe(self, artifact: Artifact, spool: IO[bytes], res: Any, parts: Mapping[str, IO[bytes]],
+                 untagged: IO[bytes] | None) -> tuple[int, dict[str, tuple[IO[bytes], int]], dict[str, Any]]:
+        """A compressed output as received in ``spool``: (bytes of the compressed stream, sections, manifest
+        fields). Nothing is decompressed; with sections the trailer says where the plain section lines begin."""
+        total = res.kept
+        extra: dict[str, Any] = {}
+        if artifact.sections and not res.truncated:
+            frame = unframe_sections(spool, total)
+            if frame is None:
+                self.anomaly(f"output of {artifact.name} does not end with irkit's section trailer: stored whole "
+                             "(as received), its sections not split", artifact=artifact.name)
+                extra["framing"] = "no section trailer: stored whole, sections not split"
+            else:
+                body, tail = frame
+                spool.seek(body)
+                splitter = SectionSplitter(artifact.sections, untagged or io.BytesIO(), parts)
+                reader = LimitedReader(spool, tail)
+                while block := reader.read(1 << 20):
+                    splitter.write(block)
+                untagged_size, part_sizes, _ = splitter.finish()
+                extra.update(stream_size=total, sections_size=tail)
+                if untagged_size:
+                    self.anomaly(f"output of {artifact.name}: {untagged_size} bytes of untagged lines among its "
+                                 "section lines", artifact=artifact.name, size=untagged_size)
+                    extra["untagged_size"] = untagged_size
+                total = body
+                sections = {tag: (parts[tag], part_sizes[tag]) for tag in artifact.sections}
+                return self._check_gzip(artifact, spool, total, extra, sections)
+        return self._check_gzip(artifact, spool, total, extra, {})
+
+    def _check_gzip(self, artifact: Artifact, spool: IO[bytes], size: int, extra: dict[str, Any],
+                    sections: dict[str, tuple[IO[bytes], int]]
+                    ) -> tuple[int, dict[str, tuple[IO[bytes], int]], dict[str, Any]]:
+        spool.seek(0)
+        if spool.read(2) != b"\x1f\x8b":
+            self.anomaly(f"output of {artifact.name} is not a gzip stream (stored as received)", artifact=artifact.name)
+            extra["framing"] = (extra.get("framing", "") + "; " if extra.get("framing") else "") + "not gzip"
+        return size, sections, extra
 
     def _keep_listings(self, name: str, sections: dict[str, tuple[IO[bytes], int]]) -> None:
         """Keep the sections of ``name``'s output that list files for a later artifact (bounded)."""
@@ -757,6 +836,39 @@ class _Capture(io.RawIOBase):
         if data:
             self.data += data
         return data
+
+
+class _HashingSink:
+    """A write-only pass-through that SHA-256s what is written (a compressed output, as received)."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self.sink = sink
+        self.sha = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.sink.write(data)
+
+
+def unframe_sections(stream: IO[bytes], total: int) -> tuple[int, int] | None:
+    """Where a compressed output with sections (:data:`remote.SECTION_AWK`: the compressed stream, the plain
+    section lines, the trailer) divides: (bytes of the compressed stream, bytes of the section lines), from the
+    trailer in the last bytes of ``stream`` (``total`` long). None when it does not end with a valid trailer.
+
+    The host chooses every byte: a lying length can only move the division within what the host sent (both
+    parts are stored; the whole stream's SHA-256 is in the manifest); it can never point outside the stream.
+    """
+    look = min(total, 64)
+    stream.seek(total - look)
+    end = stream.read(look)
+    match = remote.SECTION_TRAILER.search(end)
+    if match is None or len(end) != look:
+        return None
+    tail = int(match.group(1))
+    trailer = look - match.start()
+    if tail > total - trailer:
+        return None
+    return total - trailer - tail, tail
 
 
 class SectionSplitter:

@@ -35,8 +35,10 @@ HOMES_COMMAND = (
 )
 # Tools the file collectors need (GNU findutils/coreutils/tar); prints the missing ones.
 REQUIRED_TOOLS = ("find", "stat", "xargs", "sha256sum", "tar", "head", "tee")
+# ... and the ones a compressed output needs (without them it comes over uncompressed)
+COMPRESS_TOOLS = ("gzip", "awk")
 PREFLIGHT_COMMAND = (
-    f"{ENV_PREFIX} sh -c 'for t in {' '.join(REQUIRED_TOOLS)}; do "
+    f"{ENV_PREFIX} sh -c 'for t in {' '.join(REQUIRED_TOOLS + COMPRESS_TOOLS)}; do "
     "command -v \"$t\" >/dev/null 2>&1 || echo \"$t\"; done'"
 )
 HASH_COMMAND = f"{ENV_PREFIX} xargs -0 -r sha256sum -z --"
@@ -154,10 +156,45 @@ def enumerate_command(artifact: Artifact, roots: list[str], *, glob: bool) -> st
     return f"{ENV_PREFIX} sh -c {shlex.quote(script)}"
 
 
-def command_for(artifact: Artifact) -> str:
-    """The remote command line for a ``command`` artifact (run by ``sh`` with a fixed PATH)."""
+def command_for(artifact: Artifact, *, compress: bool = False) -> str:
+    """The remote command line for a ``command`` artifact (run by ``sh`` with a fixed PATH).
+
+    ``compress`` (an artifact with ``compress: gzip``, on a host that has the tools): the output goes through
+    ``gzip -1`` on the host (see :data:`COMPRESS_WRAPPER`); with sections, through :data:`SECTION_AWK`
+    (the tagged lines plain after the compressed rest, then the :data:`SECTION_TRAILER` line).
+    """
     assert artifact.command is not None
-    return f"{ENV_PREFIX} sh -c {shlex.quote(artifact.command)}"
+    if not compress or artifact.compress is None:
+        return f"{ENV_PREFIX} sh -c {shlex.quote(artifact.command)}"
+    if not artifact.sections:
+        return (f"{ENV_PREFIX} sh -c {shlex.quote(COMPRESS_WRAPPER.replace('@PIPE@', GZIP))} sh "
+                f"{shlex.quote(artifact.command)}")
+    pipe = 'awk -v T="$2" "$3"'
+    return (f"{ENV_PREFIX} sh -c {shlex.quote(COMPRESS_WRAPPER.replace('@PIPE@', pipe))} sh "
+            f"{shlex.quote(artifact.command)} {shlex.quote(' '.join(sorted(artifact.sections)))} "
+            f"{shlex.quote(SECTION_AWK)}")
+
+
+#: the host's compressor: fast (about 0.13 s of host CPU for a 25 MB bodyfile, 9x smaller); gzip is on every
+#: Linux host (zstd is not)
+GZIP = "gzip -1 -c"
+#: runs the artifact's command (``$1``) into ``@PIPE@``, whose output is the channel's stdout, and exits with the
+#: command's own status (POSIX sh has no pipefail): fd 3 carries the status out of the pipeline
+COMPRESS_WRAPPER = ('exec 4>&1; st=$( { { sh -c "$1" 3>&- 4>&-; echo $? >&3; } | @PIPE@ >&4 3>&- 4>&-; } 3>&1 ); '
+                    'exit "${st:-1}"')
+#: routes a command's output on the host, exactly as ``collector.SectionSplitter`` does on the controller: a line
+#: whose first tab is within its first 34 bytes and whose text before it is a declared tag (``T``) is a section
+#: line, held in memory until the end; every other line goes to ``gzip``. At the end the section lines follow the
+#: compressed stream, plain, then one trailer line with their length in bytes (C locale: length() counts bytes)
+SECTION_AWK = (
+    'BEGIN { n = split(T, a, " "); for (i = 1; i <= n; i++) tag[a[i] "\\t"] = 1; z = "' + GZIP + '"; '
+    'printf "" | z }\n'
+    '{ t = index(substr($0, 1, 34), "\\t"); if (t > 1 && (substr($0, 1, t) in tag)) { s[++k] = $0; '
+    'm += length($0) + 1; next }; print | z }\n'
+    'END { close(z); for (i = 1; i <= k; i++) print s[i]; printf "irkit-sections %d\\n", m }\n'
+)
+#: the last line of a compressed output with sections: the length of the plain section lines before it
+SECTION_TRAILER = re.compile(rb"irkit-sections ([0-9]{1,15})\n\Z")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ An artifact file (``ir_toolkit/triage/artifacts/<os>/*.yml``) is::
 ``command`` runs a shell command and keeps its output; with ``sections`` (tag ->
 file name) the output lines that start with ``tag<TAB>`` are stored, without
 the tag, in their own file beside it (one walk of the file system can yield a
-bodyfile and several lists). ``file`` copies literal
+bodyfile and several lists). ``compress: gzip`` (Linux) has the host compress
+the output; the bundle keeps the compressed bytes as received
+(``live/<output>.gz``), the sections stay plain. ``file`` copies literal
 paths, ``glob`` copies paths given as shell glob patterns, ``hash`` records
 metadata and a host-side SHA-256 without copying. For the file-like collectors
 a matched directory is walked (``max_depth``), filtered by ``name_patterns``,
@@ -95,6 +97,10 @@ class Artifact(_Model):
     output: str | None = Field(default=None, description="file name of a command's output in the bundle")
     sections: dict[str, str] = Field(
         default={}, description="tag -> file name: output lines starting with 'tag<TAB>' are stored in that file")
+    compress: Literal["gzip"] | None = Field(
+        default=None, description="Linux command artifacts: the host compresses the output (gzip -1) and the bundle "
+                                  "keeps those bytes as they came (live/<output>.gz, hashed as received); sections "
+                                  "stay plain text, split off on the host")
     paths: list[str] = []
     name_patterns: list[str] = []
     exclude: list[str] = []
@@ -136,7 +142,11 @@ class Artifact(_Model):
             for tag in self.sections:
                 if not _TAG.match(tag):
                     raise ValueError(f"section tag {tag!r}: lowercase letters, digits and '_'")
+            if self.compress is not None and self.os != "linux":
+                raise ValueError("compress: is only for Linux command artifacts")
             names = [self.output_name, *self.sections.values()]
+            if self.compress is not None:
+                names += [self.compressed_name, self.untagged_name]
             if len(set(names)) != len(names):
                 raise ValueError("sections: every section needs its own file name, not the main output's")
         else:
@@ -144,8 +154,8 @@ class Artifact(_Model):
                 raise ValueError(f"a {self.collector} artifact takes paths:, not command:")
             if not self.paths:
                 raise ValueError(f"a {self.collector} artifact needs paths:")
-            if self.output is not None or self.sections:
-                raise ValueError("output: and sections: are only for command artifacts")
+            if self.output is not None or self.sections or self.compress is not None:
+                raise ValueError("output:, sections: and compress: are only for command artifacts")
             if self.listed_by is not None and self.collector != "hash":
                 raise ValueError("listed_by: is only for hash artifacts (a listing is metadata; copies stay explicit)")
             for path in self.paths:
@@ -178,6 +188,16 @@ class Artifact(_Model):
     @property
     def output_name(self) -> str:
         return self.output or f"{self.name}.txt"
+
+    @property
+    def compressed_name(self) -> str:
+        """The bundle name of the output when the host compressed it (``<output>.gz``)."""
+        return self.output_name + ".gz"
+
+    @property
+    def untagged_name(self) -> str:
+        """Where untagged lines that a host put among a compressed output's sections are kept."""
+        return self.output_name + ".untagged"
 
 
 def _check_path(path: str, os_name: str, *, literal: bool) -> None:
