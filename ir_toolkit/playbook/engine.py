@@ -520,6 +520,9 @@ class Engine:
         finally:
             with self._lock:
                 self._used[host.name] = self._used.get(host.name, 0.0) + time.monotonic() - started
+                # not working any more: the watchdog must not judge the host, queued for a worker in a
+                # later phase, by this phase's deadline (the next phase gives it a fresh one)
+                self._deadlines.pop(host.name, None)
 
     def _run_host_items(self, host: Host, items: list[PlanItem], deadline: Deadline) -> str:
         todo = [item for item in items if item.id not in self.options.finished]
