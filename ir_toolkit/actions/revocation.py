@@ -26,6 +26,7 @@ from pydantic import field_validator
 
 from ir_toolkit.actions import sshd
 from ir_toolkit.actions.base import DESTROYS_CREDENTIALS, Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.facts import accounts as account_facts
 from ir_toolkit.facts import sshd as sshd_facts
 from ir_toolkit.actions.responder import case_key_path, public_line
 from ir_toolkit.actions.support import (
@@ -230,6 +231,9 @@ class RevokeSshKeys(Action):
     description = "remove shared keys from every authorized_keys file and revoke them in sshd's KRL"
     destructive = True
     destroys = DESTROYS_CREDENTIALS
+
+    def plan_facts(self, ctx: ActionContext, params: RevokeParams) -> list[Any]:
+        return [sshd_facts.daemon(), sshd_facts.client_address(), account_facts.passwd_all()]
 
     def plan(self, ctx: ActionContext, params: RevokeParams) -> Outcome:
         targets = revoke_targets(ctx, params)

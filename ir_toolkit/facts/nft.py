@@ -113,3 +113,8 @@ def table(family: str, name: str) -> Query[NftTable]:
         raise ValueError("nft family/table names are fixed identifiers")
     return Query("nft.table", f"nft list table {family} {name} 2>/dev/null",
                  lambda out: parse_table(family, name, out))
+
+
+def installed() -> Query[bool]:
+    """Is ``nft`` (nftables) on the host's PATH?"""
+    return Query("nft.installed", "command -v nft >/dev/null", lambda out: out.ok)

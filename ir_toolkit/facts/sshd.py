@@ -21,15 +21,20 @@ from dataclasses import dataclass, field
 from ir_toolkit.facts.base import FactError, Output, Query, integer, lines_of, no_control, printable
 from ir_toolkit.transports.hostkeys import fingerprint
 
+# Shell builtins only in the walk (read, case): no process per ancestor (this runs on every host at plan time)
 _LOCATE = r"""
 pid=$$; top=""
 while [ -n "$pid" ] && [ "$pid" -gt 1 ] 2>/dev/null; do
-  comm=$(cat /proc/$pid/comm 2>/dev/null) || break
+  read -r comm 2>/dev/null < /proc/$pid/comm || break
   case "$comm" in
     sshd|sshd-session|sshd-auth) top=$pid ;;
     *) [ -n "$top" ] && break ;;
   esac
-  pid=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$pid/status 2>/dev/null)
+  ppid=""
+  while read -r key value; do
+    case "$key" in PPid:) ppid=$value; break ;; esac
+  done 2>/dev/null < /proc/$pid/status
+  pid=$ppid
 done
 [ -n "$top" ] || { echo "no sshd ancestor" >&2; exit 3; }
 echo "$top"

@@ -40,6 +40,7 @@ from ir_toolkit.audit import events
 from ir_toolkit.audit.journal import Journal, JournalReadOnly, ReadOnlyJournal
 from ir_toolkit.deadline import Deadline
 from ir_toolkit.errors import InputError
+from ir_toolkit.facts.batch import FactMemo
 from ir_toolkit.inventory.model import Host, Inventory
 from ir_toolkit.log import get_logger
 from ir_toolkit.playbook.gate import EvidenceGate, GateDecision, evidence_gate, refusal, required_kind
@@ -175,20 +176,43 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
             for row in per_host[host_name]:
                 changes[row] = {"changed": None, "summary": f"unknown: {exc}", "error": exc.kind}
             return
-        #: (action variant, params it plans with) -> the prediction already made on this host: a step
+        #: (action variant, params it plans with) -> the first row planning it on this host: a step
         #: repeated later (the verify phase) would inspect the same, unchanged state again
-        seen: dict[tuple[str, str], dict[str, Any]] = {}
+        first: dict[tuple[str, str], int] = {}
+        same_as: dict[int, int] = {}
+        #: the host's answers while it is planned (nothing changes meanwhile): a fact two steps read is
+        #: asked once, and the facts the steps name in ``plan_facts`` are asked in one command first
+        facts = FactMemo()
+        todo: list[tuple[int, ActionContext]] = []
         for row in per_host[host_name]:
             item, action, params = rows[row]
             memo = (f"{type(action).__module__}.{type(action).__qualname__}",
                     json.dumps(params.model_dump(mode="json", exclude=set(action.plan_ignores)), sort_keys=True,
                                default=str))
-            if memo in seen:
-                changes[row] = dict(seen[memo])
+            if memo in first:
+                same_as[row] = first[memo]
                 continue
+            first[memo] = row
             step = playbook.phases[item.phase_index].steps[item.step_index]
-            ctx = ActionContext(host, inventory, case_id, conn, deadline.child(playbook.step_timeout(step)),
-                                journal=journal, pool=pool, actor=who, keys=keys, planning=True, preview=preview)
+            todo.append((row, ActionContext(host, inventory, case_id, conn,
+                                            deadline.child(playbook.step_timeout(step)), journal=journal, pool=pool,
+                                            actor=who, keys=keys, planning=True, preview=preview, memo=facts)))
+        wanted: list[Any] = []
+        for row, ctx in todo:
+            try:
+                wanted.extend(rows[row][1].plan_facts(ctx, rows[row][2]))
+            except (ActionFailed, ValueError):
+                pass  # the step's plan says why
+        if wanted:
+            ctx = todo[0][1]
+            try:
+                facts.prefetch(ctx, wanted, timeout=max(1.0, min(60.0, ctx.remaining())))
+            except TransportError:
+                pass  # each fact is asked alone below, and fails there with its own message
+            if facts.batch_refused:
+                _log.debug("plan.batch_refused", host=host_name, reason=facts.batch_refused[:200])
+        for row, ctx in todo:
+            item, action, params = rows[row]
             try:
                 outcome = action.plan(ctx, params)
                 changes[row] = {"changed": outcome.changed, "summary": outcome.summary}
@@ -199,7 +223,8 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
                                 "error": getattr(exc, "kind", "failed")}
             except JournalReadOnly as exc:
                 changes[row] = {"changed": None, "summary": f"unknown: {exc}", "error": "plan_wrote"}
-            seen[memo] = changes[row]
+        for row, earlier in same_as.items():
+            changes[row] = dict(changes[earlier])
         if on_event:
             on_event("planned", {"host": host_name, "tenant": host.tenant})
 
