@@ -17,8 +17,9 @@ import yaml
 
 from ir_toolkit.actions import base as actions_base
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
+from ir_toolkit.facts.base import Query
 from ir_toolkit.inventory import load_inventory
-from ir_toolkit.playbook.engine import Engine, EngineOptions, build_plan
+from ir_toolkit.playbook.engine import NOT_INSPECTED, Engine, EngineOptions, build_plan
 from ir_toolkit.playbook.schema import load_playbook
 from ir_toolkit.transports.base import TIMED_OUT, TRANSIENT, CommandResult, TransportError
 from tests.fakes import FakeConnection, FakePool, MemoryJournal
@@ -87,7 +88,21 @@ class TWindows(_Step):
         return Outcome(True, "windows variant")
 
 
-TEST_ACTIONS = (TStep, TDestroy, TOnce, TWritesInPlan, TLinux, TWindows)
+class TFacts(_Step):
+    """Plans from two facts, one of them named in ``plan_facts`` (prefetched), one read only by ``plan``."""
+
+    name = "t.facts"
+
+    def plan_facts(self, ctx: ActionContext, params: StepParams) -> list[Any]:
+        return [Query("t.a", "echo fact-a", lambda out: out.text), Query("t.b", "echo fact-b", lambda out: out.text)]
+
+    def plan(self, ctx: ActionContext, params: StepParams) -> Outcome:
+        a = ctx.fact(Query("t.a", "echo fact-a", lambda out: out.text))
+        c = ctx.fact(Query("t.c", "echo fact-c", lambda out: out.text))
+        return Outcome(True, f"{params.label}: {a.strip()} {c.strip()}")
+
+
+TEST_ACTIONS = (TStep, TDestroy, TOnce, TWritesInPlan, TLinux, TWindows, TFacts)
 
 
 @pytest.fixture(autouse=True)
@@ -584,3 +599,91 @@ def test_engine_wave_watchdog_closes_an_overrunning_host_and_moves_on(home: Path
     time.sleep(3.5)
     assert closed == [True]  # its connection had been closed under it
     assert summary.hosts["globex-h0"].status == "timed_out"  # the late worker did not overwrite it
+
+
+def _facts_script(conn: Any, command: str, stdin: bytes | None) -> CommandResult:
+    """A host that answers the t.facts facts, alone or in one batch (run by the local /bin/sh)."""
+    import subprocess
+
+    proc = subprocess.run(["/bin/sh", "-c", command], capture_output=True, timeout=30)
+    return CommandResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_engine_plan_asks_each_fact_once_and_prefetches_in_one_command(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 2)})
+    # the same step twice (a verify phase) and another step reading the same facts with other params
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.facts"},
+                                                      {"name": "b", "action": "t.facts", "params": {"label": "y"}}]},
+                              {"name": "v", "steps": [{"name": "a", "action": "t.facts"}]}])
+    inventory = load_inventory(inv)
+    log: list[tuple[str, str]] = []
+
+    def script(conn: Any, command: str, stdin: bytes | None) -> CommandResult:
+        log.append((conn.endpoint.name, command))
+        return _facts_script(conn, command, stdin)
+
+    plan = build_plan(load_playbook(pb), inventory, str(inv), "UNIT", FakePool(inventory, "UNIT", script))
+    assert {i.change["summary"] for i in plan.items if i.step == "a"} == {"x: fact-a fact-c"}
+    assert {i.change["summary"] for i in plan.items if i.step == "b"} == {"y: fact-a fact-c"}
+    for host in ("globex-h0", "globex-h1"):
+        mine = [c for h, c in log if h == host]
+        assert len(mine) == 2, mine  # one batch (a, b) + c alone; nothing asked twice
+        assert mine[0].startswith("exec /bin/sh -c ") and mine[1] == "echo fact-c"
+
+
+def test_engine_plan_reads_each_fact_alone_when_the_batch_is_mangled(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 1)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.facts"}]}])
+    inventory = load_inventory(inv)
+    log: list[str] = []
+
+    def script(conn: Any, command: str, stdin: bytes | None) -> CommandResult:
+        log.append(command)
+        result = _facts_script(conn, command, stdin)
+        if command.startswith("exec /bin/sh"):  # a lying host: a forged extra frame at the end
+            return CommandResult(0, result.stdout + result.stdout[:60], b"")
+        return result
+
+    plan = build_plan(load_playbook(pb), inventory, str(inv), "UNIT", FakePool(inventory, "UNIT", script))
+    assert plan.items[0].change["summary"] == "x: fact-a fact-c"
+    assert log[1:] == ["echo fact-a", "echo fact-c"]
+
+
+def test_engine_plan_without_inspection_asks_no_host(home: Path) -> None:
+    inv = inventory_file(home, {"globex": hosts("globex", 2), "initech": hosts("initech", 1)})
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.facts"},
+                                                      {"name": "b", "action": "t.destroy"}]}])
+    inventory = load_inventory(inv)
+    pool = FakePool(inventory, "UNIT", Tracker(), unreachable={"initech-h0"})
+    events: list[str] = []
+    plan = build_plan(load_playbook(pb), inventory, str(inv), "UNIT", pool, preview=False, inspect=False,
+                      on_event=lambda kind, data: events.append(data["host"]))
+    assert pool.opened == [] and sorted(events) == ["globex-h0", "globex-h1", "initech-h0"]
+    assert all(i.change == {"changed": None, "summary": NOT_INSPECTED, "inspected": False} for i in plan.items)
+    inspected = build_plan(load_playbook(pb), inventory, str(inv), "UNIT", FakePool(inventory, "UNIT", _facts_script))
+    # the same items (ids, steps, params, approvals): only the predictions differ
+    strip = [(i.id, i.step, i.params, i.requires_approval, i.destructive) for i in plan.items]
+    assert strip == [(i.id, i.step, i.params, i.requires_approval, i.destructive) for i in inspected.items]
+    summary, journal, _, _ = run(home, inv, pb, unreachable={"initech-h0"})
+    assert statuses(summary)["initech-h0"] == "failed"  # found when its step runs, as before
+
+
+def test_make_plan_inspects_under_yes_only_when_another_approver_reads_the_plan(home: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from ir_toolkit.run import session
+
+    pb = playbook_file(home, [{"name": "p", "steps": [{"name": "a", "action": "t.step"}]}])
+    seen: list[bool] = []
+    real = session.build_plan
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["inspect"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(session, "build_plan", spy)
+    monkeypatch.setattr(session, "make_pool", lambda inventory, case_id, loaded: FakePool(inventory, case_id))
+    for approvals in ({"globex": 1}, {"globex": 2}):
+        inv = inventory_file(home, {"globex": hosts("globex", 1)}, approvals=approvals)
+        for preview, unread in ((True, True), (True, False), (False, True), (False, False)):
+            session.make_plan(None, str(inv), str(pb), "UNIT", forks=2, preview=preview, inspect_unread=unread)
+    assert seen == [True, True, True, False, True, True, True, True]

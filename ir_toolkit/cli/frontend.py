@@ -38,7 +38,10 @@ def show_plan(plan: Plan, fmt: str = "table") -> None:
                       str(c["unknown"]), "required" if approval else "")
     out = console()
     out.print(table)
-    unknown = [i for i in plan.items if i.change.get("changed") is None]
+    unread = [i for i in plan.items if i.change.get("inspected") is False]
+    if unread:
+        out.print(f"  {len(unread)} host steps not inspected (--yes): each step reads its host when it runs")
+    unknown = [i for i in plan.items if i.change.get("changed") is None and i.change.get("inspected") is not False]
     for item in unknown[:10]:
         out.print(f"  [yellow]{safe(item.host)}[/]: {safe(item.change.get('summary'))}")
     if len(unknown) > 10:

@@ -127,13 +127,23 @@ def actor_name() -> str:
 # --------------------------------------------------------------------------- planning
 
 
+#: the prediction of an item that was not inspected (``inspect=False``)
+NOT_INSPECTED = ("not inspected: nobody reads this plan before it runs (--yes); the step reads the host when it "
+                 "runs (irkit plan or --dry-run shows what would change)")
+
+
 def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str, case_id: str, pool: ConnectionPool,
                *, forks: int = DEFAULT_FORKS, on_event: EventSink | None = None, actor: str | None = None,
-               preview: bool = True) -> Plan:
+               preview: bool = True, inspect: bool = True) -> Plan:
     """Inspect every targeted host with each step's ``plan`` and return the (unsaved) plan.
 
     ``preview`` False (``contain --yes``: nobody reads the plan before it runs) lets actions skip
     costly previews that change nothing (Ansible's check mode); their items say so.
+
+    ``inspect`` False (``--yes`` and no tenant needs another approver's signature on this plan): no host
+    is asked anything; every item says :data:`NOT_INSPECTED` (``changed`` None, ``inspected`` False). The
+    items, their parameters and the plan's hash are the same as with inspection; every step reads the
+    host's state itself when it runs (apply is idempotent and decides from what it reads then).
 
     Actions plan with a read-only journal and locked keys: a plan that tries to write the
     audit log gets its item marked unknown (``error: plan_wrote``), and nothing is written.
@@ -163,8 +173,14 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
     keys = KeyProvider.locked()
     who = actor or actor_name()
 
-    def inspect(host_name: str) -> None:
+    def inspect_host(host_name: str) -> None:
         host = hosts[host_name]
+        if not inspect:
+            for row in per_host[host_name]:
+                changes[row] = {"changed": None, "summary": NOT_INSPECTED, "inspected": False}
+            if on_event:
+                on_event("planned", {"host": host_name, "tenant": host.tenant})
+            return
         if inventory.tenant(host.tenant).agent is not None:  # unreachable from here: its agent acts at run time
             for row in per_host[host_name]:
                 changes[row] = {"changed": None, "summary": "served by the tenant's agent (inspected when it runs)"}
@@ -228,8 +244,12 @@ def build_plan(loaded: LoadedPlaybook, inventory: Inventory, inventory_path: str
         if on_event:
             on_event("planned", {"host": host_name, "tenant": host.tenant})
 
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(per_host) or 1))) as executor:
-        list(executor.map(inspect, list(per_host)))
+    if not inspect:
+        for host_name in per_host:
+            inspect_host(host_name)
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, min(forks, len(per_host) or 1))) as executor:
+            list(executor.map(inspect_host, list(per_host)))
     items = [dataclasses.replace(item, change=changes.get(row, {})) for row, (item, _, _) in enumerate(rows)]
     return Plan(
         case=case_id, msp=inventory.msp.name,

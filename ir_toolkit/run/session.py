@@ -113,17 +113,24 @@ def _noop(kind: str, data: dict[str, Any]) -> None:
 
 
 def make_plan(msp: str | None, inventory_path: str | None, playbook_path: str, case_id: str, *,
-              forks: int, keep_pool: bool = False, frontend: Frontend | None = None, preview: bool = True
-              ) -> tuple[Plan, LoadedPlaybook, Inventory, ConnectionPool | None]:
-    """Plan a playbook; with ``keep_pool`` the open connections are returned for the apply that follows."""
+              forks: int, keep_pool: bool = False, frontend: Frontend | None = None, preview: bool = True,
+              inspect_unread: bool = True) -> tuple[Plan, LoadedPlaybook, Inventory, ConnectionPool | None]:
+    """Plan a playbook; with ``keep_pool`` the open connections are returned for the apply that follows.
+
+    ``inspect_unread`` False (``--yes``): when nobody reads the plan before it runs - no preview, and no
+    tenant of the plan needs another approver's signature (``approvals_required`` 1) - the hosts are not
+    inspected at plan time (each step reads its host when it runs; see ``build_plan``'s ``inspect``)."""
     emit = frontend.event if frontend is not None else _noop
     path = resolve_inventory_path(msp, inventory_path)
     inventory = load_inventory(path, msp=msp if not inventory_path else None)
     loaded = load_playbook(playbook_path)
     pool = make_pool(inventory, case_id, loaded)
     emit("planning", {"playbook": loaded.playbook.name, "hosts": len(inventory.hosts())})
+    read_by_others = any(t.approvals_required > 1 for t in inventory.tenants)
+    inspect = preview or inspect_unread or read_by_others
     try:
-        plan = build_plan(loaded, inventory, str(path), case_id, pool, forks=forks, preview=preview)
+        plan = build_plan(loaded, inventory, str(path), case_id, pool, forks=forks, preview=preview,
+                          inspect=inspect)
     finally:
         emit("planning.done", {})
     plan.save()
@@ -161,8 +168,10 @@ def run_playbook(msp: str | None, inventory_path: str | None, case_id: str, play
     """
     # previews (Ansible --check) only when someone reads the plan: a dry run or a confirmation prompt
     preview = dry_run or not getattr(frontend, "yes", False)
+    # nobody reads the plan before it runs (--yes, no co-approver): the hosts are read by the steps themselves
     plan, loaded, inventory, pool = make_plan(msp, inventory_path, str(playbook), case_id, forks=forks,
-                                              keep_pool=not dry_run, frontend=frontend, preview=preview)
+                                              keep_pool=not dry_run, frontend=frontend, preview=preview,
+                                              inspect_unread=preview)
     frontend.show_plan(plan, dry_run=dry_run)
     if dry_run or pool is None:
         frontend.event("dry_run", {})
