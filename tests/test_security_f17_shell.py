@@ -57,6 +57,9 @@ def test_shell_glob_quotes_everything_but_safe_patterns():
 class _Ctx:
     """Just enough of an ActionContext: its ``run`` and its ``fact`` (the real one, unbound)."""
 
+    planning = False
+    memo = None
+
     def __init__(self, text: str) -> None:
         self.text = text
 
