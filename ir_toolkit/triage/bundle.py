@@ -75,8 +75,23 @@ def host_dir(case_id: str, tenant: str, host: str) -> Path:
 
 
 def json_bytes(data: Any) -> bytes:
-    """The on-disk form of manifest.json and seal.json (sorted keys, 2-space indent, final newline)."""
-    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True) + "\n").encode()
+    """The on-disk form of manifest.json and seal.json: sorted keys, ASCII, final newline; one top-level key a
+    line, and a list of objects (the manifest's ``files``, ``outputs``, ``artifacts``) one object a line.
+
+    (Not ``json.dumps(indent=2)``: with an indent the standard library encodes in Python, ~20 ms of
+    controller CPU per 1,500-file manifest; compact values go through its C encoder.)"""
+    if not isinstance(data, dict) or not data:
+        return (json.dumps(data, sort_keys=True, ensure_ascii=True) + "\n").encode()
+    dump = json.JSONEncoder(sort_keys=True, ensure_ascii=True).encode
+    lines = []
+    for key in sorted(data):
+        value = data[key]
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            text = "[\n" + ",\n".join("    " + dump(v) for v in value) + "\n  ]"
+        else:
+            text = dump(value)
+        lines.append(f"  {dump(key)}: {text}")
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
 
 
 def sha256_file(path: Path) -> str:
