@@ -111,3 +111,28 @@ def test_ssh_connection_implements_the_protocol() -> None:
     for name in members:
         assert hasattr(SshConnection, name) or name in ("endpoint", "host_key_fingerprint"), name
     assert SshConnection.kind == "ssh"
+
+
+@pytest.mark.parametrize(("error", "kind"), [("No existing session", TRANSIENT), ("Incompatible ssh peer", PROTOCOL)])
+def test_a_transport_lost_during_login_is_transient(monkeypatch: pytest.MonkeyPatch, error: str, kind: str) -> None:
+    """paramiko says "No existing session" when the daemon closed the connection between the key exchange
+    and authentication (a loaded host, LoginGraceTime): retried as a lost connection, where it used to
+    fail hosts as a protocol error (seen at 1,000 hosts); other SSH errors stay protocol errors."""
+    import socket
+
+    import paramiko
+
+    from ir_toolkit.transports import ssh
+
+    def connect(self: paramiko.SSHClient, *args: object, **kwargs: object) -> None:
+        raise paramiko.SSHException(error)
+
+    pair = socket.socketpair()
+    monkeypatch.setattr(ssh, "_open_socket", lambda endpoint, timeout: pair[0])
+    monkeypatch.setattr(paramiko.SSHClient, "connect", connect)
+    try:
+        with pytest.raises(TransportError) as caught:
+            SshConnection.open(Endpoint("198.18.0.10", 22, "root", set(), "h"), password="x")
+    finally:
+        pair[1].close()
+    assert caught.value.kind == kind

@@ -244,6 +244,11 @@ class SshConnection:
                 raise TransportError(TRANSIENT, f"{endpoint.address}: {text}") from None
             if isinstance(exc, (TimeoutError, socket.timeout)):
                 raise TransportError(TIMED_OUT, f"{endpoint.address}: timed out during SSH handshake") from None
+            if text == "No existing session":
+                # paramiko's word for a transport that died between the key exchange and authentication
+                # (the daemon closed it: LoginGraceTime or MaxStartups on a loaded host): a lost
+                # connection, worth a retry - never an answer to "is this credential refused?"
+                raise TransportError(TRANSIENT, f"{endpoint.address}: connection lost during SSH login ({text})") from None
             raise TransportError(PROTOCOL, f"{endpoint.address}: SSH error: {text}") from None
         transport = client.get_transport()
         if transport is not None:
