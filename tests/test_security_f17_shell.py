@@ -59,6 +59,7 @@ class _Ctx:
 
     planning = False
     memo = None
+    step_facts = None
 
     def __init__(self, text: str) -> None:
         self.text = text

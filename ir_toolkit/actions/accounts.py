@@ -118,6 +118,7 @@ def password_is_set(ctx: ActionContext, user: str, password: str) -> bool | None
 
 def session_pids(ctx: ActionContext, user: str) -> list[int]:
     """Processes of the account: owned by it, its sshd session processes, and all their descendants."""
+    ctx.prefetch([facts.processes(user), facts.passwd_entry(user)])  # one command for both
     rows = ctx.fact(facts.processes(user))
     entry = passwd_entry(ctx, user)
     if entry is None:
@@ -150,6 +151,7 @@ class RotateAccounts(Action):
     description = "rotate (escrowed, verified) or lock shared local accounts; end their sessions"
     destructive = True
     destroys = DESTROYS_CREDENTIALS
+    reuses_facts = True
 
     # ---------------------------------------------------------------- selection
     def _accounts(self, ctx: ActionContext, params: RotateParams) -> list[tuple[str, str]]:
@@ -236,7 +238,11 @@ class RotateAccounts(Action):
     # ---------------------------------------------------------------- apply
     def apply(self, ctx: ActionContext, params: RotateParams) -> Outcome:
         notes, changed, details = [], False, {}
-        for user, mode in self._accounts(ctx, params):
+        accounts = self._accounts(ctx, params)
+        ctx.prefetch([facts.account_state(user) for user, _ in accounts])  # one command for all accounts
+        #: every account's end state proven here, after its change (what verify would prove again)
+        proven = True
+        for user, mode in accounts:
             state = account_state(ctx, user)
             decision = account_decision(state, mode)
             if decision.action == "absent":
@@ -244,12 +250,19 @@ class RotateAccounts(Action):
                 continue
             if decision.action in ("lock", "locked"):
                 did, note, info = self._lock(ctx, params, state, decision)
+                proven = False  # verify reads the lock back
             else:
                 did, note, info = self._rotate(ctx, params, state)
+                # rotated now: the new password logged in, the leaked and the previous ones were refused,
+                # all after the change (_rotate); not rotated: verify proves the escrowed password logs in
+                proven &= did
             changed |= did
             notes.append(f"{user}: {note}")
             details[user] = info
-        return Outcome(changed, "; ".join(notes) or "no shared accounts for this host", details)
+        # Rotated (and proven) accounts need no second round of the same fresh logins (verify would make
+        # exactly them again, right after): the engine skips verify then.
+        return Outcome(changed, "; ".join(notes) or "no shared accounts for this host", details,
+                       verified=proven and changed)
 
     def _reconcile(self, ctx: ActionContext, store: esc.Escrow, user: str) -> str | None:
         """Settle entries a killed run left pending/applied: which password does the host accept?"""

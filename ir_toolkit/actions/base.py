@@ -86,6 +86,13 @@ class ActionContext:
     #: while planning: the host's answers so far, by command (a fact asked again is not asked again;
     #: the engine prefetches the steps' :meth:`Action.plan_facts` in one command). None outside planning.
     memo: FactMemo | None = None
+    #: outside planning, for an action whose ``reuses_facts`` is set: this step's answers (apply and verify
+    #: share them), by command. A fact asked again is answered from here only while NO other command has
+    #: run since it was read: :meth:`run` forgets every answer first (a command may change anything), so a
+    #: read-back after a change is always a new read. :meth:`prefetch` asks independent facts in one command.
+    step_facts: FactMemo | None = None
+    #: the host's proofs of responder access within one phase (the engine's; see :class:`AccessProofs`)
+    proofs: AccessProofs | None = None
 
     def remaining(self) -> float:
         return self.deadline.remaining()
@@ -93,10 +100,9 @@ class ActionContext:
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
             check: bool = False) -> CommandResult:
         """Run a command on the host within the step's deadline."""
-        left = self.remaining()
-        if left <= 0:
-            raise TransportError(TIMED_OUT, f"{self.host.name}: step deadline reached")
-        result = self.conn.run(command, stdin=stdin, timeout=min(timeout or left, left))
+        if self.step_facts is not None:
+            self.step_facts.clear()  # the command may change what any fact said
+        result = self._run(command, stdin=stdin, timeout=timeout)
         if check and not result.ok:
             err = result.stderr.decode("utf-8", "replace").strip().splitlines()
             raise ActionFailed(
@@ -105,15 +111,39 @@ class ActionContext:
             )
         return result
 
+    def _run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
+        left = self.remaining()
+        if left <= 0:
+            raise TransportError(TIMED_OUT, f"{self.host.name}: step deadline reached")
+        return self.conn.run(command, stdin=stdin, timeout=min(timeout or left, left))
+
     def fact(self, query: Query[T]) -> T:
         """Read one host fact (a command and its pure parser, :mod:`ir_toolkit.facts`) within the step's
         deadline; an answer the parser refuses (malformed, oversized, contradictory) fails the host."""
         try:
             if self.memo is not None and self.planning:
                 return self.memo.fact(self, query)
-            return gather(self, query)
+            if self.planning or self.step_facts is None:
+                return gather(self, query)
+            if query.stdin is not None:  # a secret may travel on stdin: such answers are not kept
+                return gather(_FactRunner(self), query)
+            return self.step_facts.fact(_FactRunner(self), query)
         except FactError as exc:
             raise ActionFailed(str(exc)) from None
+
+    def prefetch(self, queries: Sequence[Query[Any]]) -> None:
+        """Ask the host those of ``queries`` not answered yet (independent, read-only facts) in ONE command
+        (:mod:`ir_toolkit.facts.batch`: framed answers; a batch with any irregularity answers nothing and
+        each fact is then asked alone when it is read). Later :meth:`fact` calls read them - until the next
+        :meth:`run`, which forgets them. Planning uses the engine's memo instead."""
+        if self.planning or self.step_facts is None or self.conn.kind != "ssh":
+            return
+        try:
+            self.step_facts.prefetch(_FactRunner(self), queries)
+        except TransportError as exc:
+            if exc.kind == TIMED_OUT:
+                raise
+            # a lost channel: each fact is asked alone when read, and fails there with its own message
 
     def record(self, action: str, params: dict[str, Any], outcome: str = "ok") -> int:
         """A durable audit record about this host (raises while planning); returns its seq."""
@@ -164,6 +194,9 @@ class Action(ABC):
     #: the same action with otherwise equal parameters earlier on the same host (plans change nothing, so
     #: the host is in the same state), e.g. for the containment playbook's verify phase
     plan_ignores: ClassVar[tuple[str, ...]] = ()
+    #: every change this action makes goes through ``ctx.run`` (no streams, no other process such as
+    #: ansible-runner): the engine then gives its steps a :attr:`ActionContext.step_facts` memo
+    reuses_facts: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, ctx: ActionContext, params: Any) -> Outcome:
@@ -187,6 +220,51 @@ class Action(ABC):
         """Called by the engine after this step failed on ``host`` (also when no connection could be
         made, so ``apply`` never ran): an action may add its own audit record. Default: nothing."""
         return None
+
+
+class _FactRunner:
+    """Runs a fact's command for the step memo without forgetting the memo (facts change nothing)."""
+
+    def __init__(self, ctx: ActionContext) -> None:
+        self.ctx = ctx
+
+    def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
+        return self.ctx._run(command, stdin=stdin, timeout=timeout)
+
+
+class AccessProofs:
+    """One host's fresh-login proofs of responder access within one phase (kept by the engine).
+
+    A proof is recorded when a step's fresh login as ``user`` with key ``fingerprint`` worked. A later
+    step of the same phase may take it instead of logging in again ONLY in its ``verify`` and only
+    while nothing changed on the host since the proof: the engine forgets every proof when a step's
+    ``apply`` reports a change or a step fails, and offers them (:attr:`reusable`) only to the
+    ``verify`` of a step whose own ``apply`` changed nothing. A verify that reuses one says so in its
+    summary (``proven by <step>``), which goes into the step's audit record.
+    """
+
+    def __init__(self) -> None:
+        self._proofs: dict[tuple[str, str], str] = {}
+        #: the step now running (named in the proofs it records)
+        self.step = ""
+        #: proofs may be taken now (the engine sets it for a verify whose apply changed nothing)
+        self.reusable = False
+
+    def record(self, user: str, fingerprint: str) -> None:
+        self._proofs.setdefault((user, fingerprint), self.step)
+
+    def find(self, user: str, fingerprints: Sequence[str]) -> str | None:
+        """The step whose proof may be reused for ``user`` with one of ``fingerprints`` (None: log in)."""
+        if not self.reusable:
+            return None
+        for fp in fingerprints:
+            step = self._proofs.get((user, fp))
+            if step is not None:
+                return step
+        return None
+
+    def forget(self) -> None:
+        self._proofs.clear()
 
 
 _REGISTRY: dict[str, list[type[Action]]] = {}

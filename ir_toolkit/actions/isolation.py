@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import field_validator
 
 from ir_toolkit.actions.base import DESTROYS_NETWORK, Action, ActionContext, ActionFailed, Outcome, Params, register
-from ir_toolkit.actions.support import record, responder_access_works
+from ir_toolkit.actions.support import record, responder_access, responder_access_works
 from ir_toolkit.actions.sshd import client_address
 from ir_toolkit.facts import flows, nft
 from ir_toolkit.facts import sshd as sshd_facts
@@ -176,6 +176,19 @@ def _check_controller_allowed(ctx: ActionContext, allowed: list[Any]) -> str:
     return seen
 
 
+def _watchdog_command(seconds: int) -> str:
+    """Starts the host's own release after ``seconds`` (a detached shell, marked) and prints its pid."""
+    return (f"setsid sh -c 'sleep {int(seconds)}; nft delete table {FAMILY} {TABLE} 2>/dev/null' {WATCHDOG_MARK} "
+            "</dev/null >/dev/null 2>&1 & echo \"watchdog:$!\"")
+
+
+def _watchdog_pid(ok: bool, lines: list[str]) -> int:
+    pid = lines[0][len("watchdog:"):] if ok and len(lines) == 1 and lines[0].startswith("watchdog:") else ""
+    if not pid.isascii() or not pid.isdigit() or len(pid) > 9:
+        raise ActionFailed("could not start the isolation watchdog on the host")
+    return int(pid)
+
+
 def flow_facts(ctx: ActionContext) -> flows.FlowFacts:
     """The host's addresses, connected sockets and conntrack table (see :mod:`ir_toolkit.facts.flows`)."""
     return ctx.fact(flows.flow_facts())
@@ -206,6 +219,7 @@ class IsolateHost(Action):
     description = "isolate the host with nftables (own table); controller and allow-list keep access"
     destructive = True
     destroys = DESTROYS_NETWORK
+    reuses_facts = True
 
     def plan_facts(self, ctx: ActionContext, params: IsolateParams) -> list[Any]:
         return [nft.installed(), sshd_facts.client_address(), nft.table(FAMILY, TABLE)]
@@ -222,6 +236,7 @@ class IsolateHost(Action):
         return Outcome(True, f"{verb} the host; allowed: {', '.join(_fmt(n) for n in allowed)}")
 
     def apply(self, ctx: ActionContext, params: IsolateParams) -> Outcome:
+        ctx.prefetch(self.plan_facts(ctx, params))  # the independent facts below, in one command
         _need_nft(ctx)
         allowed = allowed_networks(ctx, params)
         seen = _check_controller_allowed(ctx, allowed)
@@ -235,12 +250,7 @@ class IsolateHost(Action):
                 return Outcome(True, f"already isolated; ended flows of {len(cut['peers'])} peer(s)",
                                {"spec": spec, "flows_cut": cut})
             return Outcome(False, "already isolated with this allow-list", {"spec": spec})
-        if not current.present:
-            # the state to return to on release (only taken when irkit's table is not loaded)
-            ctx.run(f"mkdir -p {STATE_DIR} && chmod 700 {STATE_DIR} && nft -s list ruleset > {SNAPSHOT}.tmp && "
-                    f"mv -f {SNAPSHOT}.tmp {SNAPSHOT}", check=True)
-        before = ctx.run(f"sha256sum < {SNAPSHOT} 2>/dev/null").text.split(" ")[0].strip()
-        watchdog = self._arm_watchdog(ctx, params.watchdog_seconds)
+        before, watchdog = self._prepare(ctx, not current.present, params.watchdog_seconds)
         result = ctx.run("nft -f -", stdin=script.encode())
         if not result.ok:
             self._disarm(ctx, watchdog)
@@ -267,13 +277,24 @@ class IsolateHost(Action):
                   and not (params.cut_flows and cut.get("sockets_left")))
         return Outcome(True, f"isolated; allowed: {', '.join(details['allowed'])}{ended}", details, verified=proven)
 
+    def _prepare(self, ctx: ActionContext, snapshot: bool, seconds: int) -> tuple[str, int]:
+        """In one command: the ruleset snapshot to return to on release (only taken when irkit's table is not
+        loaded), its hash, and the watchdog armed; returns (hash, the watchdog's pid)."""
+        snap = (f"{{ mkdir -p {STATE_DIR} && chmod 700 {STATE_DIR} && nft -s list ruleset > {SNAPSHOT}.tmp && "
+                f"mv -f {SNAPSHOT}.tmp {SNAPSHOT}; }} || exit 97; ") if snapshot else ""
+        result = ctx.run(f"{snap}printf 'sha256:%s\\n' \"$(sha256sum < {SNAPSHOT} 2>/dev/null)\"; "
+                         + _watchdog_command(seconds))
+        if result.exit_status == 97:
+            err = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise ActionFailed("cannot snapshot the nftables ruleset before isolating"
+                               + (f": {err[-1][:200]}" if err else ""))
+        lines = result.text.splitlines()
+        digest = lines[0][len("sha256:"):].split(" ")[0].strip() if lines and lines[0].startswith("sha256:") else ""
+        return digest, _watchdog_pid(result.ok, lines[1:])
+
     def _arm_watchdog(self, ctx: ActionContext, seconds: int) -> int:
-        cmd = (f"setsid sh -c 'sleep {seconds}; nft delete table {FAMILY} {TABLE} 2>/dev/null' {WATCHDOG_MARK} "
-               "</dev/null >/dev/null 2>&1 & echo $!")
-        out = ctx.run(cmd, check=True).text.strip()
-        if not out.isdigit():
-            raise ActionFailed("could not start the isolation watchdog on the host")
-        return int(out)
+        result = ctx.run(_watchdog_command(seconds))
+        return _watchdog_pid(result.ok, result.text.splitlines())
 
     def _disarm(self, ctx: ActionContext, pid: int) -> None:
         # The watchdog is `sh -c 'sleep N; nft delete ...' irkit-isolation-watchdog`: kill the shell FIRST
@@ -293,12 +314,13 @@ class IsolateHost(Action):
             if left.sockets:
                 problems.append("live connections to peers that are not allowed: "
                                 + ", ".join(sorted({str(s.peer) for s in left.sockets})[:5]))
-        if not responder_access_works(ctx):
+        access = responder_access(ctx, reuse=True)
+        if not access.ok:
             problems.append("fresh login from the controller FAILED")
         if problems:
             return Outcome(False, "; ".join(problems), ok=False)
         return Outcome(False, "isolated (policy drop, no live flow of a peer that is not allowed); "
-                              "fresh login from the controller works")
+                              "fresh login from the controller works" + access.note())
 
 
 class ReleaseParams(Params):

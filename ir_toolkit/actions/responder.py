@@ -31,7 +31,7 @@ from ir_toolkit.actions import sshd
 from ir_toolkit.facts import accounts as account_facts
 from ir_toolkit.facts import sshd as sshd_facts
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
-from ir_toolkit.actions.support import endpoint_as, passwd_entry, read_files, record, write_file
+from ir_toolkit.actions.support import endpoint_as, passwd_entry, proven_login, read_files, record, write_file
 from ir_toolkit.cases import CaseLayout
 from ir_toolkit.fsutil import write_atomic
 from ir_toolkit.transports.hostkeys import fingerprint
@@ -193,6 +193,7 @@ class EnsureResponderAccess(Action):
     name = "responder.ensure_access"
     Params = EnsureAccessParams
     description = "install a per-case responder key and prove a fresh login with it"
+    reuses_facts = True
 
     def _user(self, ctx: ActionContext, params: EnsureAccessParams) -> str:
         return params.user or ctx.host.user or ctx.inventory.msp.responder.user
@@ -218,6 +219,7 @@ class EnsureResponderAccess(Action):
     def apply(self, ctx: ActionContext, params: EnsureAccessParams) -> Outcome:
         user = self._user(ctx, params)
         passphrase = case_key_passphrase(ctx)
+        ctx.prefetch(self.plan_facts(ctx, params))  # the independent facts below, in one command
         _check_from(ctx)
         key_path, created = ensure_case_key(ctx.case_id, ctx.host.tenant, passphrase,
                                             remember=ctx.pool.remember_key if ctx.pool is not None else None)
@@ -234,9 +236,10 @@ class EnsureResponderAccess(Action):
                 remove_key_lines(ctx, path, blob)  # an older line of this key without the options
             ctx.run(install_script(path, user), stdin=(line + "\n").encode(), check=True)
             changed = True
-        # The proof: a brand-new connection with exactly this key, before anything else proceeds.
+        # The proof: a brand-new connection with exactly this key, before anything else proceeds (made
+        # here, never reused; later steps of this phase may reuse it while nothing changes: AccessProofs)
         pkey = _case_pkey(ctx, key_path, passphrase)
-        if not fresh_login(endpoint_as(ctx, user), pkey, ctx.deadline):
+        if not proven_login(ctx, endpoint_as(ctx, user), pkey):
             record(ctx, "responder.access_failed", {"fingerprint": fp, "file": path}, outcome="failed")
             raise ActionFailed(f"installed the case responder key in {path} but a fresh login with it failed; "
                                "nothing else will be changed on this host")

@@ -27,6 +27,7 @@ from pydantic import field_validator
 from ir_toolkit.actions import sshd
 from ir_toolkit.actions.base import DESTROYS_CREDENTIALS, Action, ActionContext, ActionFailed, Outcome, Params, register
 from ir_toolkit.facts import accounts as account_facts
+from ir_toolkit.facts import files
 from ir_toolkit.facts import sshd as sshd_facts
 from ir_toolkit.actions.responder import case_key_path, public_line
 from ir_toolkit.actions.support import (
@@ -34,6 +35,7 @@ from ir_toolkit.actions.support import (
     endpoint_as,
     read_files,
     record,
+    responder_access,
     responder_access_works,
     responder_pkeys,
     write_file,
@@ -48,6 +50,7 @@ from ir_toolkit.transports.ssh import TransportError, load_private_key
 
 DEFAULT_KRL = "/etc/ssh/irkit-revoked-keys.krl"
 _KRL_MAGIC = b"SSHKRL\n\0"
+_NO_KEYGEN = "irkit:no-ssh-keygen"
 
 
 @dataclasses.dataclass
@@ -208,16 +211,24 @@ def _krl_listing(ctx: ActionContext, path: str) -> sshd_facts.KrlListing:
 
 
 def inspect_revocation(ctx: ActionContext, targets: list[RevokeTarget], params: RevokeParams) -> RevokeState:
+    # in three commands, not seven: each stage's independent facts in one (ctx.prefetch; none is kept
+    # past a command that changes the host)
+    ctx.prefetch([sshd_facts.daemon(), sshd_facts.client_address(), account_facts.passwd_all()])
     daemon = sshd.locate(ctx)
     addr = sshd.client_address(ctx)
     users = all_users(ctx)
+    names = [u for u, _, _ in users]
+    ctx.prefetch([sshd_facts.has_match_blocks(daemon),
+                  *(sshd_facts.effective_config(daemon, n, addr) for n in dict.fromkeys([*names[:1], "root"]))])
     per_user = sshd.effective_for_users(ctx, daemon, [u for u, _, _ in users], addr,
                                         ("authorizedkeysfile", "revokedkeys"))
     root_view = per_user.get("root") or sshd.effective_config(ctx, daemon, "root", addr)
     revoked_keys = (root_view.get("revokedkeys") or ["none"])[0]
     candidates = key_file_candidates(users, per_user)
-    contents = read_files(ctx, list(candidates))
     krl_path = revoked_keys if revoked_keys != "none" else params.krl_path
+    if candidates:
+        ctx.prefetch([files.read_files(list(candidates)), sshd_facts.krl_listing(krl_path)])
+    contents = read_files(ctx, list(candidates))
     return revocation_state(daemon, candidates, contents, revoked_keys, krl_path, _krl_listing(ctx, krl_path),
                             targets)
 
@@ -231,6 +242,7 @@ class RevokeSshKeys(Action):
     description = "remove shared keys from every authorized_keys file and revoke them in sshd's KRL"
     destructive = True
     destroys = DESTROYS_CREDENTIALS
+    reuses_facts = True
 
     def plan_facts(self, ctx: ActionContext, params: RevokeParams) -> list[Any]:
         return [sshd_facts.daemon(), sshd_facts.client_address(), account_facts.passwd_all()]
@@ -290,8 +302,6 @@ class RevokeSshKeys(Action):
     def _update_krl(self, ctx: ActionContext, state: RevokeState, missing: list[RevokeTarget]) -> None:
         spec = "".join(f"hash: {t.fingerprint}\n" for t in missing)
         q = ctx.quote(state.krl_path)
-        if not ctx.run("command -v ssh-keygen >/dev/null").ok:
-            raise ActionFailed("ssh-keygen (openssh-client) is not installed on the host: cannot write the KRL")
         if state.krl_exists and state.krl_is_krl:
             cmd = f"ssh-keygen -q -k -u -f {q} - && chmod 644 {q}"
         elif state.krl_exists:
@@ -301,7 +311,14 @@ class RevokeSshKeys(Action):
         else:
             cmd = (f"mkdir -p \"$(dirname {q})\" && tmp={q}.irkit-tmp.$$ && ssh-keygen -q -k -f \"$tmp\" - && "
                    f"chmod 644 \"$tmp\" && mv -f \"$tmp\" {q}")
-        ctx.run(cmd, stdin=spec.encode(), check=True)
+        # is ssh-keygen there? asked in the same command (one channel): exit 127 with irkit's mark if not
+        result = ctx.run(f"command -v ssh-keygen >/dev/null 2>&1 || {{ echo {_NO_KEYGEN} >&2; exit 127; }}; {cmd}",
+                         stdin=spec.encode())
+        if result.exit_status == 127 and _NO_KEYGEN.encode() in result.stderr:
+            raise ActionFailed("ssh-keygen (openssh-client) is not installed on the host: cannot write the KRL")
+        if not result.ok:
+            err = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise ActionFailed(f"`ssh-keygen` exited {result.exit_status}" + (f": {err[-1][:200]}" if err else ""))
 
     def _configure_sshd(self, ctx: ActionContext, state: RevokeState) -> None:
         daemon = state.daemon
@@ -320,7 +337,7 @@ class RevokeSshKeys(Action):
         if problem:
             ctx.run(f"cp -p {ctx.quote(backup)} {q}", check=True)
             raise ActionFailed(f"sshd rejected the RevokedKeys setting ({problem}); config restored")
-        sshd.reload(ctx, daemon)
+        sshd.reload(ctx, daemon, tested=True)  # `sshd -t` just passed on this very config
         if not responder_access_works(ctx):
             # never lose responder access: put the old config back and reload again
             ctx.run(f"cp -p {ctx.quote(backup)} {q}", check=True)
@@ -340,14 +357,15 @@ class RevokeSshKeys(Action):
             problems.append(f"{len(missing)} key(s) not in the KRL")
         if state.revoked_keys == "none":
             problems.append("sshd RevokedKeys is not set")
-        if not responder_access_works(ctx):
+        access = responder_access(ctx, reuse=True)
+        if not access.ok:
             problems.append("responder login FAILED")
         attempts = self._probe(ctx, params, {t.fingerprint for t in targets}, problems)
         if problems:
             return Outcome(False, "; ".join(problems), ok=False)
         return Outcome(False, f"{len(targets)} key(s) in no authorized_keys file and in the KRL; "
-                              f"{attempts} login attempt(s) with the revoked key refused; responder login works",
-                       {"attempts": attempts})
+                              f"{attempts} login attempt(s) with the revoked key refused; responder login works"
+                              + access.note(), {"attempts": attempts})
 
     def _probe(self, ctx: ActionContext, params: RevokeParams, wanted: set[str], problems: list[str]) -> int:
         users = list(params.probe_users) or sorted(

@@ -16,6 +16,7 @@ from ir_toolkit.actions.base import ActionContext
 from ir_toolkit.facts import accounts, files
 from ir_toolkit.facts.accounts import PasswdEntry
 from ir_toolkit.transports.base import Endpoint
+from ir_toolkit.transports.hostkeys import fingerprint
 from ir_toolkit.transports.probes import fresh_login
 
 
@@ -50,9 +51,48 @@ def responder_pkeys(ctx: ActionContext) -> list[paramiko.PKey]:
 
 
 def responder_access_works(ctx: ActionContext) -> bool:
-    """A fresh login as the responder with any of irkit's keys works."""
-    endpoint = endpoint_as(ctx, ctx.conn.endpoint.user)
-    return any(fresh_login(endpoint, key, ctx.deadline) for key in responder_pkeys(ctx))
+    """A fresh login as the responder with any of irkit's keys works (made now: never a reused proof)."""
+    return responder_access(ctx, reuse=False).ok
+
+
+@dataclasses.dataclass(frozen=True)
+class AccessProof:
+    """The answer to "does a fresh responder login work?": ``ok``, and ``reused_from`` - the step of this
+    phase whose fresh login stands for it (None: this call logged in itself)."""
+
+    ok: bool
+    reused_from: str | None = None
+
+    def note(self) -> str:
+        """For a verify's summary: where the proof comes from when it was not made by this step."""
+        return (f" (the fresh login of step {self.reused_from} in this phase, nothing changed on the host since)"
+                if self.reused_from else "")
+
+
+def proven_login(ctx: ActionContext, endpoint: Endpoint, key: paramiko.PKey) -> bool:
+    """A fresh login to ``endpoint`` with exactly ``key`` (made now); a working one is remembered as a proof of
+    responder access for later steps of this phase (:class:`~ir_toolkit.actions.base.AccessProofs`)."""
+    ok = fresh_login(endpoint, key, ctx.deadline)
+    if ok and ctx.proofs is not None:
+        ctx.proofs.record(endpoint.user, fingerprint(key.asbytes()))
+    return ok
+
+
+def responder_access(ctx: ActionContext, *, reuse: bool) -> AccessProof:
+    """Does a fresh login as the responder with one of irkit's keys work?
+
+    With ``reuse`` (only a ``verify`` passes it) an earlier step's fresh login in this phase stands for
+    this one when the engine allows it: no step changed the host since, this step's ``apply`` changed
+    nothing (:class:`~ir_toolkit.actions.base.AccessProofs`). Otherwise a new connection is made.
+    """
+    user = ctx.conn.endpoint.user
+    keys = responder_pkeys(ctx)
+    if reuse and ctx.proofs is not None:
+        step = ctx.proofs.find(user, [fingerprint(k.asbytes()) for k in keys])
+        if step is not None:
+            return AccessProof(True, step)
+    endpoint = endpoint_as(ctx, user)
+    return AccessProof(any(proven_login(ctx, endpoint, key) for key in keys))
 
 
 def passwd_entry(ctx: ActionContext, user: str) -> PasswdEntry | None:

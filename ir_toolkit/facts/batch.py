@@ -145,6 +145,10 @@ class FactMemo:
         #: why the last batch was refused (then its facts were asked one by one)
         self.batch_refused: str | None = None
 
+    def clear(self) -> None:
+        """Forget every answer (something may have changed on the host)."""
+        self._answers.clear()
+
     @staticmethod
     def _key(query: Query[Any]) -> tuple[str, bytes | None]:
         return (query.command, query.stdin)

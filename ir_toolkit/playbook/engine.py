@@ -30,6 +30,7 @@ from ir_toolkit.actions.base import (
     DESTROYS_CREDENTIALS,
     DESTROYS_NETWORK,
     Action,
+    AccessProofs,
     ActionContext,
     ActionFailed,
     Outcome,
@@ -306,6 +307,8 @@ class Engine:
         self._actions: dict[str, Action] = {}
         #: host -> the transport failure kind that ended it (for the host.done event)
         self._kinds: dict[str, str] = {}
+        #: per host: (phase index, its proofs of responder access in that phase) - see AccessProofs
+        self._proofs: dict[str, tuple[int, AccessProofs]] = {}
         self._lock = threading.Lock()
         #: host -> the deadline of its current phase (what is left of its budget when the phase began)
         self._deadlines: dict[str, Deadline] = {}
@@ -632,18 +635,29 @@ class Engine:
                 gate = "evidence" if decision else f"override: {step.evidence_override}"
             return self._run_remote(remote, host, item, params, timeout, deadline, gate)
         attempt = 0
+        proofs = self._host_proofs(host, item)
         while True:
             attempt += 1
             step_deadline = deadline.child(timeout)
             try:
                 conn = self.pool.connection(host, step_deadline.at)
                 ctx = ActionContext(host, self.inventory, self.plan.case, conn, step_deadline, journal=self.journal,
-                                    pool=self.pool, actor=self.options.actor, keys=self.options.keys)
-                applied: Outcome = action.apply(ctx, params)
-                verdict: Outcome = applied if applied.verified else action.verify(ctx, params)
+                                    pool=self.pool, actor=self.options.actor, keys=self.options.keys,
+                                    step_facts=FactMemo() if action.reuses_facts else None, proofs=proofs)
+                proofs.reusable = False
+                try:
+                    applied: Outcome = action.apply(ctx, params)
+                    if applied.changed:
+                        proofs.forget()  # what was proven before this change proves nothing about after it
+                    # an earlier step's proof of access may stand for this verify's only if this step changed nothing
+                    proofs.reusable = not applied.changed
+                    verdict: Outcome = applied if applied.verified else action.verify(ctx, params)
+                finally:
+                    proofs.reusable = False
                 if not verdict.ok:
                     raise ActionFailed(f"verify failed: {verdict.summary}")
             except TransportError as exc:
+                proofs.forget()  # a failed step may have changed anything
                 status = TIMED_OUT_STATUS if exc.kind == TIMED_OUT else FAILED
                 if transient(exc) and action.retry_safe and attempt <= retries and not deadline.expired:
                     self.pool.drop(host)
@@ -656,6 +670,7 @@ class Engine:
                 self._kinds[host.name] = exc.kind
                 return status, str(exc)
             except ActionFailed as exc:
+                proofs.forget()
                 self._record(events.STEP_DONE, item, params={"error": str(exc), "attempts": attempt}, outcome=FAILED)
                 self._failed(action, item, str(exc))
                 return FAILED, str(exc)
@@ -672,6 +687,17 @@ class Engine:
                                         "action": item.action, "details": applied.details,
                                         "changed": applied.changed, "summary": applied.summary})
             return OK, ""
+
+    def _host_proofs(self, host: Host, item: PlanItem) -> AccessProofs:
+        """The host's proofs of responder access in ``item``'s phase (a new phase starts with none)."""
+        with self._lock:
+            known = self._proofs.get(host.name)
+            if known is None or known[0] != item.phase_index:
+                known = (item.phase_index, AccessProofs())
+                self._proofs[host.name] = known
+        proofs = known[1]
+        proofs.step = item.id
+        return proofs
 
     def _run_remote(self, remote: RemoteSteps, host: Host, item: PlanItem, params: Any, timeout: float,
                     deadline: Deadline, gate: str) -> tuple[str, str]:
