@@ -168,6 +168,7 @@ class FakeHost:
         self.alive = True
         self.host_key_fingerprint = "SHA256:fake"
         self.commands = []
+        self.stdin = None
 
     def respond(self, cmd):
         self.commands.append(cmd)
@@ -182,13 +183,34 @@ class FakeHost:
         if "tar --create" in cmd:
             tar = self.tar() if callable(self.tar) else self.tar
             return tar, b"", 0
+        if cmd.endswith(" sh -s") and self.stdin and b"irkit_c " in self.stdin:
+            return self.batch(self.stdin.decode()), b"", 0
         return self.command_out, self.command_err, 0
+
+    def batch(self, cmd):
+        """A batch of command artifacts (triage/cmdbatch.py), framed as the real script frames it: each
+        command's scripted answer gzip-compressed, then its trailer. Scenarios override this to lie."""
+        import gzip
+        import re
+        import shlex
+
+        script = cmd
+        boundary = re.search(r"^B=([0-9a-f]{32})$", script, re.M).group(1).encode()
+        calls = re.findall(r"^irkit_c (\d+) \d+ (.*)$", script, re.M)
+        out = b""
+        for index, quoted in calls:
+            stdout, stderr, status = self.respond(shlex.split(quoted)[0])
+            stdout, stderr = _drain(stdout), _drain(stderr)
+            out += gzip.compress(stdout) + b"#%s %s %d %d\n%s\n" % (boundary, index.encode(), status,
+                                                                    len(stderr), stderr)
+        return out + b"#%s end %d\n" % (boundary, len(calls))
 
     def run(self, command, *, stdin=None, timeout=None, deadline=None):
         out, err, st = self.respond(command)
         return CommandResult(st, _drain(out), _drain(err))
 
     def exec_stream(self, command, *, stdin=None, idle_timeout, deadline=None):
+        self.stdin = stdin
         chan = FakeChan(self)
         chan.settimeout(idle_timeout)
         chan.exec_command(command)

@@ -235,3 +235,24 @@ def test_builtin_process_artifacts_hash_a_deleted_binary(tmp_path):
     assert row[1] == want and row[2] == f"{implant} (deleted)"
     with tarfile.open(tmp_path / "deleted.tar") as tar:
         assert hashlib.sha256(tar.extractfile(f"{pid}/exe").read()).hexdigest() == want
+
+
+def test_batched_commands_give_the_same_evidence_as_commands_run_alone(irkit_home, conn, tree):
+    """Over real OpenSSH: the `t` profile's command artifacts in one channel and one channel each."""
+    _, _, catalog = tree
+    selection = catalog.select("t", "linux")
+    assert sum(a.collector == "command" for a in selection.artifacts) >= 2
+    batched = collect_host(conn, TARGET, selection)
+    alone = collect_host(conn, TARGET, selection, batch_commands=False)
+    got = {}
+    for result in (batched, alone):
+        assert not result.anomalies
+        outputs = {o["artifact"]: o for o in manifest_of(result.collection)["outputs"] if o["kind"] == "command"}
+        with tarfile.open(result.collection.bundle_path) as bundle:
+            got[result is batched] = {
+                name: (o["exit_status"], o["status"], "transit" in o,
+                       None if name.endswith(".ps") else bundle.extractfile(o["archive_path"]).read())
+                for name, o in outputs.items()}
+    assert {k: v[:2] + v[3:] for k, v in got[True].items()} == {k: v[:2] + v[3:] for k, v in got[False].items()}
+    assert all(v[2] for v in got[True].values()) and not any(v[2] for v in got[False].values())
+    assert verify_collection("CASE-1", batched.collection, records=None).ok

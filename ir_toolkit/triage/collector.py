@@ -4,6 +4,8 @@ Order of work (volatile first; nothing is copied to the host's disk):
 
 1. ``command`` artifacts, in ``order``: output captured (up to a cap, the
    excess counted and logged) and written into the bundle at once.
+   Consecutive plain ones share one exec channel (:mod:`.cmdbatch`: each
+   output gzip-framed on the host, so none can pose as another's).
 2. ``file``/``glob``/``hash`` artifacts, in ``order``: ``find -P`` + ``stat``
    record MACB times, owner and mode *before* anything reads the files.
    Symlinks are recorded, never followed. Files over the cap are listed with
@@ -40,7 +42,7 @@ from ir_toolkit import __version__
 from ir_toolkit.log import get_logger
 from ir_toolkit.timeutil import stamp
 from ir_toolkit.transports.base import TIMED_OUT, TransportError
-from ir_toolkit.triage import remote, utmp
+from ir_toolkit.triage import cmdbatch, remote, utmp
 from ir_toolkit.triage.bundle import (
     MANIFEST_FORMAT,
     BundleWriter,
@@ -57,10 +59,13 @@ from ir_toolkit.triage.bundle import (
 )
 from ir_toolkit.triage.schema import USER_HOME, Artifact, Selection
 from ir_toolkit.triage.transfer import (
+    BoundedBuffer,
+    CappedResult,
     DeadlineExceeded,
     LimitedReader,
     MemberRefused,
     TransferError,
+    open_exec,
     run_capped,
     sftp_fetch,
     tar_fetch,
@@ -176,10 +181,13 @@ class HostCollector:
         transfer: str = "tar",
         idle_timeout: float = 120.0,
         deadline: float | None = None,
+        batch_commands: bool = True,
     ) -> None:
         if transfer not in ("tar", "sftp"):
             raise ValueError(f"unknown transfer method {transfer!r}")
         self.deadline = deadline
+        #: consecutive plain command artifacts share one exec channel (:mod:`.cmdbatch`)
+        self.batch_commands = batch_commands
         self.anomalies: list[str] = []
         self.anomaly_count = 0
         self.quota_reason: str | None = None
@@ -244,7 +252,14 @@ class HostCollector:
             self.artifacts.append({"name": held.name, "collector": held.collector, "status": "not_run",
                                    "reason": "modifies_state: needs the explicit flag to run"})
             self.log.add("warning", "artifact not run: it modifies state on the host", artifact=held.name)
-        for artifact in self.selection.artifacts:
+        artifacts = list(self.selection.artifacts)
+        i = 0
+        while i < len(artifacts):
+            group = self._batchable_run(artifacts, i)
+            if len(group) > 1:
+                i += self._command_batch(group)
+                continue
+            artifact = artifacts[i]
             started = time.monotonic()
             if artifact.collector == "command":
                 summary = self._command(artifact)
@@ -252,6 +267,7 @@ class HostCollector:
                 summary = self._enumerate(artifact)
             summary["duration_ms"] = int((time.monotonic() - started) * 1000)
             self.artifacts.append(summary)
+            i += 1
         self._hash_on_host([p for p, e in self.files.items() if e["status"] in ("pending", "pending_hash")])
         self._copy([p for p, e in self.files.items() if e["status"] == "pending"])
         for entry in self.files.values():
@@ -286,7 +302,9 @@ class HostCollector:
     def _preflight(self) -> None:
         """Note missing tools; without tar the files come over SFTP instead, without gzip (or awk, for an output
         with sections) a compressed output comes over uncompressed."""
-        if not any(a.collector != "command" or a.compress is not None for a in self.selection.artifacts):
+        commands = sum(a.collector == "command" for a in self.selection.artifacts)
+        if not any(a.collector != "command" or a.compress is not None for a in self.selection.artifacts) and not (
+                self.batch_commands and commands > 1):
             return
         try:
             result = self.conn.run(remote.PREFLIGHT_COMMAND, timeout=self._timeout(60))
@@ -344,11 +362,21 @@ class HostCollector:
                 if f is not None:
                     f.close()
             self._lost(exc)
-            self.log.add("error", "command failed", artifact=artifact.name, reason=str(exc))
-            summary.update(status="failed", reason=str(exc))
-            self.outputs.append({"archive_path": None, "artifact": artifact.name, "kind": "command",
-                                 "command": artifact.command, "status": FAILED, "reason": str(exc)})
-            return summary
+            return self._command_failed(artifact, summary, str(exc))
+        return self._keep_output(artifact, summary, res, spool, sink=sink, compress=compress, archive=archive,
+                                 parts=parts, untagged=untagged)
+
+    def _command_failed(self, artifact: Artifact, summary: dict[str, Any], reason: str) -> dict[str, Any]:
+        self.log.add("error", "command failed", artifact=artifact.name, reason=reason)
+        summary.update(status="failed", reason=reason)
+        self.outputs.append({"archive_path": None, "artifact": artifact.name, "kind": "command",
+                             "command": artifact.command, "status": FAILED, "reason": reason})
+        return summary
+
+    def _keep_output(self, artifact: Artifact, summary: dict[str, Any], res: Any, spool: IO[bytes], *,
+                     sink: Any, compress: bool, archive: str, parts: Mapping[str, IO[bytes]],
+                     untagged: IO[bytes] | None, transit: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Store a command's output (``spool``: what was kept of it) and stderr; its manifest entry and summary."""
         captured = time.time()
         size = res.kept
         sections: dict[str, tuple[IO[bytes], int]] = {}
@@ -407,6 +435,8 @@ class HostCollector:
             entry.update(encoding="gzip", **extra)
         if stream_sha is not None and (stream_sha != digest or artifact.sections):
             entry["sha256_stream"] = stream_sha
+        if transit:
+            entry.update(transit)
         self.outputs.extend(section_entries)
         if res.truncated:
             entry["status"] = TRUNCATED
@@ -431,6 +461,94 @@ class HostCollector:
         summary.update(status="ok" if res.exit_status == 0 else "errors", exit_status=res.exit_status,
                        files=1 + len(section_entries), bytes=res.kept)
         return summary
+
+    def _batchable(self, artifact: Artifact) -> bool:
+        """A command artifact that may share a channel with its neighbours (see :mod:`.cmdbatch`)."""
+        return (self.batch_commands and artifact.collector == "command" and bool(artifact.command)
+                and not artifact.sections and not self._compresses(artifact)
+                and not set(cmdbatch.TOOLS) & self._missing_tools)
+
+    def _batchable_run(self, artifacts: list[Artifact], start: int) -> list[Artifact]:
+        """The batchable artifacts from ``start`` on, consecutive (the order stays the profile's)."""
+        group: list[Artifact] = []
+        for artifact in artifacts[start:start + cmdbatch.MAX_BATCH]:
+            if not self._batchable(artifact):
+                break
+            group.append(artifact)
+        return group
+
+    def _command_batch(self, group: list[Artifact]) -> int:
+        """Run ``group``'s commands in one channel; an artifact the batch did not deliver (and every one after
+        it) runs alone. Returns how many artifacts were handled (always all of ``group``)."""
+        boundary = cmdbatch.new_boundary()
+        command, script = cmdbatch.batch_command(group, boundary, remote.ENV_PREFIX)
+        started = time.monotonic()
+        # the channel waits at most the longest of the commands' limits for output; each command's own limit
+        # is enforced on the host (timeout), so a slow one ends there and the batch goes on
+        limit = max(a.timeout for a in group) + 2 * cmdbatch.KILL_AFTER
+        done = 0
+        broken: cmdbatch.BatchBroken | None = None
+        try:
+            job = open_exec(self.conn, command, stdin=script, idle_timeout=self._timeout(float(limit)),
+                            deadline=self.deadline)
+        except TransferError as exc:
+            self._lost(exc)
+            self.log.add("warning", "command batch could not start: the commands run one by one", reason=str(exc))
+            job = None
+        if job is not None:
+            reader = cmdbatch.BatchReader(job.stdout(), len(group), boundary)
+            try:
+                for artifact in group:
+                    summary: dict[str, Any] = {"name": artifact.name, "collector": "command"}
+                    spool = self._spool()
+                    try:
+                        frame = reader.frame(spool, artifact.file_cap)
+                    except BaseException:
+                        spool.close()
+                        raise
+                    stderr = BoundedBuffer()
+                    stderr.add(frame.stderr)
+                    res = CappedResult(frame.exit_status, b"", stderr.value(), frame.total, frame.truncated,
+                                       time.monotonic() - started, frame.kept)
+                    transit = {"transit": "gzip, in one channel with other commands",
+                               "sha256_stream": frame.member_sha256, "stream_size": frame.member_size}
+                    if frame.exit_status in (124, 137):
+                        transit["note"] = (f"ended on the host after its time limit ({artifact.timeout} s): "
+                                           "the output printed until then is kept")
+                    summary = self._keep_output(artifact, summary, res, spool, sink=spool, compress=False,
+                                                archive=f"live/{artifact.output_name}", parts={}, untagged=None,
+                                                transit=transit)
+                    summary["duration_ms"] = int((time.monotonic() - started) * 1000)
+                    summary["batched"] = True
+                    self.artifacts.append(summary)
+                    started = time.monotonic()
+                    done += 1
+                reader.end()
+                job.finish()
+            except cmdbatch.BatchBroken as exc:
+                broken = exc
+                job.close()
+            except TransferError as exc:
+                job.close()
+                self._lost(exc)
+                # the host did not end it at its limit (nor did the channel carry anything): the artifact
+                # failed as it would have alone; the ones after it run alone
+                summary = self._command_failed(group[done], {"name": group[done].name, "collector": "command",
+                                                             "batched": True}, f"in a command batch: {exc}")
+                summary["duration_ms"] = int((time.monotonic() - started) * 1000)
+                self.artifacts.append(summary)
+                done += 1
+        if broken is not None and broken.index < len(group):
+            self.anomaly(f"command batch broke at {group[broken.index].name}: {broken.reason}; "
+                         "it and the commands after it run one by one", artifact=group[broken.index].name)
+        elif broken is not None:
+            self.anomaly(f"command batch: {broken.reason} (every output was complete before it)")
+        for artifact in group[done:]:
+            started = time.monotonic()
+            summary = self._command(artifact)
+            summary["duration_ms"] = int((time.monotonic() - started) * 1000)
+            self.artifacts.append(summary)
+        return len(group)
 
     def _compresses(self, artifact: Artifact) -> bool:
         """The host compresses this output: the artifact asks for it and the host has the tools."""
@@ -1035,6 +1153,7 @@ def collect_host(
     limits: EvidenceLimits | None = None,
     directory: Path | None = None,
     on_sealed: Callable[[Collection, dict[str, Any]], None] | None = None,
+    batch_commands: bool = True,
 ) -> CollectionResult:
     """Collect ``selection`` from one host into a new sealed bundle under the case's evidence tree.
 
@@ -1059,7 +1178,7 @@ def collect_host(
 
         collector_cls = WindowsHostCollector
     collector = collector_cls(conn, target, selection, writer, transfer=transfer, idle_timeout=idle_timeout,
-                              deadline=deadline)
+                              deadline=deadline, batch_commands=batch_commands)
     collector.log.add("info", "collection started", case=target.case, tenant=target.tenant, host=target.host,
                       address=target.address, profile=selection.profile)
     cut: str | None = None

@@ -380,6 +380,57 @@ class CappedResult:
     kept: int = 0
 
 
+class OpenExec:
+    """A remote command's stdout as a stream under an idle timeout and the step's deadline; failures as
+    :class:`TransferError` (:class:`DeadlineExceeded` once the deadline passed)."""
+
+    def __init__(self, job: _Exec, deadline: float | None) -> None:
+        self._job = job
+        self._deadline = deadline
+        self._stdout = _Failures(job.stdout(), job, deadline)
+
+    def stdout(self) -> IO[bytes]:
+        return self._stdout
+
+    def finish(self) -> StreamOutcome:
+        return self._job.finish()
+
+    def close(self) -> None:
+        self._job.close()
+
+
+class _Failures(io.RawIOBase):
+    """Reads of an exec's stdout with the transport's failures turned into :class:`TransferError`."""
+
+    def __init__(self, source: io.BufferedReader, job: _Exec, deadline: float | None) -> None:
+        self.source, self.job, self.deadline = source, job, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def read1(self, size: int = -1) -> bytes:
+        try:
+            return self.source.read1(size)
+        except DeadlineExceeded:
+            self.job.close()
+            raise
+        except TimeoutError:
+            self.job.close()
+            raise TransferError("the command batch produced no output within its time limit") from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self.job.close()
+            raise TransferError(f"connection lost during command: {exc}") from None
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        return self.read1(size)
+
+
+def open_exec(conn: Connection, command: str, *, stdin: bytes | None = None, idle_timeout: float,
+              deadline: float | None = None) -> OpenExec:
+    """Start ``command`` (``stdin`` fed to it); read its stdout from :meth:`OpenExec.stdout`."""
+    return OpenExec(_Exec(conn, command, stdin, Clock(idle_timeout, deadline)), deadline)
+
+
 def run_capped(conn: Connection, command: str, *, cap: int, timeout: float, deadline: float | None = None,
                spool: IO[bytes] | None = None) -> CappedResult:
     """Run ``command``; keep at most ``cap`` bytes of stdout, count the rest.
