@@ -74,12 +74,71 @@ def ssh_pids() -> set[int]:
     return out
 
 
+def acct_on(path: Path) -> None:
+    import ctypes
+
+    path.write_bytes(b"")
+    if ctypes.CDLL(None, use_errno=True).acct(str(path).encode()):
+        raise OSError(ctypes.get_errno(), "acct")
+
+
+def acct_off() -> None:
+    import ctypes
+
+    ctypes.CDLL(None).acct(None)
+
+
+def acct_breakdown(path: Path, root: int, hosts: int) -> dict[str, list]:
+    """ms of CPU per host by process name: the tree under ``root`` (by ppid at exit), and detached ssh
+    processes (ppid 1 or a subreaper: the ControlPersist masters)."""
+    import collections
+    import struct
+
+    def comp(v: int) -> int:
+        return (v & 0x1FFF) << (((v >> 13) & 7) * 3)
+
+    data = path.read_bytes()
+    recs = []
+    for i in range(0, len(data) - 63, 64):
+        pid, ppid = struct.unpack_from("<II", data, i + 16)
+        ut, st = struct.unpack_from("<HH", data, i + 32)
+        comm = data[i + 48:i + 64].split(b"\0")[0].decode(errors="replace")
+        recs.append((pid, ppid, comm, (comp(ut) + comp(st)) / os.sysconf("SC_CLK_TCK")))
+    kids: dict[int, list] = collections.defaultdict(list)
+    for r in recs:
+        kids[r[1]].append(r)
+    tree, stack, seen = [], [root], set()
+    while stack:
+        for r in kids.get(stack.pop(), []):
+            if r[0] not in seen:
+                seen.add(r[0])
+                tree.append(r)
+                stack.append(r[0])
+    tree += [r for r in recs if r[0] == root]
+    by: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
+    comm_of = {r[0]: r[2] for r in tree}
+    for _pid, ppid, comm, cpu in tree:
+        if comm.startswith("ansible-playboo"):
+            comm = "ansible-playbook " + ("worker" if comm_of.get(ppid, "").startswith("ansible-playboo") else "main")
+        by[comm][0] += 1
+        by[comm][1] += cpu
+    for pid, _ppid, comm, cpu in recs:
+        if comm == "ssh" and pid not in seen:
+            by["ssh(detached)"][0] += 1
+            by["ssh(detached)"][1] += cpu
+    return {c: [n, round(1000 * cpu / hosts, 1)] for c, (n, cpu) in sorted(by.items(), key=lambda x: -x[1][1])[:12]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tree", action="append", default=[], help="NAME=DIR: another tree to compare")
     parser.add_argument("--only-trees", action="store_true", help="do not run this tree (head)")
+    parser.add_argument("--acct", action="store_true",
+                        help="BSD process accounting (acct(2)) during each run: CPU by process name of the run's "
+                             "tree, and of the ssh ControlPersist masters (detached: no sampler sees them), after "
+                             "they exit; machine-wide while on, so only on a machine where nobody else uses it")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_ansible_step: the lab needs root")
@@ -124,6 +183,9 @@ def main() -> int:
                 cmd = [sys.executable, "-c", "from ir_toolkit.cli.entry import run; run()", "contain",
                        "--inventory", str(inventory), "--playbook", str(pb), "--case", case, "--yes",
                        "--format", "json"]
+                acct_file = home / f"acct-{case}"
+                if args.acct:
+                    acct_on(acct_file)
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 start = time.monotonic()
                 proc = subprocess.Popen(cmd, env=run_env, cwd=tree or REPO, stdout=subprocess.PIPE,
@@ -145,6 +207,12 @@ def main() -> int:
                           for p in ("harden", "verify") if p in phases},
                        **{f"{p}_irkit_ms": round(1000 * phases[p]["irkit_cpu_s"] / len(names))
                           for p in ("harden", "verify") if p in phases}}
+                if args.acct:
+                    deadline = time.monotonic() + 90
+                    while ssh_pids() - ssh_before and time.monotonic() < deadline:
+                        time.sleep(2)  # the masters end after ControlPersist's idle time
+                    acct_off()
+                    row["acct"] = acct_breakdown(acct_file, proc.pid, len(names))
                 if proc.returncode != 0:
                     row["tail"] = (out[-1500:] + err[-1500:])
                 rows.append(row)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from containment_helpers import REPO, home, irkit, keyed_env, summary
+from containment_helpers import irkit, keyed_env, summary
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -54,6 +54,24 @@ HARDEN_TASK = "harden sshd (drop-in validated by sshd -t before the daemon reloa
 DROPIN = "/etc/ssh/sshd_config.d/10-irkit-hardening.conf"
 
 
+def _left_masters() -> list[str]:
+    """ssh ControlPersist masters of irkit Ansible jobs whose irkit process has ended (process title
+    ``ssh: /dev/shm/irkit-ansible-<irkit pid>-.../.ansible/cp/<hash> [mux]``): irkit ends its own."""
+    left = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or (entry / "comm").read_text().strip() != "ssh":
+                continue
+            title = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ssh: ") and "/irkit-ansible-" in title:
+            pid = title.split("/irkit-ansible-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not Path("/proc", pid).exists():
+                left.append(title)
+    return left
+
+
 def _records(ans, case: str) -> list[dict]:
     path = Path(ans.home) / "cases" / case / "audit" / "log.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -82,6 +100,7 @@ def test_hardening_through_ansible_runner(ans, env, tmp_path):
         eff = ans.exec(name, "/usr/sbin/sshd -T -C user=root,host=x,addr=198.19.0.1 2>/dev/null | "
                              "grep -Ei '^(maxauthtries|allowusers) '").stdout.decode().lower()
         assert "maxauthtries 3" in eff and "allowusers root" in eff, eff
+    assert _left_masters() == []
     records = _records(ans, "ANS-1")
     tasks = [r for r in records if r["action"] == "ansible.task"]
     for name in hosts:

@@ -111,3 +111,74 @@ def test_worker_dirs_of_dead_irkit_processes_are_removed(tmp_path, monkeypatch):
     live.mkdir()
     ar._remove_stale_worker_dirs()
     assert not stale.exists() and live.exists()
+
+
+def _fake_ssh(tmp_path: Path, title: str):
+    """A process named ``ssh`` whose command line is ``title`` (as an ssh master sets its title)."""
+    import shutil
+    import subprocess
+    import time
+
+    exe = tmp_path / "bin" / "ssh"
+    exe.parent.mkdir(exist_ok=True)
+    if not exe.exists():
+        shutil.copy("/bin/sleep", exe)
+    proc = subprocess.Popen(["bash", "-c", f'exec -a "{title}" {exe} 300'])
+    for _ in range(100):
+        if Path(f"/proc/{proc.pid}/comm").read_text().strip() == "ssh":
+            break
+        time.sleep(0.02)
+    return proc
+
+
+def test_control_masters_are_ended_by_their_control_path_only(tmp_path):
+    """irkit ends the ssh masters of its own control directory (by pid), not another run's."""
+    from ir_toolkit.transports.ansible_runner import end_control_masters
+
+    mine = tmp_path / "irkit-ansible-1-cp-mine"
+    other = tmp_path / "irkit-ansible-1-cp-mineother"
+    a = _fake_ssh(tmp_path, f"ssh: {mine}/0123abcd [mux]")
+    b = _fake_ssh(tmp_path, f"ssh: {other}/0123abcd [mux]")
+    c = _fake_ssh(tmp_path, f"{mine}/0123abcd")  # not an ssh master's title
+    try:
+        assert end_control_masters(str(mine)) == [a.pid]
+        assert a.wait(timeout=10) != 0
+        assert b.poll() is None and c.poll() is None
+    finally:
+        for p in (a, b, c):
+            p.kill()
+            p.wait()
+
+
+def test_one_shared_control_dir_per_process_ended_at_exit(tmp_path):
+    """The jobs of one irkit process share a 0700 control directory in memory (one master per host for
+    the apply and the verify re-check); ending it ends its masters and removes it."""
+    from ir_toolkit.transports import ansible_runner as ar
+
+    path = ar.shared_control_dir()
+    try:
+        assert path == ar.shared_control_dir()
+        assert Path(path).name.startswith(f"irkit-ansible-{os.getpid()}-cp-")
+        assert (os.stat(path).st_mode & 0o777) == 0o700
+        env = ar._child_env(str(tmp_path), path)
+        assert env["ANSIBLE_SSH_CONTROL_PATH_DIR"] == path
+        assert f"ControlPersist={ar.CONTROL_PERSIST}s" in env["ANSIBLE_SSH_ARGS"]
+        assert "KexAlgorithms=-sntrup761x25519-sha512*" in env["ANSIBLE_SSH_ARGS"]
+        master = _fake_ssh(tmp_path, f"ssh: {path}/0123abcd [mux]")
+        assert ar.end_shared_masters() == [master.pid]
+        master.wait(timeout=10)
+        assert not Path(path).exists()
+        assert ar.shared_control_dir() != path  # a new one on the next job
+    finally:
+        ar.end_shared_masters()
+
+
+def test_interpreter_from_the_host_only_when_a_plain_path():
+    """The host's `command -v python3` becomes ansible_python_interpreter only when it is a plain absolute
+    path (no templating, spaces or options a hostile host could smuggle into Ansible's variables)."""
+    from ir_toolkit.actions.ansible import _PLAIN_PATH
+
+    assert _PLAIN_PATH.fullmatch("/usr/bin/python3")
+    for bad in ("{{ lookup('pipe', 'id') }}", "/usr/bin/python3 -c x", "python3", "/usr/bin/py{{x}}", "",
+                "/" + "a" * 300):
+        assert not _PLAIN_PATH.fullmatch(bad), bad

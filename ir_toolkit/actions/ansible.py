@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -204,6 +205,9 @@ def openssh_private_text(pkey: Any) -> str:
     return buf.getvalue()
 
 
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+-]{1,200}")
+
+
 def _sshd_facts(ctx: ActionContext) -> dict[str, Any]:
     from ir_toolkit.actions import sshd
 
@@ -216,12 +220,18 @@ def _sshd_facts(ctx: ActionContext) -> dict[str, Any]:
     # command on irkit's own connection instead of two Ansible tasks per host; only exit codes come back)
     conf = ctx.quote(daemon.config_file)
     dropin = posixpath.join(posixpath.dirname(daemon.config_file), "sshd_config.d")
+    # ... and which python3 Ansible's modules would run on (Ansible's interpreter discovery is one more
+    # ssh execution per host and run; a path that is not plain is left to that discovery)
     probe = ctx.run(f"grep -Eiq '^[[:space:]]*Include[[:space:]]+.*sshd_config\\.d' {conf}; echo $?; "
-                    f"test -d {ctx.quote(dropin)} && echo dir")
+                    f"test -d {ctx.quote(dropin)} && echo dir; command -v python3")
     lines = probe.text.split()
     if not lines or lines[0] not in ("0", "1"):
         raise ActionFailed(f"cannot read {daemon.config_file} to look for its Include of sshd_config.d")
-    return {
+    python = next((w for w in lines[1:] if w != "dir"), "")
+    facts: dict[str, Any] = {}
+    if _PLAIN_PATH.fullmatch(python):
+        facts["ansible_python_interpreter"] = python
+    return {**facts,
         "irkit_sshd_dropin_dir": dropin if lines[0] == "0" else "",
         "irkit_sshd_dropin_exists": "dir" in lines[1:],
         "irkit_sshd_pid": daemon.pid,

@@ -26,6 +26,7 @@ carry to run Ansible inside a tenant's network (docs/ansible.md).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -59,6 +60,23 @@ HOST_EVENTS = {
     "runner_on_async_failed": "failed",
 }
 NO_LOG_TEXT = "(hidden: no_log)"
+#: seconds between ansible-playbook's polls for worker results (Ansible's default: 0.001)
+POLL_INTERVAL = 0.01
+#: idle seconds an ssh ControlPersist master outlives its last session: long enough for the verify
+#: phase's check-mode re-run to reuse the apply's connection to a host (irkit ends the masters when
+#: its process exits: :func:`end_shared_masters`)
+CONTROL_PERSIST = 900
+#: Ansible's ssh options. Ansible's defaults without ``-C`` (compression costs CPU at both ends for
+#: nothing on a LAN); keepalives, so a master whose host stopped answering ends within a minute;
+#: ``sntrup761x25519-sha512`` (both names) out of the key exchanges: OpenSSH 9.2-9.8's implementation costs the
+#: controller ~60 ms of CPU per connection (curve25519: ~10 ms, measured here; docs/performance.md),
+#: which leaves what irkit's own (paramiko) connections use with those hosts, curve25519, and
+#: ``mlkem768x25519-sha256`` first where both ends have it (OpenSSH 9.9+)
+SSH_ARGS = (f"-o ControlMaster=auto -o ControlPersist={CONTROL_PERSIST}s -o ServerAliveInterval=20 "
+            "-o ServerAliveCountMax=3 -o KexAlgorithms=-sntrup761x25519-sha512*")
+
+_SHARED_LOCK = threading.Lock()
+_SHARED_DIR: tuple[int, str] | None = None
 
 
 class AnsibleRunError(Exception):
@@ -169,6 +187,8 @@ def _remove_stale_worker_dirs() -> None:
         elif time.time() - entry.stat().st_mtime < 24 * 3600:
             continue  # an old-style name: removed only once it is a day old
         if entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
+            end_control_masters(str(entry))
+            end_control_masters(str(entry / ".ansible" / "cp"))
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -192,7 +212,66 @@ def prepare_private_dir(job: AnsibleJob, private_dir: Path, worker_pdd: str | No
     (private_dir / "inventory" / "hosts.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
 
 
-def _child_env(worker_dir: str) -> dict[str, str]:
+def shared_control_dir() -> str:
+    """This irkit process's ssh control directory, shared by its Ansible jobs (0700, in memory): the
+    jobs of one run (the harden apply, the verify re-check) reuse one authenticated master per host
+    instead of a new connection and key exchange each. Ended, with its masters, at exit."""
+    global _SHARED_DIR
+    with _SHARED_LOCK:
+        if _SHARED_DIR is None or _SHARED_DIR[0] != os.getpid() or not os.path.isdir(_SHARED_DIR[1]):
+            first = _SHARED_DIR is None or _SHARED_DIR[0] != os.getpid()
+            path = tempfile.mkdtemp(prefix=f"irkit-ansible-{os.getpid()}-cp-", dir=_memory_dir())
+            os.chmod(path, 0o700)
+            _SHARED_DIR = (os.getpid(), path)
+            if first:
+                atexit.register(end_shared_masters)
+        return _SHARED_DIR[1]
+
+
+def end_shared_masters() -> list[int]:
+    """End this process's ssh masters and remove their control directory (at exit; callable earlier)."""
+    global _SHARED_DIR
+    with _SHARED_LOCK:
+        shared, _SHARED_DIR = _SHARED_DIR, None
+    if shared is None or shared[0] != os.getpid():
+        return []
+    ended = end_control_masters(shared[1])
+    shutil.rmtree(shared[1], ignore_errors=True)
+    return ended
+
+
+def end_control_masters(control_dir: str) -> list[int]:
+    """End the ssh ControlPersist masters of one job (those whose control sockets are in
+    ``control_dir``): they detach from the worker's process group, so killing the group does not
+    reach them, and each would otherwise hold its host connection for ControlPersist's idle time
+    after the job. A master's process title is ``ssh: <control path> [mux]`` (set by ssh itself,
+    nothing a host sends); only processes of this user with that prefix get SIGTERM, by pid."""
+    prefix = ("ssh: " + control_dir.rstrip("/") + "/").encode()
+    uid = os.getuid()
+    ended: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return ended
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                if f.read().strip() != b"ssh":
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                title = f.read(4096)
+            if not title.startswith(prefix) or os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            os.kill(int(entry), signal.SIGTERM)
+            ended.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return ended
+
+
+def _child_env(worker_dir: str, control_dir: str) -> dict[str, str]:
     venv_bin = os.path.dirname(sys.executable)
     path = os.environ.get("PATH", childenv.DEFAULT_PATH)
     if venv_bin not in path.split(os.pathsep):
@@ -202,7 +281,7 @@ def _child_env(worker_dir: str) -> dict[str, str]:
         "HOME": worker_dir,
         "ANSIBLE_HOME": os.path.join(worker_dir, ".ansible"),
         "ANSIBLE_LOCAL_TEMP": os.path.join(worker_dir, ".ansible", "tmp"),
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(worker_dir, ".ansible", "cp"),
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
         "ANSIBLE_CONFIG": os.path.join(worker_dir, "ansible.cfg"),
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
@@ -215,8 +294,7 @@ def _child_env(worker_dir: str) -> dict[str, str]:
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
         "ANSIBLE_GATHERING": "explicit",
         "ANSIBLE_TIMEOUT": "10",
-        # Ansible's default ssh_args without -C: compression costs CPU at both ends for nothing on a LAN
-        "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s",
+        "ANSIBLE_SSH_ARGS": SSH_ARGS,
         "ANSIBLE_NO_TARGET_SYSLOG": "True",
         "ANSIBLE_LOG_PATH": "",
     }, python=True)
@@ -354,7 +432,9 @@ def run_job(job: AnsibleJob, private_dir: Path, *,
     worker_dir = tempfile.mkdtemp(prefix=f"irkit-ansible-{os.getpid()}-", dir=_memory_dir())
     os.chmod(worker_dir, 0o700)
     # an empty config file of our own: no ansible.cfg of the working directory or $HOME applies
-    Path(worker_dir, "ansible.cfg").write_text("[defaults]\n")
+    # internal_poll_interval: the strategy's wait for results sleeps 1 ms between polls by default (a
+    # busy loop of ansible-playbook's main process for the whole run); 10 ms costs a task < 10 ms of wall
+    Path(worker_dir, "ansible.cfg").write_text(f"[defaults]\ninternal_poll_interval = {POLL_INTERVAL}\n")
     worker_pdd = os.path.join(worker_dir, "job")
     try:
         prepare_private_dir(job, private_dir, worker_pdd)
@@ -380,7 +460,7 @@ def run_job(job: AnsibleJob, private_dir: Path, *,
     if job.ssh_key:
         kwargs["ssh_key"] = job.ssh_key
     try:
-        proc = childenv.popen(cmd, env=_child_env(worker_dir), stdin=childenv.PIPE, stdout=childenv.PIPE,
+        proc = childenv.popen(cmd, env=_child_env(worker_dir, shared_control_dir()), stdin=childenv.PIPE, stdout=childenv.PIPE,
                               stderr=childenv.PIPE, start_new_session=True, close_fds=True)
     except OSError as exc:
         shutil.rmtree(worker_dir, ignore_errors=True)
