@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from containment_helpers import irkit, keyed_env, summary
+from containment_helpers import IRKIT, REPO, irkit, keyed_env, summary
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -54,9 +55,15 @@ HARDEN_TASK = "harden sshd (drop-in validated by sshd -t before the daemon reloa
 DROPIN = "/etc/ssh/sshd_config.d/10-irkit-hardening.conf"
 
 
-def _left_masters() -> list[str]:
-    """ssh ControlPersist masters of irkit Ansible jobs whose irkit process has ended (process title
-    ``ssh: /dev/shm/irkit-ansible-<irkit pid>-.../.ansible/cp/<hash> [mux]``): irkit ends its own."""
+def _irkit_with_pid(env: dict[str, str], *args: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, int]:
+    proc = subprocess.Popen([IRKIT, *args], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), proc.pid
+
+
+def _left_masters(pid: int) -> list[str]:
+    """ssh ControlPersist masters of the Ansible jobs of the (ended) irkit process ``pid`` (process title
+    ``ssh: /dev/shm/irkit-ansible-<irkit pid>-cp-.../<hash> [mux]``): irkit ends its own."""
     left = []
     for entry in Path("/proc").iterdir():
         try:
@@ -65,10 +72,8 @@ def _left_masters() -> list[str]:
             title = (entry / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if title.startswith("ssh: ") and "/irkit-ansible-" in title:
-            pid = title.split("/irkit-ansible-", 1)[1].split("-", 1)[0]
-            if pid.isdigit() and not Path("/proc", pid).exists():
-                left.append(title)
+        if title.startswith("ssh: ") and f"/irkit-ansible-{pid}-" in title:
+            left.append(title)
     return left
 
 
@@ -89,8 +94,8 @@ def test_hardening_through_ansible_runner(ans, env, tmp_path):
     for name in hosts:
         assert ans.exec(name, "test -e /etc/ssh/sshd_config.d/10-irkit-hardening.conf").returncode == 1
     # ---- the real run
-    proc = irkit(env, "contain", "--inventory", str(ans.inventory_path), "--playbook", str(pb), "--case", "ANS-1",
-                 "--yes", "--format", "json", timeout=900)
+    proc, pid = _irkit_with_pid(env, "contain", "--inventory", str(ans.inventory_path), "--playbook", str(pb),
+                                "--case", "ANS-1", "--yes", "--format", "json")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in hosts:
         conf = ans.exec(name, "cat /etc/ssh/sshd_config.d/10-irkit-hardening.conf").stdout.decode()
@@ -100,7 +105,7 @@ def test_hardening_through_ansible_runner(ans, env, tmp_path):
         eff = ans.exec(name, "/usr/sbin/sshd -T -C user=root,host=x,addr=198.19.0.1 2>/dev/null | "
                              "grep -Ei '^(maxauthtries|allowusers) '").stdout.decode().lower()
         assert "maxauthtries 3" in eff and "allowusers root" in eff, eff
-    assert _left_masters() == []
+    assert _left_masters(pid) == []  # irkit ended the ssh masters of its Ansible jobs
     records = _records(ans, "ANS-1")
     tasks = [r for r in records if r["action"] == "ansible.task"]
     for name in hosts:

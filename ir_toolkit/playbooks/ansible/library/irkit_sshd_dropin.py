@@ -36,6 +36,7 @@ import shlex
 import signal
 import stat
 import tempfile
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -174,6 +175,16 @@ def main():
         failed = rollback()
         module.fail_json(msg=f"cannot reload sshd (pid {pid}): {exc}; {undone}{failed}", rolled_back=not failed,
                          **result)
+    # the daemon re-executes itself under the same pid: wait (at most ~2.5 s, as irkit's own reload
+    # does) until it listens again, so the next login does not meet the gap
+    for _ in range(50):
+        time.sleep(0.05)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"listener" in f.read(4096):
+                    break
+        except OSError:
+            pass
     module.exit_json(msg=f"{path} written, validated by sshd -t, sshd (pid {pid}) reloaded", **result)
 
 
