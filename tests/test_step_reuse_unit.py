@@ -3,9 +3,10 @@
 * a step's facts (``ActionContext.step_facts``): a fact read twice is asked once - but never across a
   command (``ctx.run`` forgets every answer: a read-back after a change is a new read); ``ctx.prefetch``
   asks independent facts in ONE framed command, and a forged batch answers nothing;
-* proofs of responder access (``AccessProofs``): an earlier step's fresh login stands for a later
-  step's only in that step's ``verify``, in the same phase, when no step changed the host since and
-  the step's own ``apply`` changed nothing; the verify says whose proof it took.
+* proofs of responder access (``AccessProofs``): a fresh login of this phase stands for a later one
+  only in a ``verify``, when no command ran on the host since (``ctx.run`` forgets every proof) and no
+  step changed the host by other means (a change of an action that is not ``reuses_facts`` forgets
+  them); the verify says whose proof it took.
 
 The engine runs unchanged over the fakes (tests/fakes.py); the lab tests prove the real actions.
 """
@@ -133,6 +134,8 @@ def test_planning_keeps_its_own_memo(tmp_path):
 
 class ProofParams(Params):
     change: bool = False
+    #: run a (read-only, for all irkit knows: possibly changing) command in apply
+    run: bool = False
 
 
 class TProve(Action):
@@ -165,6 +168,8 @@ class TCheck(Action):
 
     def apply(self, ctx: ActionContext, params: ProofParams) -> Outcome:
         assert ctx.proofs is not None and ctx.proofs.find("root", ["SHA256:case"]) is None
+        if params.run:
+            ctx.run("sha256sum /etc/passwd")
         return Outcome(params.change, "applied")
 
     def verify(self, ctx: ActionContext, params: ProofParams) -> Outcome:
@@ -176,13 +181,35 @@ class TCheck(Action):
         return Outcome(False, f"reused {found}" if found else "logged in")
 
 
+class TRunProve(TProve):
+    """All its changes go through ctx.run (reuses_facts): a proof made after its last command survives
+    its own change; ``run`` puts one more command after the proof."""
+
+    name = "t.run_prove"
+    reuses_facts = True
+
+    def apply(self, ctx: ActionContext, params: ProofParams) -> Outcome:
+        ctx.run("change the host")
+        assert ctx.proofs is not None
+        ctx.proofs.record("root", "SHA256:case")
+        if params.run:
+            ctx.run("disarm something")
+        return Outcome(params.change, "applied")
+
+    def verify(self, ctx: ActionContext, params: ProofParams) -> Outcome:
+        return TCheck.verify(self, ctx, params)  # type: ignore[arg-type]
+
+
+TEST_ACTIONS = (TProve, TCheck, TRunProve)
+
+
 @pytest.fixture(autouse=True)
 def _actions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("IRKIT_HOME", str(tmp_path / "home"))
-    for cls in (TProve, TCheck):
+    for cls in TEST_ACTIONS:
         register(cls)
     yield
-    for cls in (TProve, TCheck):
+    for cls in TEST_ACTIONS:
         actions_base._REGISTRY.pop(cls.name, None)
 
 
@@ -219,8 +246,9 @@ def _verdicts(journal: MemoryJournal) -> list[str]:
             if r["action"] == "step.done"]
 
 
-def _steps(*specs: tuple[str, bool]) -> list[dict[str, Any]]:
-    return [{"name": f"s{i}", "action": action, "params": {"change": change}} for i, (action, change) in enumerate(specs)]
+def _steps(*specs: tuple[Any, ...]) -> list[dict[str, Any]]:
+    return [{"name": f"s{i}", "action": spec[0], "params": {"change": spec[1], "run": len(spec) > 2 and spec[2]}}
+            for i, spec in enumerate(specs)]
 
 
 def test_a_verify_reuses_the_proof_of_an_unchanged_phase(tmp_path):
@@ -241,6 +269,25 @@ def test_no_proof_survives_a_change(tmp_path):
     assert verdicts[1] == "logged in"  # s0 changed the host after... its own proof: not reused
     assert verdicts[3] == "logged in"  # this step's apply changed the host: its verify logs in
     assert verdicts[4] == "reused p/3/h1"  # the proof made after the last change
+    assert commands.count("fresh login") == 2
+
+
+def test_any_command_after_a_proof_forgets_it(tmp_path):
+    journal, commands = _run(tmp_path, [{"name": "v", "steps": _steps(("t.prove", False), ("t.check", False, True),
+                                                                      ("t.check", False))}])
+    verdicts = _verdicts(journal)
+    assert verdicts[1] == "logged in"  # its own apply ran a command after the proof
+    assert verdicts[2] == "reused v/1/h1"
+
+
+def test_a_proof_made_after_the_last_command_of_a_change_stands_for_its_verify(tmp_path):
+    journal, commands = _run(tmp_path, [{"name": "r", "steps": _steps(("t.run_prove", True), ("t.run_prove", True, True),
+                                                                      ("t.prove", True), ("t.check", False))}])
+    verdicts = _verdicts(journal)
+    assert verdicts[0] == "reused r/0/h1"  # changed through ctx.run only, proven after its last command
+    assert verdicts[1] == "logged in"  # a command ran after its proof
+    # t.prove may change the host other than by ctx.run: its change forgets even its own proof
+    assert verdicts[3] == "logged in"
     assert commands.count("fresh login") == 2
 
 
@@ -286,9 +333,14 @@ def test_responder_access_logs_in_unless_a_proof_may_stand(tmp_path, monkeypatch
     ctx = dataclasses.replace(ctx, pool=_Keys([pkey]), proofs=proofs)  # type: ignore[arg-type]
     assert support.responder_access(ctx, reuse=True).reused_from is None and logins == ["root"]  # nothing to reuse
     proofs.reusable = True
+    own = support.responder_access(ctx, reuse=True)
+    assert own.ok and own.own and "this step made" in own.note() and logins == ["root"]
+    proofs.step = "verify/isolate/h1"  # the next step of the phase
     got = support.responder_access(ctx, reuse=True)
-    assert got.ok and got.reused_from == "verify/access/h1" and "verify/access/h1" in got.note()
+    assert got.ok and not got.own and got.reused_from == "verify/access/h1" and "verify/access/h1" in got.note()
     assert logins == ["root"]
-    assert support.responder_access_works(ctx) and logins == ["root", "root"]  # apply-side proofs: always made
+    ctx.run("true")  # any command forgets the proof
+    assert support.responder_access(ctx, reuse=True).reused_from is None and logins == ["root", "root"]
+    assert support.responder_access_works(ctx) and logins == ["root", "root", "root"]  # apply's: always made
     proofs.forget()
-    assert support.responder_access(ctx, reuse=True).reused_from is None and len(logins) == 3
+    assert support.responder_access(ctx, reuse=True).reused_from is None and len(logins) == 4

@@ -102,6 +102,8 @@ class ActionContext:
         """Run a command on the host within the step's deadline."""
         if self.step_facts is not None:
             self.step_facts.clear()  # the command may change what any fact said
+        if self.proofs is not None:
+            self.proofs.forget()  # ... and whether the responder still gets in
         result = self._run(command, stdin=stdin, timeout=timeout)
         if check and not result.ok:
             err = result.stderr.decode("utf-8", "replace").strip().splitlines()
@@ -235,12 +237,13 @@ class _FactRunner:
 class AccessProofs:
     """One host's fresh-login proofs of responder access within one phase (kept by the engine).
 
-    A proof is recorded when a step's fresh login as ``user`` with key ``fingerprint`` worked. A later
-    step of the same phase may take it instead of logging in again ONLY in its ``verify`` and only
-    while nothing changed on the host since the proof: the engine forgets every proof when a step's
-    ``apply`` reports a change or a step fails, and offers them (:attr:`reusable`) only to the
-    ``verify`` of a step whose own ``apply`` changed nothing. A verify that reuses one says so in its
-    summary (``proven by <step>``), which goes into the step's audit record.
+    A proof is recorded when a step's fresh login as ``user`` with key ``fingerprint`` worked. A step
+    of the same phase may take it instead of logging in again ONLY in its ``verify`` (:attr:`reusable`)
+    and only while nothing can have changed on the host since the proof: every command a step runs
+    (``ActionContext.run``) forgets every proof, a failed step forgets them, and so does a step that
+    reports a change unless all its changes go through ``ctx.run`` (``Action.reuses_facts``: then a
+    proof made after its last command - e.g. the fresh login after an sshd reload - still stands).
+    A verify that takes one says so in its summary, which goes into the step's audit record.
     """
 
     def __init__(self) -> None:

@@ -63,10 +63,16 @@ class AccessProof:
     ok: bool
     reused_from: str | None = None
 
+    #: the proof taken is the one this step's own ``apply`` made after its last command
+    own: bool = False
+
     def note(self) -> str:
-        """For a verify's summary: where the proof comes from when it was not made by this step."""
-        return (f" (the fresh login of step {self.reused_from} in this phase, nothing changed on the host since)"
-                if self.reused_from else "")
+        """For a verify's summary: where the proof comes from when it was not made just now."""
+        if self.reused_from is None:
+            return ""
+        if self.own:
+            return " (the fresh login this step made after its last command on the host)"
+        return f" (the fresh login of step {self.reused_from} in this phase, no command run on the host since)"
 
 
 def proven_login(ctx: ActionContext, endpoint: Endpoint, key: paramiko.PKey) -> bool:
@@ -81,16 +87,16 @@ def proven_login(ctx: ActionContext, endpoint: Endpoint, key: paramiko.PKey) -> 
 def responder_access(ctx: ActionContext, *, reuse: bool) -> AccessProof:
     """Does a fresh login as the responder with one of irkit's keys work?
 
-    With ``reuse`` (only a ``verify`` passes it) an earlier step's fresh login in this phase stands for
-    this one when the engine allows it: no step changed the host since, this step's ``apply`` changed
-    nothing (:class:`~ir_toolkit.actions.base.AccessProofs`). Otherwise a new connection is made.
+    With ``reuse`` (only a ``verify`` passes it) an earlier fresh login of this phase stands for this
+    one when the engine allows it: no command ran on the host since, no step changed it by other means
+    (:class:`~ir_toolkit.actions.base.AccessProofs`). Otherwise a new connection is made.
     """
     user = ctx.conn.endpoint.user
     keys = responder_pkeys(ctx)
     if reuse and ctx.proofs is not None:
         step = ctx.proofs.find(user, [fingerprint(k.asbytes()) for k in keys])
         if step is not None:
-            return AccessProof(True, step)
+            return AccessProof(True, step, own=step == ctx.proofs.step)
     endpoint = endpoint_as(ctx, user)
     return AccessProof(any(proven_login(ctx, endpoint, key) for key in keys))
 

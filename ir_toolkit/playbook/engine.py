@@ -647,10 +647,12 @@ class Engine:
                 proofs.reusable = False
                 try:
                     applied: Outcome = action.apply(ctx, params)
-                    if applied.changed:
-                        proofs.forget()  # what was proven before this change proves nothing about after it
-                    # an earlier step's proof of access may stand for this verify's only if this step changed nothing
-                    proofs.reusable = not applied.changed
+                    if applied.changed and not action.reuses_facts:
+                        # a change that may not have gone through ctx.run (which forgets the proofs itself):
+                        # what was proven before it proves nothing about after it
+                        proofs.forget()
+                    # a proof of access still known was made after the last command that could change the host
+                    proofs.reusable = True
                     verdict: Outcome = applied if applied.verified else action.verify(ctx, params)
                 finally:
                     proofs.reusable = False
