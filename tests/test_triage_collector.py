@@ -255,4 +255,13 @@ def test_batched_commands_give_the_same_evidence_as_commands_run_alone(irkit_hom
                 for name, o in outputs.items()}
     assert {k: v[:2] + v[3:] for k, v in got[True].items()} == {k: v[:2] + v[3:] for k, v in got[False].items()}
     assert all(v[2] for v in got[True].values()) and not any(v[2] for v in got[False].values())
+    # the file artifacts' listings came in the batch too: the same files, metadata, statuses and hashes
+    keep = ("status", "size", "mode", "owner", "sha256_host", "sha256_received", "kind", "link_target",
+            "artifacts", "reason")
+    # (the first collection's reads may move a file's access time: compare the modification time)
+    files = [{e["source_path"]: {**{k: e.get(k) for k in keep}, "modified": (e.get("times") or {}).get("modified")}
+              for e in manifest_of(r.collection)["files"]} for r in (batched, alone)]
+    assert files[0] == files[1] and len(files[0]) > 5
+    assert [a["name"] for a in manifest_of(batched.collection)["artifacts"]] == \
+        [a["name"] for a in manifest_of(alone.collection)["artifacts"]]
     assert verify_collection("CASE-1", batched.collection, records=None).ok

@@ -102,6 +102,28 @@ SPOOL_IN_MEMORY = 8 << 20
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,31}")
 
 
+#: a file artifact's listing (``find`` + ``stat`` records) longer than this fails, as over the transport's limit
+LISTING_OUTPUT_CAP = 64 << 20
+
+
+@dataclass
+class _Job:
+    """One artifact's remote command in a batch (:mod:`.cmdbatch`); ``roots`` for a file artifact's listing."""
+
+    index: int
+    artifact: Artifact
+    command: str
+    roots: list[tuple[str, bool]] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.artifact.name
+
+    @property
+    def timeout(self) -> int:
+        return int(self.artifact.timeout)
+
+
 class CollectionCut(Exception):
     """The collection cannot go on (deadline, lost connection); what was collected is sealed ``partial``."""
 
@@ -463,10 +485,13 @@ class HostCollector:
         return summary
 
     def _batchable(self, artifact: Artifact) -> bool:
-        """A command artifact that may share a channel with its neighbours (see :mod:`.cmdbatch`)."""
-        return (self.batch_commands and artifact.collector == "command" and bool(artifact.command)
-                and not artifact.sections and not self._compresses(artifact)
-                and not set(cmdbatch.TOOLS) & self._missing_tools)
+        """An artifact whose one remote command may share a channel with its neighbours' (:mod:`.cmdbatch`):
+        a plain command artifact, or a file artifact's listing (not one a walk already listed)."""
+        if not self.batch_commands or set(cmdbatch.TOOLS) & self._missing_tools:
+            return False
+        if artifact.collector == "command":
+            return bool(artifact.command) and not artifact.sections and not self._compresses(artifact)
+        return not artifact.listed_by
 
     def _batchable_run(self, artifacts: list[Artifact], start: int) -> list[Artifact]:
         """The batchable artifacts from ``start`` on, consecutive (the order stays the profile's)."""
@@ -478,77 +503,112 @@ class HostCollector:
         return group
 
     def _command_batch(self, group: list[Artifact]) -> int:
-        """Run ``group``'s commands in one channel; an artifact the batch did not deliver (and every one after
-        it) runs alone. Returns how many artifacts were handled (always all of ``group``)."""
+        """Run ``group``'s remote commands in one channel; an artifact the batch did not deliver (and every one
+        after it) runs alone. Summaries are appended in the group's order. Returns ``len(group)``."""
+        summaries: dict[int, dict[str, Any]] = {}
+        jobs: list[_Job] = []
+        for i, artifact in enumerate(group):
+            if artifact.collector == "command":
+                jobs.append(_Job(i, artifact, artifact.command or ""))
+                continue
+            started = time.monotonic()
+            prepared = self._enumerate_prepare(artifact)
+            if isinstance(prepared, dict):
+                prepared["duration_ms"] = int((time.monotonic() - started) * 1000)
+                summaries[i] = prepared
+            else:
+                jobs.append(_Job(i, artifact, prepared[0], prepared[1]))
+        done = self._run_batch(jobs, summaries) if len(jobs) > 1 else 0
+        for job in jobs[done:]:
+            started = time.monotonic()
+            if job.artifact.collector == "command":
+                summary = self._command(job.artifact)
+            else:
+                summary = self._enumerate_alone(job.artifact, job.command, job.roots or [])
+            summary["duration_ms"] = int((time.monotonic() - started) * 1000)
+            summaries[job.index] = summary
+        self.artifacts.extend(summaries[i] for i in sorted(summaries))
+        return len(group)
+
+    def _run_batch(self, jobs: list[_Job], summaries: dict[int, dict[str, Any]]) -> int:
+        """The batch itself: fills ``summaries`` for the jobs it delivered; returns how many (in order)."""
         boundary = cmdbatch.new_boundary()
-        command, script = cmdbatch.batch_command(group, boundary, remote.ENV_PREFIX)
+        command, script = cmdbatch.batch_command(jobs, boundary, remote.ENV_PREFIX)
         started = time.monotonic()
         # the channel waits at most the longest of the commands' limits for output; each command's own limit
         # is enforced on the host (timeout), so a slow one ends there and the batch goes on
-        limit = max(a.timeout for a in group) + 2 * cmdbatch.KILL_AFTER
-        done = 0
-        broken: cmdbatch.BatchBroken | None = None
+        limit = max(job.timeout for job in jobs) + 2 * cmdbatch.KILL_AFTER
         try:
-            job = open_exec(self.conn, command, stdin=script, idle_timeout=self._timeout(float(limit)),
-                            deadline=self.deadline)
+            stream = open_exec(self.conn, command, stdin=script, idle_timeout=self._timeout(float(limit)),
+                               deadline=self.deadline)
         except TransferError as exc:
             self._lost(exc)
             self.log.add("warning", "command batch could not start: the commands run one by one", reason=str(exc))
-            job = None
-        if job is not None:
-            reader = cmdbatch.BatchReader(job.stdout(), len(group), boundary)
-            try:
-                for artifact in group:
-                    summary: dict[str, Any] = {"name": artifact.name, "collector": "command"}
-                    spool = self._spool()
-                    try:
-                        frame = reader.frame(spool, artifact.file_cap)
-                    except BaseException:
-                        spool.close()
-                        raise
-                    stderr = BoundedBuffer()
-                    stderr.add(frame.stderr)
-                    res = CappedResult(frame.exit_status, b"", stderr.value(), frame.total, frame.truncated,
-                                       time.monotonic() - started, frame.kept)
-                    transit = {"transit": "gzip, in one channel with other commands",
-                               "sha256_stream": frame.member_sha256, "stream_size": frame.member_size}
-                    if frame.exit_status in (124, 137):
-                        transit["note"] = (f"ended on the host after its time limit ({artifact.timeout} s): "
-                                           "the output printed until then is kept")
-                    summary = self._keep_output(artifact, summary, res, spool, sink=spool, compress=False,
-                                                archive=f"live/{artifact.output_name}", parts={}, untagged=None,
-                                                transit=transit)
-                    summary["duration_ms"] = int((time.monotonic() - started) * 1000)
-                    summary["batched"] = True
-                    self.artifacts.append(summary)
-                    started = time.monotonic()
-                    done += 1
-                reader.end()
-                job.finish()
-            except cmdbatch.BatchBroken as exc:
-                broken = exc
-                job.close()
-            except TransferError as exc:
-                job.close()
-                self._lost(exc)
-                # the host did not end it at its limit (nor did the channel carry anything): the artifact
-                # failed as it would have alone; the ones after it run alone
-                summary = self._command_failed(group[done], {"name": group[done].name, "collector": "command",
-                                                             "batched": True}, f"in a command batch: {exc}")
-                summary["duration_ms"] = int((time.monotonic() - started) * 1000)
-                self.artifacts.append(summary)
+            return 0
+        reader = cmdbatch.BatchReader(stream.stdout(), len(jobs), boundary)
+        done = 0
+        try:
+            for job in jobs:
+                summaries[job.index] = self._batch_frame(job, reader, started)
+                started = time.monotonic()
                 done += 1
-        if broken is not None and broken.index < len(group):
-            self.anomaly(f"command batch broke at {group[broken.index].name}: {broken.reason}; "
-                         "it and the commands after it run one by one", artifact=group[broken.index].name)
-        elif broken is not None:
-            self.anomaly(f"command batch: {broken.reason} (every output was complete before it)")
-        for artifact in group[done:]:
-            started = time.monotonic()
-            summary = self._command(artifact)
-            summary["duration_ms"] = int((time.monotonic() - started) * 1000)
-            self.artifacts.append(summary)
-        return len(group)
+            reader.end()
+            stream.finish()
+        except cmdbatch.BatchBroken as exc:
+            stream.close()
+            where = jobs[exc.index].artifact.name if exc.index < len(jobs) else None
+            if where is not None:
+                self.anomaly(f"command batch broke at {where}: {exc.reason}; it and the commands after it run "
+                             "one by one", artifact=where)
+            else:
+                self.anomaly(f"command batch: {exc.reason} (every output was complete before it)")
+        except TransferError as exc:
+            stream.close()
+            self._lost(exc)
+            # the host did not end it at its limit, nor did the channel carry anything: that artifact failed as
+            # it would have alone; the ones after it run alone
+            job = jobs[done]
+            reason = f"in a command batch: {exc}"
+            if job.artifact.collector == "command":
+                summary = self._command_failed(job.artifact, {"name": job.artifact.name, "collector": "command"},
+                                               reason)
+            else:
+                summary = self._listing_failed(job.artifact, reason)
+            summary.update(batched=True, duration_ms=int((time.monotonic() - started) * 1000))
+            summaries[job.index] = summary
+            done += 1
+        return done
+
+    def _batch_frame(self, job: _Job, reader: cmdbatch.BatchReader, started: float) -> dict[str, Any]:
+        artifact = job.artifact
+        if artifact.collector != "command":
+            sink = io.BytesIO()
+            frame = reader.frame(sink, LISTING_OUTPUT_CAP)
+            if frame.truncated:
+                summary = self._listing_failed(artifact, f"listing output over {LISTING_OUTPUT_CAP} bytes (not kept)")
+            else:
+                summary = self._enumerate_result(artifact, job.roots or [], sink.getvalue(), frame.stderr)
+        else:
+            spool = self._spool()
+            try:
+                frame = reader.frame(spool, artifact.file_cap)
+            except BaseException:
+                spool.close()
+                raise
+            stderr = BoundedBuffer()
+            stderr.add(frame.stderr)
+            res = CappedResult(frame.exit_status, b"", stderr.value(), frame.total, frame.truncated,
+                               time.monotonic() - started, frame.kept)
+            transit = {"transit": "gzip, in one channel with other commands",
+                       "sha256_stream": frame.member_sha256, "stream_size": frame.member_size}
+            if frame.exit_status in (124, 137):
+                transit["note"] = (f"ended on the host after its time limit ({artifact.timeout} s): "
+                                   "the output printed until then is kept")
+            summary = self._keep_output(artifact, {"name": artifact.name, "collector": "command"}, res, spool,
+                                        sink=spool, compress=False, archive=f"live/{artifact.output_name}",
+                                        parts={}, untagged=None, transit=transit)
+        summary.update(batched=True, duration_ms=int((time.monotonic() - started) * 1000))
+        return summary
 
     def _compresses(self, artifact: Artifact) -> bool:
         """The host compresses this output: the artifact asks for it and the host has the tools."""
@@ -623,23 +683,40 @@ class HostCollector:
     def _enumerate(self, artifact: Artifact) -> dict[str, Any]:
         if artifact.listed_by and (listed := self._listed(artifact)) is not None:
             return listed
+        prepared = self._enumerate_prepare(artifact)
+        if isinstance(prepared, dict):
+            return prepared
+        return self._enumerate_alone(artifact, *prepared)
+
+    def _enumerate_prepare(self, artifact: Artifact) -> dict[str, Any] | tuple[str, list[tuple[str, bool]]]:
+        """The listing command of a file artifact and its roots; or its summary when it needs none."""
         summary: dict[str, Any] = {"name": artifact.name, "collector": artifact.collector}
         uses_homes = any(p.startswith(USER_HOME) for p in artifact.paths)
         roots = remote.expand_roots(artifact, self._user_homes() if uses_homes else [])
         if not roots:
             summary.update(status="ok", files=0, bytes=0)
             return summary
-        command = remote.enumerate_command(artifact, [r for r, _ in roots],
-                                           glob=artifact.collector in ("glob", "hash"))
+        return remote.enumerate_command(artifact, [r for r, _ in roots],
+                                        glob=artifact.collector in ("glob", "hash")), roots
+
+    def _enumerate_alone(self, artifact: Artifact, command: str, roots: list[tuple[str, bool]]) -> dict[str, Any]:
         try:
             res = self.conn.run(command, timeout=self._timeout(float(artifact.timeout)))
         except TransportError as exc:
             self._lost(exc)
-            self.log.add("error", "listing failed: nothing collected for this artifact", artifact=artifact.name,
-                         reason=str(exc))
-            summary.update(status="failed", reason=str(exc), files=0, bytes=0)
-            return summary
-        errors, absent, other = remote.parse_errors(res.stderr)
+            return self._listing_failed(artifact, str(exc))
+        return self._enumerate_result(artifact, roots, res.stdout, res.stderr)
+
+    def _listing_failed(self, artifact: Artifact, reason: str) -> dict[str, Any]:
+        self.log.add("error", "listing failed: nothing collected for this artifact", artifact=artifact.name,
+                     reason=reason)
+        return {"name": artifact.name, "collector": artifact.collector, "status": "failed", "reason": reason,
+                "files": 0, "bytes": 0}
+
+    def _enumerate_result(self, artifact: Artifact, roots: list[tuple[str, bool]], stdout: bytes,
+                          stderr: bytes) -> dict[str, Any]:
+        summary: dict[str, Any] = {"name": artifact.name, "collector": artifact.collector}
+        errors, absent, other = remote.parse_errors(stderr)
         from_home = {remote.glob_unescape(r) if artifact.collector in ("glob", "hash") else r
                      for r, home in roots if home}
         home_absent = [p for p in absent if p in from_home]
@@ -654,7 +731,7 @@ class HostCollector:
             self.log.add("warning", "unexpected message from find", artifact=artifact.name, message=line)
         files = 0
         size_total = 0
-        for st in remote.parse_stat(res.stdout):
+        for st in remote.parse_stat(stdout):
             if st.kind == "other":
                 continue
             files += 1
