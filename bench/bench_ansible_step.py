@@ -117,7 +117,11 @@ def acct_breakdown(path: Path, root: int, hosts: int) -> dict[str, list]:
     tree += [r for r in recs if r[0] == root]
     by: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
     comm_of = {r[0]: r[2] for r in tree}
-    for _pid, ppid, comm, cpu in tree:
+    for pid, ppid, comm, cpu in tree:
+        if pid == root:
+            comm = "irkit (its own process)"
+        elif comm.startswith("python"):
+            comm = "python (ansible-runner worker)"
         if comm.startswith("ansible-playboo"):
             comm = "ansible-playbook " + ("worker" if comm_of.get(ppid, "").startswith("ansible-playboo") else "main")
         by[comm][0] += 1

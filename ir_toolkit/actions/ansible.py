@@ -331,8 +331,10 @@ class AnsiblePlaybook(Action):
                                    "message": event.message, "no_log": event.no_log,
                                    "ignore_errors": event.ignore_errors})
 
+            # --diff only where a diff is shown (the plan): the apply and the re-checks record no diff, and
+            # with --diff Ansible renders every changed host's diff in its main process
             job = AnsibleJob(project=project, playbook=rel, inventory=inventory,
-                             limit=tuple(inv_hosts), forks=params.forks, check=check, diff=True,
+                             limit=tuple(inv_hosts), forks=params.forks, check=check, diff=mode == "plan",
                              extravars={**params.extra_vars, **secrets}, ssh_key=_pkey_text(ctx),
                              job_timeout=deadline, idle_timeout=float(params.idle_timeout),
                              secrets=tuple(secrets.values()), known_hosts="\n".join(known) + "\n")
