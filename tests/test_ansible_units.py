@@ -182,3 +182,30 @@ def test_interpreter_from_the_host_only_when_a_plain_path():
     for bad in ("{{ lookup('pipe', 'id') }}", "/usr/bin/python3 -c x", "python3", "/usr/bin/py{{x}}", "",
                 "/" + "a" * 300):
         assert not _PLAIN_PATH.fullmatch(bad), bad
+
+
+def test_masters_of_a_killed_irkit_are_ended_by_the_next_job(tmp_path, monkeypatch):
+    """kill -9 of irkit leaves its shared control directory and its ssh masters: the next job ends the
+    masters (by pid) and removes the directory; a live irkit's masters are left alone."""
+    import subprocess
+
+    from ir_toolkit.transports import ansible_runner as ar
+
+    monkeypatch.setattr(ar, "_memory_dir", lambda: str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"irkit-ansible-{dead.pid}-cp-abc"
+    stale.mkdir()
+    live = tmp_path / f"irkit-ansible-{os.getpid()}-cp-def"
+    live.mkdir()
+    orphan = _fake_ssh(tmp_path, f"ssh: {stale}/0123abcd [mux]")
+    theirs = _fake_ssh(tmp_path, f"ssh: {live}/0123abcd [mux]")
+    try:
+        ar._remove_stale_worker_dirs()
+        assert orphan.wait(timeout=10) != 0
+        assert theirs.poll() is None
+        assert not stale.exists() and live.exists()
+    finally:
+        for p in (orphan, theirs):
+            p.kill()
+            p.wait()
