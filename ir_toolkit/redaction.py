@@ -41,6 +41,17 @@ _REFERENCE = re.compile(r"^(env|file|escrow):\S+$")
 _lock = threading.Lock()
 _registered: set[str] = set()
 _MIN_REGISTERED = 4
+#: (the registered values longest first, the shortest one's length), rebuilt when a value is added:
+#: every string of every log event and audit record is redacted, and a run registers a password per
+#: host and account (sorting them on every call cost more than the searches at 200 hosts)
+_ordered: tuple[tuple[str, ...], int] = ((), 0)
+
+
+def _reorder() -> None:
+    """Rebuild :data:`_ordered` (the caller holds :data:`_lock`); replaced whole, never changed in place."""
+    global _ordered
+    values = tuple(sorted(_registered, key=len, reverse=True))
+    _ordered = (values, len(values[-1]) if values else 0)
 
 
 def register_secret(value: str | bytes) -> None:
@@ -52,13 +63,16 @@ def register_secret(value: str | bytes) -> None:
             return
     if len(value) >= _MIN_REGISTERED:
         with _lock:
-            _registered.add(value)
+            if value not in _registered:
+                _registered.add(value)
+                _reorder()
 
 
 def forget_secrets() -> None:
     """Forget all registered values (tests, and the end of a run)."""
     with _lock:
         _registered.clear()
+        _reorder()
 
 
 def is_secret_key(key: str) -> bool:
@@ -70,9 +84,8 @@ def redact_text(text: str) -> str:
     """Redact secret-looking content and registered secret values inside ``text``."""
     if "PRIVATE KEY-----" in text:
         text = _PEM_PRIVATE.sub(REDACTED, text)
-    if _registered:
-        with _lock:
-            values = sorted(_registered, key=len, reverse=True)
+    values, shortest = _ordered  # one consistent snapshot
+    if values and len(text) >= shortest:
         for value in values:
             if value in text:
                 text = text.replace(value, REDACTED)

@@ -160,3 +160,27 @@ def test_sections_split_as_they_arrive_match_the_line_by_line_split():
         assert {t: p.getvalue() for t, p in parts.items()} == want_parts
         assert size == len(want_main) and sizes == {t: len(v) for t, v in want_parts.items()}
         assert sha == hashlib.sha256(data).hexdigest()
+
+
+def test_redaction_keeps_its_sorted_secrets_and_still_cuts_every_one():
+    """#17: the registered secrets are sorted once per registration, not on every redacted string."""
+    from ir_toolkit import redaction
+
+    before = set(redaction._registered)
+    redaction.forget_secrets()
+    try:
+        redaction.register_secret("long-secret-value-1234")
+        assert redaction.redact_text("x long-secret-value-1234 y") == "x [REDACTED] y"
+        assert redaction.redact_text("short") == "short"
+        redaction.register_secret("abcd")  # shorter than any before: strings of 4+ characters are searched now
+        assert redaction.redact_text("abcd") == "[REDACTED]"
+        redaction.register_secret("long-secret")  # a prefix of a longer one: the longer is cut first
+        assert redaction.redact_text("long-secret-value-1234 long-secret") == "[REDACTED] [REDACTED]"
+        assert redaction.redact({"summary": ["ok abcd"], "password": "x"}) == {"summary": ["ok [REDACTED]"],
+                                                                                 "password": "[REDACTED]"}
+        redaction.forget_secrets()
+        assert redaction.redact_text("abcd long-secret") == "abcd long-secret"
+    finally:
+        redaction.forget_secrets()
+        for value in before:  # what other tests of this process registered
+            redaction.register_secret(value)
