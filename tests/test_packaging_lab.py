@@ -35,6 +35,10 @@ def test_installed_wheel_runs_contain_dry_run_from_another_directory(lab_factory
     (wheel,) = out.glob("irkit-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "ir_toolkit/playbooks/msp-breach-containment.yml" in names
+    # the shipped Ansible content's own module and callback (the hardening runs in the plan's check mode below)
+    assert {"ir_toolkit/playbooks/ansible/sshd-hardening.yml",
+            "ir_toolkit/playbooks/ansible/library/irkit_sshd_dropin.py",
+            "ir_toolkit/playbooks/ansible/callback_plugins/irkit_gc_freeze.py"} <= set(names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"
