@@ -24,11 +24,11 @@ CASE = "CNT-1"
 HOSTS = 2
 #: (phase, action) -> (most channels per host, new SSH connections per host: exact)
 EXPECTED = {
-    ("access", "responder.ensure_access"): (5, 2),   # the pool's connection, the fresh-login proof
+    ("access", "responder.ensure_access"): (4, 2),   # the pool's connection, the fresh-login proof
     ("isolate", "host.isolate"): (7, 1),             # the fresh login after the table is loaded
     ("revoke", "ssh_keys.revoke"): (16, 3),          # proof after the sshd reload (verify takes it), 2 revoked-key probes
     ("rotate", "accounts.rotate"): (6, 2),           # new password logs in, old one refused (apply is its own proof)
-    ("verify", "responder.ensure_access"): (4, 1),   # the phase's proof of responder access
+    ("verify", "responder.ensure_access"): (3, 1),   # the phase's proof of responder access
     ("verify", "host.isolate"): (2, 0),              # takes the proof above (nothing changed)
     ("verify", "ssh_keys.revoke"): (3, 2),           # takes it too; the revoked key refused as root and mspadmin
     ("verify", "accounts.rotate"): (2, 2),           # old password refused, escrowed password logs in

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ir_toolkit.actions import sshd
 from ir_toolkit.facts import accounts as account_facts
+from ir_toolkit.facts import files
 from ir_toolkit.facts import sshd as sshd_facts
 from ir_toolkit.actions.base import Action, ActionContext, ActionFailed, Outcome, Params, register
 from ir_toolkit.actions.support import endpoint_as, passwd_entry, proven_login, read_files, record, write_file
@@ -150,7 +151,15 @@ def responder_keyfile(ctx: ActionContext, user: str) -> tuple[str, str, str]:
         raise ActionFailed(f"responder account {user!r} does not exist on the host")
     _, uid, home = entry
     daemon = sshd.locate(ctx)
-    config = sshd.effective_config(ctx, daemon, user, sshd.client_address(ctx))
+    addr = sshd.client_address(ctx)
+    # sshd -T and the file its default AuthorizedKeysFile names, in one command (when the config names
+    # another file, that one is read when asked for; outside a step's memo this asks nothing)
+    try:
+        guess = [files.read_files([keyfile_for({}, user, home, uid)])]
+    except ActionFailed:
+        guess = []
+    ctx.prefetch([sshd_facts.effective_config(daemon, user, addr), *guess])
+    config = sshd.effective_config(ctx, daemon, user, addr)
     return keyfile_for(config, user, home, uid), uid, home
 
 
