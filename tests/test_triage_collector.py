@@ -265,3 +265,10 @@ def test_batched_commands_give_the_same_evidence_as_commands_run_alone(irkit_hom
     assert [a["name"] for a in manifest_of(batched.collection)["artifacts"]] == \
         [a["name"] for a in manifest_of(alone.collection)["artifacts"]]
     assert verify_collection("CASE-1", batched.collection, records=None).ok
+
+
+def test_evidence_streams_use_aes_gcm_with_openssh(conn):
+    """The transport offers AES-GCM first: no per-packet HMAC (paramiko checks it byte by byte in Python)."""
+    transport = conn.client.get_transport()
+    assert transport.remote_cipher == transport.local_cipher == "aes128-gcm@openssh.com"
+    assert "aes128-ctr" in type(transport)._preferred_ciphers  # the others remain, after it

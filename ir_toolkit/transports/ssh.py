@@ -78,6 +78,11 @@ class _QuietTransport(paramiko.Transport):
     """
 
     _active_check_timeout = 1.0
+    # AES-GCM first (an AEAD: no separate HMAC, whose check paramiko makes byte by byte in Python for every
+    # packet): an 8 MB evidence stream costs ~12 ms of controller CPU instead of ~20 with aes128-ctr +
+    # hmac-sha2-256 (measured against the lab's OpenSSH 9.2). The other ciphers stay, after it.
+    _preferred_ciphers = tuple(c for c in paramiko.Transport._preferred_ciphers if "gcm" in c) + tuple(
+        c for c in paramiko.Transport._preferred_ciphers if "gcm" not in c)
 
 
 class _PinnedPolicy(paramiko.MissingHostKeyPolicy):

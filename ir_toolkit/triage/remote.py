@@ -67,10 +67,12 @@ def glob_unescape(pattern: str) -> str:
     return re.sub(r"\\(.)", r"\1", pattern)
 
 
+@functools.lru_cache(maxsize=16384)
 def shell_glob(pattern: str) -> str:
     """Quote ``pattern`` for ``sh`` so that only ``*``, ``?`` and safe ``[...]`` stay active.
 
     Every other character is quoted; ``\\x`` (see :func:`glob_escape`) is the literal ``x``.
+    (Pure, so cached: every host of a run asks for the same patterns.)
     """
     out: list[str] = []
     literal = ""
@@ -294,11 +296,12 @@ def encode_path(path: str) -> bytes:
 
 def parse_stat(output: bytes) -> list[FileStat]:
     """Parse :data:`STAT_FORMAT` records (NUL-separated, 15 fields each)."""
-    fields = output.split(b"\0")
-    if fields and fields[-1] == b"":
+    # one decode of the whole output, then the split: the same strings as decoding field by field (a NUL byte
+    # is never inside a UTF-8 sequence, and surrogateescape maps each undecodable byte on its own)
+    fields = decode_path(output).split("\0")
+    if fields and fields[-1] == "":
         fields.pop()
-    return [_file_stat([decode_path(f) for f in fields[i:i + _NFIELDS]])
-            for i in range(0, len(fields) - _NFIELDS + 1, _NFIELDS)]
+    return [_file_stat(fields[i:i + _NFIELDS]) for i in range(0, len(fields) - _NFIELDS + 1, _NFIELDS)]
 
 
 #: ``find -printf`` fields of a walk listing line (see :func:`parse_walk_listing`), the path last
@@ -362,12 +365,13 @@ def _file_stat(rec: list[str]) -> FileStat:
             problems.append(f"invalid {label} {value[:40]!r}")
     if not _MODE.fullmatch(mode):
         problems.append(f"invalid mode {mode[:40]!r}")
-    for label, value in (("mtime", mtime), ("atime", atime), ("ctime", ctime)):
-        if value.strip() and value.strip() not in ("-", "?", "0") and iso_time(value) is None:
+    accessed, modified, changed = iso_time(atime), iso_time(mtime), iso_time(ctime)
+    for label, value, iso in (("mtime", mtime, modified), ("atime", atime, accessed), ("ctime", ctime, changed)):
+        if iso is None and value.strip() and value.strip() not in ("-", "?", "0"):
             problems.append(f"invalid {label} {value[:40]!r}")
     return FileStat(
         kind=kind, path=name, size=_int(size, MAX_SIZE),
-        accessed=iso_time(atime), modified=iso_time(mtime), changed=iso_time(ctime), born=iso_time(btime),
+        accessed=accessed, modified=modified, changed=changed, born=iso_time(btime),
         uid=_int(uid, 0xFFFFFFFF), gid=_int(gid, 0xFFFFFFFF), owner=user, group=group,
         mode=mode.zfill(4) if _MODE.fullmatch(mode) else "0000",
         link_target=target, modified_epoch=mtime if _DECIMAL_TIME.fullmatch(mtime.strip()) else "0",
