@@ -384,10 +384,9 @@ class OpenExec:
     """A remote command's stdout as a stream under an idle timeout and the step's deadline; failures as
     :class:`TransferError` (:class:`DeadlineExceeded` once the deadline passed)."""
 
-    def __init__(self, job: _Exec, deadline: float | None) -> None:
+    def __init__(self, job: _Exec) -> None:
         self._job = job
-        self._deadline = deadline
-        self._stdout = _Failures(job.stdout(), job, deadline)
+        self._stdout = _Failures(job.stdout(), job)
 
     def stdout(self) -> IO[bytes]:
         return self._stdout
@@ -402,8 +401,8 @@ class OpenExec:
 class _Failures(io.RawIOBase):
     """Reads of an exec's stdout with the transport's failures turned into :class:`TransferError`."""
 
-    def __init__(self, source: io.BufferedReader, job: _Exec, deadline: float | None) -> None:
-        self.source, self.job, self.deadline = source, job, deadline
+    def __init__(self, source: io.BufferedReader, job: _Exec) -> None:
+        self.source, self.job = source, job
 
     def readable(self) -> bool:
         return True
@@ -416,7 +415,7 @@ class _Failures(io.RawIOBase):
             raise
         except TimeoutError:
             self.job.close()
-            raise TransferError("the command batch produced no output within its time limit") from None
+            raise TransferError(f"the command produced no output for {self.job.clock.idle:g}s") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self.job.close()
             raise TransferError(f"connection lost during command: {exc}") from None
@@ -428,7 +427,7 @@ class _Failures(io.RawIOBase):
 def open_exec(conn: Connection, command: str, *, stdin: bytes | None = None, idle_timeout: float,
               deadline: float | None = None) -> OpenExec:
     """Start ``command`` (``stdin`` fed to it); read its stdout from :meth:`OpenExec.stdout`."""
-    return OpenExec(_Exec(conn, command, stdin, Clock(idle_timeout, deadline)), deadline)
+    return OpenExec(_Exec(conn, command, stdin, Clock(idle_timeout, deadline)))
 
 
 def run_capped(conn: Connection, command: str, *, cap: int, timeout: float, deadline: float | None = None,
