@@ -25,7 +25,7 @@ HOSTS = 2
 #: (phase, action) -> (most channels per host, new SSH connections per host: exact)
 EXPECTED = {
     ("access", "responder.ensure_access"): (4, 2),   # the pool's connection, the fresh-login proof
-    ("isolate", "host.isolate"): (7, 1),             # the fresh login after the table is loaded
+    ("isolate", "host.isolate"): (4, 1),             # the fresh login after the table is loaded (5 with a cut)
     ("revoke", "ssh_keys.revoke"): (16, 3),          # proof after the sshd reload (verify takes it), 2 revoked-key probes
     ("rotate", "accounts.rotate"): (6, 2),           # new password logs in, old one refused (apply is its own proof)
     ("verify", "responder.ensure_access"): (3, 1),   # the phase's proof of responder access

@@ -344,3 +344,50 @@ def test_responder_access_logs_in_unless_a_proof_may_stand(tmp_path, monkeypatch
     assert support.responder_access_works(ctx) and logins == ["root", "root", "root"]  # apply's: always made
     proofs.forget()
     assert support.responder_access(ctx, reuse=True).reused_from is None and len(logins) == 4
+
+
+# --------------------------------------------------------------------------- a change and its read-back in one
+
+
+def test_run_then_read_runs_the_change_then_reads_back_in_one_command(tmp_path):
+    host = Host()
+    ctx = _ctx(tmp_path, host)
+    assert ctx.fact(_fact("a", "echo a")) == "a\n"  # an answer from before the change is forgotten
+    result = ctx.run_then_read("echo changed; exit 3", [_fact("a", "echo a"), _fact("b", "echo b")])
+    assert (result.exit_status, result.stdout) == (3, b"changed\n")
+    assert len(host.commands) == 2 and host.commands[1].startswith("exec /bin/sh -c ")
+    # the read-backs are this step's answers (after the change) until the next command
+    assert ctx.fact(_fact("a", "echo a")) == "a\n" and ctx.fact(_fact("b", "echo b")) == "b\n"
+    assert len(host.commands) == 2
+    ctx.run("touch /changed")
+    assert ctx.fact(_fact("b", "echo b")) == "b\n"
+    assert host.commands[-1] == "echo b"
+
+
+def test_run_then_read_forgets_proofs_like_run(tmp_path):
+    ctx = _ctx(tmp_path, Host())
+    proofs = AccessProofs()
+    proofs.reusable = True
+    proofs.record("root", "SHA256:x")
+    object.__setattr__(ctx, "proofs", proofs)
+    ctx.run_then_read("true", [_fact("a", "echo a")])
+    assert proofs.find("root", ["SHA256:x"]) is None
+
+
+def test_run_then_read_with_a_forged_answer_runs_the_change_again_alone(tmp_path):
+    """A host that adds a frame of its own: nothing of the answer is believed - the change (idempotent by
+    contract) runs again alone and each fact is asked alone when read."""
+    host = Host(forge=True)
+    ctx = _ctx(tmp_path, host)
+    result = ctx.run_then_read("echo changed", [_fact("a", "echo a")])
+    assert host.commands[1:] == ["echo changed"]
+    assert result.stdout == b"changed\n"
+    assert ctx.fact(_fact("a", "echo a")) == "a\n"
+    assert host.commands[2:] == ["echo a"]
+
+
+def test_run_then_read_without_a_step_memo_is_a_plain_run(tmp_path):
+    host = Host()
+    ctx = _ctx(tmp_path, host, memo=False)
+    ctx.run_then_read("echo changed", [_fact("a", "echo a")])
+    assert host.commands == ["echo changed"]

@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict
 
 from ir_toolkit.audit.journal import Journal, ReadOnlyJournal
 from ir_toolkit.deadline import Deadline
-from ir_toolkit.facts.base import FactError, Query, gather
-from ir_toolkit.facts.batch import FactMemo
+from ir_toolkit.facts.base import FactError, Output, Query, gather
+from ir_toolkit.facts.batch import MAX_QUERIES, FactMemo, batch, batchable
 from ir_toolkit.inventory.model import Host, Inventory
 from ir_toolkit.secrets.keyprovider import KeyProvider
 from ir_toolkit.transports.base import TIMED_OUT, CommandResult, Connection, TransportError
@@ -146,6 +146,28 @@ class ActionContext:
             if exc.kind == TIMED_OUT:
                 raise
             # a lost channel: each fact is asked alone when read, and fails there with its own message
+
+    def run_then_read(self, command: str, queries: Sequence[Query[Any]], *,
+                      timeout: float | None = None) -> CommandResult:
+        """Run ``command`` (a change; no stdin, its stderr is not kept) and THEN read ``queries`` (facts of
+        the state it leaves) in ONE command, framed like a prefetch (:mod:`ir_toolkit.facts.batch`: no
+        answer can pose as another). Like :meth:`run` it forgets every answer and proof first; the
+        read-backs are then this step's answers, which :meth:`fact` returns until the next command.
+
+        Returns the command's exit status and stdout. When the host's answer is not exactly the frames
+        asked for (or outside a step's memo), ``command`` is run again ALONE and the facts are asked one
+        by one when read: so ``command`` must be safe to run twice (idempotent)."""
+        if self.planning or self.step_facts is None or self.conn.kind != "ssh" or not queries:
+            return self.run(command, timeout=timeout)
+        wanted = list({(q.command, q.stdin): q for q in queries if batchable(q)}.values())[:MAX_QUERIES - 1]
+        one = batch([Query("run", command, lambda out: out), *wanted])
+        result = self.run(one.command, timeout=timeout)
+        try:
+            answers = one.parse(Output(result.exit_status, result.stdout, result.stderr))
+        except FactError:
+            return self.run(command, timeout=timeout)
+        self.step_facts.remember(wanted, answers[1:])
+        return CommandResult(answers[0].exit_status, answers[0].stdout, b"", result.duration)
 
     def record(self, action: str, params: dict[str, Any], outcome: str = "ok") -> int:
         """A durable audit record about this host (raises while planning); returns its seq."""

@@ -189,17 +189,50 @@ def _watchdog_pid(ok: bool, lines: list[str]) -> int:
     return int(pid)
 
 
+#: exit statuses of the load command (:meth:`IsolateHost._load`)
+_SNAPSHOT_FAILED, _WATCHDOG_FAILED, _NFT_REFUSED = 97, 98, 96
+
+
+def load_command(snapshot: bool, seconds: int) -> str:
+    """ONE command that takes the ruleset snapshot to return to on release (only when irkit's table is not
+    loaded; exit 97 when it cannot, before anything else), prints its hash, arms the watchdog (exit 98, the
+    table not loaded, when it is not running) and only then loads the table from stdin (``nft -f -``; exit
+    96 when nft refuses it, the watchdog armed). Its stdout is exactly two lines, ``sha256:...`` and
+    ``watchdog:PID`` (nft's stdout goes to /dev/null; its stderr is kept for the message)."""
+    snap = (f"{{ if [ -d {STATE_DIR} ]; then chmod 700 {STATE_DIR}; else mkdir -p -m 700 {STATE_DIR}; fi && "
+            f"nft -s list ruleset > {SNAPSHOT}.tmp </dev/null && mv -f {SNAPSHOT}.tmp {SNAPSHOT}; }} "
+            f"|| exit {_SNAPSHOT_FAILED}; ") if snapshot else ""
+    return (f"{snap}printf 'sha256:%s\\n' \"$(sha256sum < {SNAPSHOT} 2>/dev/null)\"; "
+            f"setsid sh -c 'sleep {int(seconds)}; nft delete table {FAMILY} {TABLE} 2>/dev/null' {WATCHDOG_MARK} "
+            f"</dev/null >/dev/null 2>&1 & w=$!; echo \"watchdog:$w\"; kill -0 \"$w\" 2>/dev/null || "
+            f"exit {_WATCHDOG_FAILED}; nft -f - >/dev/null || exit {_NFT_REFUSED}")
+
+
+def disarm_command(pid: int) -> str:
+    """Disarms the watchdog ``pid`` (only if that process is still irkit's marked watchdog); prints nothing.
+    The watchdog is `sh -c 'sleep N; nft delete ...' irkit-isolation-watchdog`: its shell is killed FIRST
+    (killing its sleep first would run the delete at once), then its sleep, by pid. One process spawned
+    (``cat``: the command line holds NULs, which the shell drops); the children are read by ``read``."""
+    pid = int(pid)
+    return (f"case $(cat /proc/{pid}/cmdline 2>/dev/null) in *{WATCHDOG_MARK}*) kids=; "
+            f"read -r kids 2>/dev/null < /proc/{pid}/task/{pid}/children; kill -KILL {pid} 2>/dev/null; "
+            f"for c in $kids; do kill $c 2>/dev/null; done;; esac; true")
+
+
 def flow_facts(ctx: ActionContext) -> flows.FlowFacts:
     """The host's addresses, connected sockets and conntrack table (see :mod:`ir_toolkit.facts.flows`)."""
     return ctx.fact(flows.flow_facts())
 
 
-def cut_live_flows(ctx: ActionContext, allowed: list[Any]) -> dict[str, Any]:
-    """End every flow whose peer is not allowed (after the table is loaded); what was cut, for the record."""
+def cut_live_flows(ctx: ActionContext, allowed: list[Any], *, also: tuple[Any, ...] = ()) -> dict[str, Any]:
+    """End every flow whose peer is not allowed (after the table is loaded); what was cut, for the record.
+
+    The flows are read (or taken from the step's answers when the command before read them back); the cut
+    and the re-read of the flows (and of the facts ``also`` names) go in ONE command (``run_then_read``)."""
     facts = flow_facts(ctx)
     plan = flows.cut_plan(facts, allowed)
     if not plan.empty:
-        ctx.run(flows.cut_script(plan, facts))
+        ctx.run_then_read(flows.cut_script(plan, facts), [flows.flow_facts(), *also])
     after = flows.cut_plan(flow_facts(ctx), allowed)
     return {
         "peers": [str(a) for a in plan.peers],
@@ -250,58 +283,60 @@ class IsolateHost(Action):
                 return Outcome(True, f"already isolated; ended flows of {len(cut['peers'])} peer(s)",
                                {"spec": spec, "flows_cut": cut})
             return Outcome(False, "already isolated with this allow-list", {"spec": spec})
-        before, watchdog = self._prepare(ctx, not current.present, params.watchdog_seconds)
-        result = ctx.run("nft -f -", stdin=script.encode())
-        if not result.ok:
-            self._disarm(ctx, watchdog)
-            err = result.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise ActionFailed("nft refused the isolation ruleset" + (f": {err[-1][:200]}" if err else ""))
+        before, watchdog = self._load(ctx, script, not current.present, params.watchdog_seconds)
         # never lose responder access: a fresh login from the controller must still work
         if not responder_access_works(ctx):
             ctx.run(f"nft delete table {FAMILY} {TABLE}")
             self._disarm(ctx, watchdog)
             record(ctx, "host.isolation_rolled_back", {"reason": "fresh responder login failed"}, outcome="failed")
             raise ActionFailed("after isolating, a fresh login from the controller failed; isolation removed")
-        self._disarm(ctx, watchdog)
+        # disarmed only now; the same command reads back the table and the live flows (framed)
+        readback: list[Any] = [flows.flow_facts()] if params.cut_flows else []
+        readback.append(nft.table(FAMILY, TABLE))
+        ctx.run_then_read(disarm_command(watchdog), readback)
         details: dict[str, Any] = {"spec": spec, "allowed": [_fmt(n) for n in allowed], "controller_seen_as": seen,
                                    "ruleset_before_sha256": before}
         # the table already drops every packet of a non-allowed peer; now end those flows on the host
         if params.cut_flows:
-            details["flows_cut"] = cut_live_flows(ctx, allowed)
+            details["flows_cut"] = cut_live_flows(ctx, allowed, also=(nft.table(FAMILY, TABLE),))
         record(ctx, "host.isolated", details)
         cut = details.get("flows_cut") or {}
         ended = f"; ended flows of {len(cut['peers'])} peer(s)" if cut.get("peers") else ""
-        # the end state read back in this step (what verify checks): the table as wanted, no live flow of a
-        # peer that is not allowed (cut_live_flows re-read them), a fresh login from the controller (above)
+        # the end state read back in this step (what verify checks): the table as wanted (read after the last
+        # command), no live flow of a peer that is not allowed (re-read after the cut), a fresh login from
+        # the controller (above)
         proven = (not isolation_problems(_table(ctx), spec)
                   and not (params.cut_flows and cut.get("sockets_left")))
         return Outcome(True, f"isolated; allowed: {', '.join(details['allowed'])}{ended}", details, verified=proven)
 
-    def _prepare(self, ctx: ActionContext, snapshot: bool, seconds: int) -> tuple[str, int]:
-        """In one command: the ruleset snapshot to return to on release (only taken when irkit's table is not
-        loaded), its hash, and the watchdog armed; returns (hash, the watchdog's pid)."""
-        snap = (f"{{ mkdir -p {STATE_DIR} && chmod 700 {STATE_DIR} && nft -s list ruleset > {SNAPSHOT}.tmp && "
-                f"mv -f {SNAPSHOT}.tmp {SNAPSHOT}; }} || exit 97; ") if snapshot else ""
-        result = ctx.run(f"{snap}printf 'sha256:%s\\n' \"$(sha256sum < {SNAPSHOT} 2>/dev/null)\"; "
-                         + _watchdog_command(seconds))
-        if result.exit_status == 97:
-            err = result.stderr.decode("utf-8", "replace").strip().splitlines()
+    def _load(self, ctx: ActionContext, script: str, snapshot: bool, seconds: int) -> tuple[str, int]:
+        """The snapshot, the watchdog armed and the table loaded, in ONE command (:func:`load_command`);
+        returns (the snapshot's hash, the watchdog's pid). Raises, with nothing left behind, when any part
+        fails: no snapshot - nothing done; no watchdog - table not loaded; nft refused it - watchdog disarmed."""
+        result = ctx.run(load_command(snapshot, seconds), stdin=script.encode())
+        err = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        if result.exit_status == _SNAPSHOT_FAILED:
             raise ActionFailed("cannot snapshot the nftables ruleset before isolating"
                                + (f": {err[-1][:200]}" if err else ""))
         lines = result.text.splitlines()
         digest = lines[0][len("sha256:"):].split(" ")[0].strip() if lines and lines[0].startswith("sha256:") else ""
-        return digest, _watchdog_pid(result.ok, lines[1:])
+        try:
+            watchdog = _watchdog_pid(result.exit_status != _WATCHDOG_FAILED, lines[1:])
+        except ActionFailed:
+            if result.ok:  # loaded, but the host's answer names no watchdog irkit could disarm: take it off
+                ctx.run(f"nft delete table {FAMILY} {TABLE}")
+            raise
+        if not result.ok:
+            self._disarm(ctx, watchdog)
+            raise ActionFailed("nft refused the isolation ruleset" + (f": {err[-1][:200]}" if err else ""))
+        return digest, watchdog
 
     def _arm_watchdog(self, ctx: ActionContext, seconds: int) -> int:
         result = ctx.run(_watchdog_command(seconds))
         return _watchdog_pid(result.ok, result.text.splitlines())
 
     def _disarm(self, ctx: ActionContext, pid: int) -> None:
-        # The watchdog is `sh -c 'sleep N; nft delete ...' irkit-isolation-watchdog`: kill the shell FIRST
-        # (killing its sleep first would run the delete at once), then its sleep, by pid.
-        ctx.run(f"if tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null | grep -q {WATCHDOG_MARK}; then "
-                f"kids=$(cat /proc/{pid}/task/{pid}/children 2>/dev/null); kill -KILL {pid} 2>/dev/null; "
-                f"for c in $kids; do kill $c 2>/dev/null; done; fi; true")
+        ctx.run(disarm_command(pid))
 
     def verify(self, ctx: ActionContext, params: IsolateParams) -> Outcome:
         allowed = allowed_networks(ctx, params)

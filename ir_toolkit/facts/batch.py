@@ -176,6 +176,13 @@ class FactMemo:
             self._answers[self._key(query)] = (answer, True)
         return len(wanted)
 
+    def remember(self, queries: Sequence[Query[Any]], answers: Sequence[Output]) -> None:
+        """Keep ``answers`` (from a framed batch, e.g. a change and its read-back in one command) as the
+        answers of ``queries``; like prefetched ones, an answer its parser refuses is asked again alone."""
+        for query, answer in zip(queries, answers):
+            if batchable(query):
+                self._answers[self._key(query)] = (answer, True)
+
     def _ask(self, runner: Runner, query: Query[Any], timeout: float | None) -> Output:
         result = runner.run(query.command, stdin=query.stdin, timeout=timeout)
         self.commands += 1
