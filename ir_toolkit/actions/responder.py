@@ -16,6 +16,7 @@ import fcntl
 import io
 import ipaddress
 import os
+import posixpath
 import shlex
 import threading
 from collections.abc import Callable
@@ -185,13 +186,17 @@ def access_decision(content: str | None, blob: bytes, options: str) -> AccessDec
 
 def install_script(path: str, user: str) -> str:
     """Shell that appends stdin (the key line) to ``path``, creating the directory 0700 and the file 0600
-    owned by ``user`` when they do not exist, and ending a last line without newline first."""
+    owned by ``user`` when they do not exist, and ending a last line without newline first.
+
+    Two processes on a host whose file exists (``tail -c1``, ``cat``): the directory computed here (as
+    ``dirname`` would), not by ``dirname`` on the host; the last byte compared in the shell (``x`` keeps a newline from being stripped by the
+    command substitution; a NUL, which the shell drops, is not a newline: one is added), not ``od | tr``."""
     q = shlex.quote(path)
     owner = shlex.quote(user)
-    return (f'f={q}; d=$(dirname "$f"); '
+    return (f'f={q}; d={shlex.quote(posixpath.dirname(path) or ".")}; '
             f'if [ ! -d "$d" ]; then mkdir -p "$d" && chmod 700 "$d" && chown {owner} "$d"; fi; '
             f'new=0; [ -e "$f" ] || new=1; '
-            f'if [ -s "$f" ] && [ "$(tail -c1 "$f" | od -An -c | tr -d " ")" != "\\n" ]; then echo >> "$f"; fi; '
+            f'if [ -s "$f" ]; then case "$(tail -c1 "$f"; echo x)" in "\nx") ;; *) echo >> "$f";; esac; fi; '
             f'umask 077; cat >> "$f" && if [ $new = 1 ]; then chown {owner} "$f" && chmod 600 "$f"; fi')
 
 
