@@ -183,27 +183,29 @@ class FakeHost:
         if "tar --create" in cmd:
             tar = self.tar() if callable(self.tar) else self.tar
             return tar, b"", 0
-        if cmd.endswith(" sh -s") and self.stdin and b"irkit_c " in self.stdin:
+        if cmd.endswith(" sh -s") and self.stdin and (b"\nirkit_c " in self.stdin or b"\nirkit_z " in self.stdin):
             return self.batch(self.stdin.decode()), b"", 0
         return self.command_out, self.command_err, 0
 
     def batch(self, cmd):
         """A batch of command artifacts (triage/cmdbatch.py), framed as the real script frames it: each
-        command's scripted answer gzip-compressed, then its trailer. Scenarios override this to lie."""
-        import gzip
+        command's scripted answer (gzip-compressed for irkit_z), a newline and its trailer. Scenarios override this
+        to lie."""
         import re
         import shlex
 
         script = cmd
         boundary = re.search(r"^B=([0-9a-f]{32})$", script, re.M).group(1).encode()
-        calls = re.findall(r"^irkit_c (\d+) \d+ (.*)$", script, re.M)
+        calls = re.findall(r"^irkit_([cz]) (\d+) (.*)$", script, re.M)
         out = b""
-        for index, quoted in calls:
+        for kind, index, quoted in calls:
             stdout, stderr, status = self.respond(shlex.split(quoted)[0])
             stdout, stderr = _drain(stdout), _drain(stderr)
-            out += gzip.compress(stdout) + b"#%s %s %d %d\n%s\n" % (boundary, index.encode(), status,
-                                                                    len(stderr), stderr)
-        return out + b"#%s end %d\n" % (boundary, len(calls))
+            if kind == "z":  # gzip -1 on the host
+                import gzip
+                stdout = gzip.compress(stdout, 1)
+            out += stdout + b"\n#%s %s %d %d\n%s\n" % (boundary, index.encode(), status, len(stderr), stderr)
+        return out + b"\n#%s end %d\n" % (boundary, len(calls))
 
     def run(self, command, *, stdin=None, timeout=None, deadline=None):
         out, err, st = self.respond(command)

@@ -57,7 +57,7 @@ from ir_toolkit.triage.bundle import (
     new_collection_id,
     utc_now,
 )
-from ir_toolkit.triage.schema import USER_HOME, Artifact, Selection
+from ir_toolkit.triage.schema import USER_HOME, VOLATILE, Artifact, Selection
 from ir_toolkit.triage.transfer import (
     BoundedBuffer,
     CappedResult,
@@ -487,7 +487,7 @@ class HostCollector:
     def _batchable(self, artifact: Artifact) -> bool:
         """An artifact whose one remote command may share a channel with its neighbours' (:mod:`.cmdbatch`):
         a plain command artifact, or a file artifact's listing (not one a walk already listed)."""
-        if not self.batch_commands or set(cmdbatch.TOOLS) & self._missing_tools:
+        if not self.batch_commands:
             return False
         if artifact.collector == "command":
             return bool(artifact.command) and not artifact.sections and not self._compresses(artifact)
@@ -533,11 +533,12 @@ class HostCollector:
     def _run_batch(self, jobs: list[_Job], summaries: dict[int, dict[str, Any]]) -> int:
         """The batch itself: fills ``summaries`` for the jobs it delivered; returns how many (in order)."""
         boundary = cmdbatch.new_boundary()
-        command, script = cmdbatch.batch_command(jobs, boundary, remote.ENV_PREFIX)
+        command, script = cmdbatch.batch_command(jobs, boundary, remote.ENV_PREFIX,
+                                                 [self._gzip_in_batch(job) for job in jobs])
         started = time.monotonic()
         # the channel waits at most the longest of the commands' limits for output; each command's own limit
-        # is enforced on the host (timeout), so a slow one ends there and the batch goes on
-        limit = max(job.timeout for job in jobs) + 2 * cmdbatch.KILL_AFTER
+        # is kept by the watch below, which ends the channel when the command in progress outlives it
+        limit = max(job.timeout for job in jobs)
         try:
             stream = open_exec(self.conn, command, stdin=script, idle_timeout=self._timeout(float(limit)),
                                deadline=self.deadline)
@@ -546,15 +547,53 @@ class HostCollector:
             self.log.add("warning", "command batch could not start: the commands run one by one", reason=str(exc))
             return 0
         reader = cmdbatch.BatchReader(stream.stdout(), len(jobs), boundary)
+        watch = cmdbatch.FrameWatch(stream.close)
+        try:
+            return self._read_batch(jobs, summaries, stream, reader, watch, started)
+        finally:
+            watch.stop()
+
+    def _read_batch(self, jobs: list[_Job], summaries: dict[int, dict[str, Any]], stream: Any,
+                    reader: cmdbatch.BatchReader, watch: cmdbatch.FrameWatch, started: float) -> int:
         done = 0
         try:
             for job in jobs:
+                watch.arm(done, self._timeout(float(job.timeout)))
                 summaries[job.index] = self._batch_frame(job, reader, started)
                 started = time.monotonic()
                 done += 1
+            watch.arm(done, self._timeout(60.0))
             reader.end()
             stream.finish()
-        except cmdbatch.BatchBroken as exc:
+        except (cmdbatch.BatchBroken, TransferError) as exc:
+            watch.stop()
+            if watch.expired is not None and watch.expired < done:
+                return done  # the watch ended the channel just as the frame before completed: the rest run alone
+            if watch.expired is not None:
+                stream.close()
+                if done == len(jobs):  # every output complete; the end line or the exit status did not come
+                    self.anomaly("command batch: no end within 60 s after its last output (every output was "
+                                 "complete before it)")
+                    return done
+                # the command in progress outlived its limit: it failed as it would have alone (the channel is
+                # closed, its output lost); the ones after it run alone
+                job = jobs[done]
+                self.log.add("warning", "command timed out in a batch; the commands after it run one by one",
+                             artifact=job.artifact.name, timeout=job.timeout)
+                self._batch_failed(job, f"in a command batch: timed out after {job.timeout} s", summaries, started)
+                return done + 1
+            if isinstance(exc, TransferError):
+                stream.close()
+                self._lost(exc)
+                # nor did the channel carry anything: that artifact failed as it would have alone; the ones
+                # after it run alone
+                if done < len(jobs):
+                    self._batch_failed(jobs[done], f"in a command batch: {exc}", summaries, started)
+                    done += 1
+                return done
+            if done == 0 and self._no_builtin_printf(stream):
+                self.log.add("warning", "the host's shell has no builtin printf: the commands run one by one")
+                return 0
             stream.close()
             where = jobs[exc.index].artifact.name if exc.index < len(jobs) else None
             if where is not None:
@@ -562,28 +601,42 @@ class HostCollector:
                              "one by one", artifact=where)
             else:
                 self.anomaly(f"command batch: {exc.reason} (every output was complete before it)")
-        except TransferError as exc:
-            stream.close()
-            self._lost(exc)
-            # the host did not end it at its limit, nor did the channel carry anything: that artifact failed as
-            # it would have alone; the ones after it run alone
-            job = jobs[done]
-            reason = f"in a command batch: {exc}"
-            if job.artifact.collector == "command":
-                summary = self._command_failed(job.artifact, {"name": job.artifact.name, "collector": "command"},
-                                               reason)
-            else:
-                summary = self._listing_failed(job.artifact, reason)
-            summary.update(batched=True, duration_ms=int((time.monotonic() - started) * 1000))
-            summaries[job.index] = summary
-            done += 1
+            return done
         return done
+
+    def _gzip_in_batch(self, job: _Job) -> bool:
+        """Whether ``job``'s output comes gzip-compressed in its batch (:mod:`.cmdbatch`). A gzip member arrives
+        in one or a few writes; an output as printed comes in one SSH packet per write of the command (a
+        listing's many stat processes write 4 KB each, a script one per statement), and each packet costs the
+        controller a wake-up and a decryption in Python (~80 us). So: gzip (one process on the host, ~1.4 ms)
+        everywhere but in the volatile snapshot, where the host's CPU decides how soon the host is isolated
+        and every extra irkit process is one more in the process table being recorded."""
+        if "gzip" in self._missing_tools:
+            return False
+        return job.artifact.collector != "command" or self.selection.kind != VOLATILE
+
+    @staticmethod
+    def _no_builtin_printf(stream: Any) -> bool:
+        """The batch printed nothing and its shell exited with the no-builtin-printf status."""
+        try:
+            return bool(stream.finish().exit_status == cmdbatch.NO_BUILTIN_PRINTF)
+        except (TransferError, OSError):
+            return False
+
+    def _batch_failed(self, job: _Job, reason: str, summaries: dict[int, dict[str, Any]], started: float) -> None:
+        if job.artifact.collector == "command":
+            summary = self._command_failed(job.artifact, {"name": job.artifact.name, "collector": "command"},
+                                           reason)
+        else:
+            summary = self._listing_failed(job.artifact, reason)
+        summary.update(batched=True, duration_ms=int((time.monotonic() - started) * 1000))
+        summaries[job.index] = summary
 
     def _batch_frame(self, job: _Job, reader: cmdbatch.BatchReader, started: float) -> dict[str, Any]:
         artifact = job.artifact
         if artifact.collector != "command":
             sink = io.BytesIO()
-            frame = reader.frame(sink, LISTING_OUTPUT_CAP)
+            frame = reader.frame(sink, LISTING_OUTPUT_CAP, compressed=self._gzip_in_batch(job))
             if frame.truncated:
                 summary = self._listing_failed(artifact, f"listing output over {LISTING_OUTPUT_CAP} bytes (not kept)")
             else:
@@ -591,7 +644,7 @@ class HostCollector:
         else:
             spool = self._spool()
             try:
-                frame = reader.frame(spool, artifact.file_cap)
+                frame = reader.frame(spool, artifact.file_cap, compressed=self._gzip_in_batch(job))
             except BaseException:
                 spool.close()
                 raise
@@ -599,11 +652,7 @@ class HostCollector:
             stderr.add(frame.stderr)
             res = CappedResult(frame.exit_status, b"", stderr.value(), frame.total, frame.truncated,
                                time.monotonic() - started, frame.kept)
-            transit = {"transit": "gzip, in one channel with other commands",
-                       "sha256_stream": frame.member_sha256, "stream_size": frame.member_size}
-            if frame.exit_status in (124, 137):
-                transit["note"] = (f"ended on the host after its time limit ({artifact.timeout} s): "
-                                   "the output printed until then is kept")
+            transit = {"transit": "in one channel with other commands"}
             summary = self._keep_output(artifact, {"name": artifact.name, "collector": "command"}, res, spool,
                                         sink=spool, compress=False, archive=f"live/{artifact.output_name}",
                                         parts={}, untagged=None, transit=transit)

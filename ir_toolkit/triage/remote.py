@@ -38,10 +38,8 @@ HOMES_COMMAND = (
 REQUIRED_TOOLS = ("find", "stat", "xargs", "sha256sum", "tar", "head", "tee")
 # ... and the ones a compressed output needs (without them it comes over uncompressed)
 COMPRESS_TOOLS = ("gzip", "awk")
-# ... and the one a batch of command artifacts needs besides gzip (triage/cmdbatch.py; without it each runs alone)
-BATCH_TOOLS = ("timeout",)
 PREFLIGHT_COMMAND = (
-    f"{ENV_PREFIX} sh -c 'for t in {' '.join(REQUIRED_TOOLS + COMPRESS_TOOLS + BATCH_TOOLS)}; do "
+    f"{ENV_PREFIX} sh -c 'for t in {' '.join(REQUIRED_TOOLS + COMPRESS_TOOLS)}; do "
     "command -v \"$t\" >/dev/null 2>&1 || echo \"$t\"; done'"
 )
 HASH_COMMAND = f"{ENV_PREFIX} xargs -0 -r sha256sum -z --"
