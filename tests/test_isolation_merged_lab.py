@@ -5,7 +5,9 @@ disarm and the read-back of flows and table in one framed command) keeps every s
   loaded after the watchdog's time) and the read-back is what the host has;
 * a fresh login that fails after the table is loaded: the table is removed and the watchdog disarmed;
 * nft refusing the ruleset: nothing loaded, the watchdog disarmed, the same message as before;
-* a host whose framed answer is forged: the disarm runs again alone and the facts are read one by one.
+* a host whose framed answer is forged: the disarm runs again alone and the facts are read one by one;
+* an update (another allow-list over irkit's table: the load command without the snapshot) keeps the first
+  snapshot, and release restores the ruleset byte for byte.
 """
 
 from __future__ import annotations
@@ -152,3 +154,26 @@ def test_a_forged_framed_answer_runs_the_disarm_again_alone(session, monkeypatch
     assert "nft list table inet irkit_isolation 2>/dev/null" in commands
     time.sleep(11)
     assert session.loaded()
+
+
+def test_update_keeps_the_first_snapshot_and_release_restores_exactly(session, monkeypatch):
+    """Isolated, then isolated again with another allow-list (the load command without the snapshot): the
+    table is replaced, the snapshot of the ruleset before the FIRST isolation stands, and release restores
+    it byte for byte."""
+    from ir_toolkit.actions.isolation import ReleaseHost, ReleaseParams
+
+    before = session.conn.run("nft -s list ruleset").stdout
+    session.conn.run("rm -rf /var/lib/irkit/isolation")
+    first = IsolateHost().apply(session.ctx(), IsolateParams(watchdog_seconds=10))
+    snapshot = session.conn.run("sha256sum < /var/lib/irkit/isolation/before.nft").text.split()[0]
+    assert first.details["ruleset_before_sha256"] == snapshot
+    second = IsolateHost().apply(session.ctx(), IsolateParams(watchdog_seconds=10, allow=["192.0.2.0/24"]))
+    assert second.changed and second.verified, second
+    assert second.details["spec"] != first.details["spec"]
+    assert second.details["ruleset_before_sha256"] == snapshot  # not taken again over irkit's own table
+    assert "192.0.2.0/24" in session.conn.run("nft list table inet irkit_isolation").text
+    time.sleep(11)
+    assert session.loaded(), "the second watchdog was not disarmed"
+    released = ReleaseHost().apply(session.ctx(), ReleaseParams())
+    assert released.changed and "exactly" in released.summary, released
+    assert session.conn.run("nft -s list ruleset").stdout == before
