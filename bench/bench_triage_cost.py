@@ -184,7 +184,13 @@ def step_profile(profile: str, host: dict[str, Any], info: dict[str, Any], cpu: 
         # encrypted to a throwaway recipient, as a case's bundles are
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
         recipients = [X25519PrivateKey.generate().public_key()]
-        if cprofile is not None:
+        if cprofile is not None and os.environ.get("BENCH_YAPPI"):
+            import yappi  # every thread (paramiko's reader, the bundle writer), CPU clock
+
+            yappi.set_clock_type("cpu")
+            yappi.start()
+            profiler = yappi
+        elif cprofile is not None:
             import cProfile
             profiler = cProfile.Profile()
             profiler.enable()
@@ -198,7 +204,12 @@ def step_profile(profile: str, host: dict[str, Any], info: dict[str, Any], cpu: 
             members += [(e.get("archive_path"), e.get("received_size") or 0) for e in seen[-1].files.values()]
             totals["largest"] = sorted((m for m in members if m[0]), key=lambda m: -m[1])[:10]
     finally:
-        if profiler is not None:
+        if profiler is not None and getattr(profiler, "__name__", "") == "yappi":
+            profiler.stop()
+            profiler.get_func_stats().save(str(cprofile), type="pstat")
+            with open(f"{cprofile}.threads", "w") as fh:
+                profiler.get_thread_stats().print_all(out=fh)
+        elif profiler is not None:
             profiler.disable()
             profiler.dump_stats(str(cprofile))
         collector_mod.HostCollector = base
@@ -282,7 +293,9 @@ def main() -> int:
                              "with this one --step-repeat times: before/after on the same host in one run")
     parser.add_argument("--child-steps", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cprofile", type=Path, default=None,
-                        help="write a cProfile of the (last) in-process collection to FILE.<profile>")
+                        help="write a cProfile of the (last) in-process collection to FILE.<profile> (with "
+                             "BENCH_YAPPI=1 in the environment: a yappi CPU profile of every thread, pstat format, "
+                             "and FILE.<profile>.threads)")
     args = parser.parse_args()
     if args.child_steps is not None:
         return child_steps(args.child_steps)

@@ -186,13 +186,21 @@ class EncryptingWriter(io.RawIOBase):
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         if self._finished:
             raise ValueError("write after close")
-        self._buf += data
-        while len(self._buf) > self._chunk:
-            self._emit(bytes(self._buf[:self._chunk]), final=False)
-            del self._buf[:self._chunk]
-        return len(data)
+        buf = self._buf
+        before = len(buf)
+        buf += data
+        written = len(buf) - before
+        size = self._chunk
+        if len(buf) > size:  # the last full chunk stays buffered: only close() knows which chunk is final
+            done = 0
+            with memoryview(buf) as view:  # each chunk encrypted from the buffer in place (no copy of a slice)
+                while len(buf) - done > size:
+                    self._emit(view[done:done + size], final=False)
+                    done += size
+            del buf[:done]
+        return written
 
-    def _emit(self, plaintext: bytes, *, final: bool) -> None:
+    def _emit(self, plaintext: bytes | memoryview, *, final: bool) -> None:
         self._sink.write(self._aead.encrypt(_nonce(self._index, final), plaintext, self._aad))
         self._index += 1
 
