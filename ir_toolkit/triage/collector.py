@@ -325,8 +325,10 @@ class HostCollector:
         """Note missing tools; without tar the files come over SFTP instead, without gzip (or awk, for an output
         with sections) a compressed output comes over uncompressed."""
         commands = sum(a.collector == "command" for a in self.selection.artifacts)
+        # a batch needs gzip only where its outputs come compressed (not in the volatile snapshot: _gzip_in_batch)
+        batch_gzip = self.batch_commands and commands > 1 and self.selection.kind != VOLATILE
         if not any(a.collector != "command" or a.compress is not None for a in self.selection.artifacts) and not (
-                self.batch_commands and commands > 1):
+                batch_gzip):
             return
         try:
             result = self.conn.run(remote.PREFLIGHT_COMMAND, timeout=self._timeout(60))
