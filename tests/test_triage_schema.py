@@ -291,3 +291,32 @@ def test_uac_comparison_table_is_covered_by_ir_triage(catalog):
     for row in DEFERRED:
         line = next(ln for ln in docs.splitlines() if ln.startswith(f"| {row} |"))
         assert any(unit in line for unit in (" s", "MB", "KB", "MiB")), f"{row}: deferred without a measured cost"
+
+
+def test_the_builtin_catalog_is_parsed_once_when_many_workers_ask_at_once(monkeypatch):
+    """#17: the engine's workers reach their first triage step together; the catalogue is parsed by one."""
+    import threading
+    import time
+
+    from ir_toolkit.triage import schema
+
+    real = schema.load_catalog
+    calls = []
+
+    def slow_load(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.2)  # every other worker arrives while the first parses
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(schema, "load_catalog", slow_load)
+    schema._builtin_catalog.cache_clear()
+    try:
+        got = []
+        workers = [threading.Thread(target=lambda: got.append(schema.builtin_catalog())) for _ in range(20)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert len(calls) == 1 and len(got) == 20 and all(c is got[0] for c in got)
+    finally:
+        schema._builtin_catalog.cache_clear()
