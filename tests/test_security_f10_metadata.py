@@ -131,3 +131,26 @@ def test_non_canonical_paths_are_refused(irkit_home):
     assert files["/etc/motd"]["status"] == "collected"
     assert files["/etc/./motd"]["status"] == "failed" and "canonical" in files["/etc/./motd"]["reason"]
     assert files["/etc//motd2"]["status"] == "failed"
+
+
+def test_symlinks_are_in_the_manifest_and_counted_once_per_artifact_in_the_log(irkit_home):
+    """A listing's symlinks: each one in the manifest (recorded, its target, never followed or copied); the
+    collection log carries one count per artifact, not a record per link (hundreds on a real host)."""
+    links = [f"/etc/alt/l{i}" for i in range(40)]
+    stats = stat_record("/etc/hostname", 3) + b"".join(
+        stat_record(p, 7, kind="symbolic link", ino=100 + i).replace(
+            remote.encode_path(f"'{p}'"), remote.encode_path(f"{p} -> /evil/{i}")) for i, p in enumerate(links))
+    host = FakeHost(stats=stats, hashes=digest(b"abc") + b"  /etc/hostname\0",
+                    tar=member("etc/hostname", b"abc") + END)
+    result = collect_host(host, target("links"), file_selection(["/etc"]))
+    files = _check_sealed_with_volatile(result)
+    for i, p in enumerate(links):
+        assert files[p]["status"] == "recorded" and files[p]["archive_path"] is None
+        assert files[p]["link_target"] == f"/evil/{i}"
+    with tarfile.open(result.collection.bundle_path) as tar:
+        names = tar.getnames()
+        log = [json.loads(line) for line in tar.extractfile("collection.log").read().splitlines()]
+    assert not any(n.startswith("files/etc/alt") for n in names)
+    counted = [r for r in log if r["event"].startswith("symlinks recorded")]
+    assert [(r["artifact"], r["count"]) for r in counted] == [("linux.test.files", 40)]
+    assert not any("/etc/alt/" in json.dumps(r) for r in log)

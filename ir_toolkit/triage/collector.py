@@ -225,6 +225,7 @@ class HostCollector:
         self.artifacts: list[dict[str, Any]] = []
         self._stats: dict[str, remote.FileStat] = {}
         self._inodes: dict[tuple[int, int], str] = {}
+        self._symlinks = 0                          # symlinks recorded by the listing being read
         self._homes: list[str] | None = None
         self._missing_tools: set[str] = set()      # tools the preflight found missing on the host
         self._decode: dict[str, str] = {}          # path -> decoder, for files decoded on the controller
@@ -782,12 +783,16 @@ class HostCollector:
             self.log.add("warning", "unexpected message from find", artifact=artifact.name, message=line)
         files = 0
         size_total = 0
+        self._symlinks = 0
         for st in remote.parse_stat(stdout):
             if st.kind == "other":
                 continue
             files += 1
             size_total += st.size if st.kind == "file" else 0
             self._add_file(artifact, st)
+        if self._symlinks:
+            self.log.add("info", "symlinks recorded, not followed (each in the manifest with its target)",
+                         artifact=artifact.name, count=self._symlinks)
         summary.update(status="ok" if not errors else "errors", files=files, bytes=size_total,
                        errors=len(errors) or None)
         return summary
@@ -829,9 +834,9 @@ class HostCollector:
         }
         same = self._inodes.get((st.device, st.inode)) if st.kind == "file" and st.inode else None
         if st.kind == "symlink":
+            # each symlink is in the manifest (status recorded, link_target); the log counts them per artifact
             entry.update(status=RECORDED, link_target=st.link_target)
-            self.log.add("info", "symlink recorded, not followed", artifact=artifact.name, path=st.path,
-                         target=st.link_target)
+            self._symlinks += 1
         elif same is not None:
             entry.update(status=RECORDED, same_file_as=same,
                          note="same file (device and inode) as another path; its content is stored once")
