@@ -687,3 +687,25 @@ def test_make_plan_inspects_under_yes_only_when_another_approver_reads_the_plan(
         for preview, unread in ((True, True), (True, False), (False, True), (False, False)):
             session.make_plan(None, str(inv), str(pb), "UNIT", forks=2, preview=preview, inspect_unread=unread)
     assert seen == [True, True, True, False, True, True, True, True]
+
+
+def test_a_plan_changed_in_place_gets_its_new_hash():
+    """#17: the plan's hash is remembered (RFC 8785 of a 200-host plan is ~0.1 s a time), never stale."""
+    import dataclasses
+
+    from ir_toolkit.playbook.plan import Plan, PlanItem
+
+    item = PlanItem(id="i1", phase="p", phase_index=0, step="s", step_index=0, tenant="t", host="h",
+                    action="a", params={"x": 1.5}, requires_approval=False, destructive=False, change={})
+    plan = Plan(case="C", msp="m", playbook_path="p.yml", playbook_sha256="0" * 64, inventory_path="i.yml",
+                inventory_sha256="1" * 64, items=[item])
+    first = plan.hash
+    assert plan.hash == first and plan._hash_memo is not None
+    plan.items.append(dataclasses.replace(item, id="i2"))
+    second = plan.hash
+    assert second != first
+    plan.items[1].change["k"] = "v"
+    assert plan.hash != second
+    fresh = Plan(case="C", msp="m", playbook_path="p.yml", playbook_sha256="0" * 64, inventory_path="i.yml",
+                 inventory_sha256="1" * 64, items=list(plan.items))
+    assert fresh.hash == plan.hash
