@@ -150,10 +150,15 @@ class BatchReader:
         self._mark = f"\n#{boundary} ".encode()
         self._pending = b""
         self._next = 0
+        #: bytes read from the stream so far
+        self.received = 0
 
     def _more(self) -> bytes:
         data = self._read(_READ)
-        return bytes(data) if data else b""
+        if not data:
+            return b""
+        self.received += len(data)
+        return bytes(data)
 
     def _line(self, index: int, what: str) -> bytes:
         """The next line (without its newline), at most 200 bytes."""

@@ -594,7 +594,8 @@ class HostCollector:
                     self._batch_failed(jobs[done], f"in a command batch: {exc}", summaries, started)
                     done += 1
                 return done
-            if done == 0 and self._no_builtin_printf(stream):
+            # a shell without builtin printf exits before it prints anything (only then is its status asked for)
+            if done == 0 and reader.received == 0 and self._no_builtin_printf(stream):
                 self.log.add("warning", "the host's shell has no builtin printf: the commands run one by one")
                 return 0
             stream.close()
