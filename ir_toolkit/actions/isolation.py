@@ -176,10 +176,15 @@ def _check_controller_allowed(ctx: ActionContext, allowed: list[Any]) -> str:
     return seen
 
 
-def _watchdog_command(seconds: int) -> str:
-    """Starts the host's own release after ``seconds`` (a detached shell, marked) and prints its pid."""
+def _watchdog_start(seconds: int) -> str:
+    """Starts the host's own release after ``seconds`` in the background (a detached shell, marked)."""
     return (f"setsid sh -c 'sleep {int(seconds)}; nft delete table {FAMILY} {TABLE} 2>/dev/null' {WATCHDOG_MARK} "
-            "</dev/null >/dev/null 2>&1 & echo \"watchdog:$!\"")
+            "</dev/null >/dev/null 2>&1 &")
+
+
+def _watchdog_command(seconds: int) -> str:
+    """Starts the host's own release after ``seconds`` and prints its pid."""
+    return _watchdog_start(seconds) + " echo \"watchdog:$!\""
 
 
 def _watchdog_pid(ok: bool, lines: list[str]) -> int:
@@ -203,8 +208,7 @@ def load_command(snapshot: bool, seconds: int) -> str:
             f"nft -s list ruleset > {SNAPSHOT}.tmp </dev/null && mv -f {SNAPSHOT}.tmp {SNAPSHOT}; }} "
             f"|| exit {_SNAPSHOT_FAILED}; ") if snapshot else ""
     return (f"{snap}printf 'sha256:%s\\n' \"$(sha256sum < {SNAPSHOT} 2>/dev/null)\"; "
-            f"setsid sh -c 'sleep {int(seconds)}; nft delete table {FAMILY} {TABLE} 2>/dev/null' {WATCHDOG_MARK} "
-            f"</dev/null >/dev/null 2>&1 & w=$!; echo \"watchdog:$w\"; kill -0 \"$w\" 2>/dev/null || "
+            f"{_watchdog_start(seconds)} w=$!; echo \"watchdog:$w\"; kill -0 \"$w\" 2>/dev/null || "
             f"exit {_WATCHDOG_FAILED}; nft -f - >/dev/null || exit {_NFT_REFUSED}")
 
 
