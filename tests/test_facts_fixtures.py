@@ -228,3 +228,19 @@ def test_a_lying_answer_fails_the_host_with_one_line() -> None:
         ctx.fact(accounts.passwd_entry("alice"))
     assert str(caught.value) == "accounts.passwd_entry: asked for 'alice', the host answered for 'root'"
     assert conn.commands == ["getent passwd alice"]
+
+
+def test_no_control_refuses_exactly_the_control_characters():
+    """The C-level scan refuses what the per-character check did: C0 but TAB, and DEL, anywhere in the value."""
+    from ir_toolkit.facts.base import FactError, no_control
+    control = {c for c in range(32) if c != 9} | {127}
+    for c in range(0x300):
+        value = f"key value{chr(c)}tail"
+        if c in control:
+            with pytest.raises(FactError, match="control characters"):
+                no_control("f", "w", value)
+        else:
+            assert no_control("f", "w", value) == value
+    assert no_control("f", "w", "") == ""
+    with pytest.raises(FactError):
+        no_control("f", "w", "\x1b[31m" + "x" * 10_000)

@@ -17,6 +17,7 @@ Layer: beside ``transports/`` — imported by ``actions/``; imports only the gro
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -96,6 +97,8 @@ def gather(runner: Runner, query: Query[T], *, timeout: float | None = None) -> 
 # ---------------------------------------------------------------------------- helpers for parsers
 
 _CONTROL = {c for c in range(32)} - {9} | {127}
+#: one C-level scan instead of a Python loop per character (`sshd -T`, authorized_keys: ~19,000 chars a host)
+_CONTROL_RE = re.compile("[" + "".join(f"\\x{c:02x}" for c in sorted(_CONTROL)) + "]")
 
 
 def printable(text: str) -> str:
@@ -118,7 +121,7 @@ def lines_of(fact: str, text: str, *, max_lines: int = MAX_LINES, max_line: int 
 
 def no_control(fact: str, what: str, value: str) -> str:
     """``value`` unless it holds a control character (escape sequences, NUL, CR): then fail closed."""
-    if any(ord(ch) in _CONTROL for ch in value):
+    if _CONTROL_RE.search(value) is not None:
         raise FactError(fact, f"{what} {printable(value[:80])!r} holds control characters")
     return value
 
