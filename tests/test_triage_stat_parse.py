@@ -90,3 +90,73 @@ def test_the_same_as_the_reference_for_hostile_fields():
 def test_a_listing_parses_the_same():
     out = ("\0".join(GOOD) + "\0").encode() * 3
     assert remote.parse_stat(out) == [reference(GOOD)] * 3
+
+
+def reference_listing(output):
+    """The whole-listing parser before the one-regex-per-record fast path: split, then every record field by
+    field."""
+    fields = output.decode("utf-8", "surrogateescape").split("\0")
+    if fields and fields[-1] == "":
+        fields.pop()
+    return [reference(fields[i:i + 15]) for i in range(0, len(fields) - 15 + 1, 15)]
+
+
+PLAIN_TIMES = ["1795703171.073054876", "1.000000000", "99999999999.999999999", "100000000000.000000000",
+               "0.000000000", "0", "-", "01795703171.073054876", "1795703171.07305487", "1795703171.0730548760"]
+PLAIN_NAMES = ["/etc/passwd", "/", "/.a", "/..a", "/...", "/a/.b/..c", "/.", "/..", "/a/.", "/a/..", "/a//b",
+               "/a/", "//a", "/a\udcff\u00e9", "/a b/c\td", "/a\n", "/ -> /x"]
+PLAIN_NUMBERS = ["0", "999999999", "1000000000", "4294967295", "999999999999999999", "1000000000000000000",
+                 "01", "\u0661"]
+
+
+def _hostile_listing(rnd):
+    records = []
+    pools = {0: TYPES, 1: NAMES + PLAIN_NAMES, 2: NUMBERS + PLAIN_NUMBERS, 3: TIMES + PLAIN_TIMES,
+             4: TIMES + PLAIN_TIMES, 5: TIMES + PLAIN_TIMES, 6: TIMES + PLAIN_TIMES, 7: NUMBERS + PLAIN_NUMBERS,
+             8: NUMBERS + PLAIN_NUMBERS, 9: ["root", "", "r\udcffx", " "], 10: ["root", "", "\t"],
+             11: MODES, 13: NUMBERS + PLAIN_NUMBERS, 14: NUMBERS + PLAIN_NUMBERS}
+    for _ in range(rnd.randint(0, 12)):
+        rec = list(GOOD)
+        rec[6] = rnd.choice(["-", "0.000000000", "1795703171.073054876"])
+        for _ in range(rnd.choice([0, 0, 1, 2, 4])):
+            i = rnd.choice(list(pools))
+            rec[i] = rnd.choice(pools[i])
+        if rnd.random() < 0.3:
+            rec[0] = "symbolic link"
+            rec[12] = rec[1] + " -> " + rnd.choice(["x", "", " -> y", "\udcff"]) if rnd.random() < 0.7 else rec[1]
+        records.append(rec)
+    data = "".join("\0".join(r) + "\0" for r in records).encode("utf-8", "surrogateescape")
+    cut = rnd.random()
+    if cut < 0.2:      # a listing cut anywhere (a field or record short)
+        data = data[:rnd.randint(0, len(data))]
+    elif cut < 0.3:    # a NUL too many or too few somewhere: every record after it misaligned
+        at = rnd.randint(0, len(data))
+        data = data[:at] + (b"\0" if rnd.random() < 0.5 else b"") + data[at + 1:]
+    elif cut < 0.35:   # bytes that are not UTF-8, and a last record without its final NUL
+        data = data.replace(b"root", b"r\xff\xfe", 1).rstrip(b"\0")
+    return data
+
+
+def test_a_hostile_listing_parses_as_field_by_field():
+    """The fast path (one regex per plain record) takes only records the field-by-field parse finds nothing wrong
+    with, gives them the same FileStat, and keeps every record boundary where the split puts it."""
+    rnd = random.Random(4711)
+    fast = 0
+    for n in range(4000):
+        data = _hostile_listing(rnd)
+        got, want = remote.parse_stat(data), reference_listing(data)
+        assert got == want, (n, data)
+        fast += remote._PLAIN_RECORD.match(data.decode("utf-8", "surrogateescape")) is not None
+    assert fast > 500  # the fast path was taken (for a listing's first record, at least), not only the fallback
+
+
+def test_a_plain_record_is_not_taken_as_plain_when_any_field_is_off():
+    base = "\0".join(["regular file", "/etc/passwd", "1234", "1795703171.073054876", "1795703171.073054876",
+                      "1795703171.073054876", "-", "0", "0", "root", "root", "644", "/etc/passwd", "2049", "131"])
+    assert remote._PLAIN_RECORD.fullmatch(base + "\0")
+    for i, bad in [(1, "/etc/../passwd"), (1, "/etc/"), (2, "1" * 19), (3, "0.000000000"), (3, "1795703171.07305487"),
+                   (3, "100000000000.000000000"), (7, "4294967296"), (11, "8"), (13, "1" * 19), (0, "directory")]:
+        rec = base.split("\0")
+        rec[i] = bad
+        assert not remote._PLAIN_RECORD.fullmatch("\0".join(rec) + "\0"), (i, bad)
+        assert remote.parse_stat(("\0".join(rec) + "\0").encode()) == [reference(rec)]

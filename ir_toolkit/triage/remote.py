@@ -43,9 +43,13 @@ PREFLIGHT_COMMAND = (
     "command -v \"$t\" >/dev/null 2>&1 || echo \"$t\"; done'"
 )
 HASH_COMMAND = f"{ENV_PREFIX} xargs -0 -r sha256sum -z --"
+#: ``--pax-option=delete=...``: no atime/ctime/mtime records, so a plain file is one ustar header, not also a pax
+#: header and its record block (the controller takes a file's times from the listing, never from the stream;
+#: a long or non-ASCII name or a huge size still gets its pax record): half the headers to parse, 1 KiB less a file
 TAR_COMMAND = (
-    f"{ENV_PREFIX} tar --create --file=- --format=posix --numeric-owner --atime-preserve=system "
-    "--no-recursion --directory=/ --null --verbatim-files-from --files-from=-"
+    f"{ENV_PREFIX} tar --create --file=- --format=posix --pax-option=delete=atime,delete=ctime,delete=mtime "
+    "--numeric-owner --atime-preserve=system --no-recursion --directory=/ --null --verbatim-files-from "
+    "--files-from=-"
 )
 PSEUDO_FSTYPES = ("proc", "sysfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
                   "bpf", "pstore", "configfs", "fusectl", "mqueue", "hugetlbfs", "autofs", "binfmt_misc")
@@ -62,6 +66,8 @@ def glob_escape(text: str) -> str:
 
 def glob_unescape(pattern: str) -> str:
     """The pattern as the shell prints it when nothing matched (backslash escapes removed)."""
+    if "\\" not in pattern:  # nothing escaped (most roots): no regex call
+        return pattern
     return re.sub(r"\\(.)", r"\1", pattern)
 
 
@@ -108,20 +114,33 @@ def expand_roots(artifact: Artifact, homes: list[str]) -> list[tuple[str, bool]]
     """The artifact's paths with ``%user_home%`` expanded: ``(path, from_home)`` pairs."""
     roots: dict[str, bool] = {}
     globbing = artifact.collector in ("glob", "hash")
+    bases: tuple[str, ...] | None = None
     for path in artifact.paths:
         if path.startswith(USER_HOME):
             rest = path[len(USER_HOME):]
-            for home in homes:
-                # The home comes from the host: for glob collectors its glob characters are escaped so
-                # only the artifact's own pattern part can match anything (and nothing becomes shell code).
-                base = posixpath.normpath(home) if home != "/" else ""
-                base = base.rstrip("/") if base != "/" else ""
-                tail = posixpath.normpath("/" + rest.lstrip("/")) if rest.strip("/") else ""
-                expanded = (glob_escape(base) if globbing else base) + tail
-                roots.setdefault(expanded or "/", True)
+            if bases is None:
+                bases = _home_bases(tuple(homes), globbing)
+            tail = posixpath.normpath("/" + rest.lstrip("/")) if rest.strip("/") else ""
+            for base in bases:
+                roots.setdefault((base + tail) or "/", True)
         else:
             roots[path] = False
     return list(roots.items())
+
+
+@functools.lru_cache(maxsize=256)
+def _home_bases(homes: tuple[str, ...], globbing: bool) -> tuple[str, ...]:
+    """Each home as the base an artifact's ``%user_home%`` path is put on (normalized, no trailing ``/``; for
+    glob collectors its glob characters escaped). Once per host's list of homes, not per home and artifact path
+    (cached: the same list for every artifact of a collection, and often for every host of a run)."""
+    bases = []
+    for home in homes:
+        # The home comes from the host: for glob collectors its glob characters are escaped so
+        # only the artifact's own pattern part can match anything (and nothing becomes shell code).
+        base = posixpath.normpath(home) if home != "/" else ""
+        base = base.rstrip("/") if base != "/" else ""
+        bases.append(glob_escape(base) if globbing else base)
+    return tuple(bases)
 
 
 def enumerate_command(artifact: Artifact, roots: list[str], *, glob: bool) -> str:
@@ -293,13 +312,85 @@ def encode_path(path: str) -> bytes:
 
 
 def parse_stat(output: bytes) -> list[FileStat]:
-    """Parse :data:`STAT_FORMAT` records (NUL-separated, 15 fields each)."""
-    # one decode of the whole output, then the split: the same strings as decoding field by field (a NUL byte
-    # is never inside a UTF-8 sequence, and surrogateescape maps each undecodable byte on its own)
-    fields = decode_path(output).split("\0")
-    if fields and fields[-1] == "":
-        fields.pop()
-    return [_file_stat(fields[i:i + _NFIELDS]) for i in range(0, len(fields) - _NFIELDS + 1, _NFIELDS)]
+    """Parse :data:`STAT_FORMAT` records (NUL-separated, 15 fields each).
+
+    The records a real host prints (a regular file or symlink, a canonical path, plain decimal numbers in range,
+    times with 9 fraction digits) are matched by one regular expression each (:data:`_PLAIN_RECORD`, C-level
+    checks of every field at once); any other record - whatever a hostile host makes of any field - goes to
+    :func:`_file_stat` field by field. Both give the same FileStat (tests/test_triage_stat_parse.py compares
+    them over mangled listings)."""
+    # one decode of the whole output: the same strings as decoding field by field (a NUL byte is never inside a
+    # UTF-8 sequence, and surrogateescape maps each undecodable byte on its own)
+    text = decode_path(output)
+    result: list[FileStat] = []
+    append = result.append
+    match = _PLAIN_RECORD.match
+    seconds: dict[str, str | None] = {}  # epoch seconds -> "YYYY-MM-DDTHH:MM:SS", once per distinct second
+    pos, end = 0, len(text)
+    while pos < end:
+        m = match(text, pos)
+        if m is None:
+            # not a plain record: its 15 fields (as the split of the whole output would give them), checked one
+            # by one
+            p = pos
+            for _ in range(_NFIELDS):
+                q = text.find("\0", p)
+                if q < 0:
+                    break
+                p = q + 1
+            else:
+                append(_file_stat(text[pos:p - 1].split("\0")))
+                pos = p
+                continue
+            rest = text[pos:].split("\0")  # fewer than 15 NULs left: at most one record, without its last NUL
+            if rest[-1] == "":
+                rest.pop()
+            if len(rest) == _NFIELDS:
+                append(_file_stat(rest))
+            break
+        (ftype, name, size, a_s, a_f, m_s, m_f, c_s, c_f, b_s, b_f, uid, gid, user, group, mode, quoted, dev,
+         ino) = m.groups()
+        stamps = []
+        for sec in (a_s, m_s, c_s, b_s):
+            if sec is None:
+                stamps.append(None)
+                continue
+            day = seconds.get(sec)
+            if day is None:
+                day = seconds[sec] = _utc_seconds(int(sec))
+            stamps.append(day)
+        target = None
+        if ftype == "symbolic link":
+            kind = "symlink"
+            prefix = name + " -> "
+            target = quoted[len(prefix):] if quoted.startswith(prefix) else quoted
+        else:
+            kind = "file"
+        append(FileStat(
+            kind=kind, path=name, size=int(size),
+            accessed=f"{stamps[0]}.{a_f}Z", modified=f"{stamps[1]}.{m_f}Z", changed=f"{stamps[2]}.{c_f}Z",
+            born=None if b_s is None else f"{stamps[3]}.{b_f}Z",
+            uid=int(uid), gid=int(gid), owner=user, group=group, mode=mode.zfill(4), link_target=target,
+            modified_epoch=f"{m_s}.{m_f}", device=int(dev), inode=int(ino), problem=None))
+        pos = m.end()
+    return result
+
+
+#: a time as stat's ``%.9X`` prints it that :func:`iso_time` turns into a time as it is: 1 to 11 digits (at most
+#: 5138 AD, within 9999 AD), not 0, and 9 fraction digits
+_PLAIN_TIME = r"([1-9][0-9]{0,10})\.([0-9]{9})"
+#: a path component that is neither empty nor ``.`` nor ``..``
+_PLAIN_COMPONENT = r"(?:[^/\0.][^/\0]*|\.[^/\0.][^/\0]*|\.\.[^/\0]+)"
+#: one :data:`STAT_FORMAT` record for which :func:`_file_stat` finds no problem and every field is used as it
+#: is: a regular file or symlink; a canonical path (what :func:`canonical_path` accepts); size, device and inode
+#: of at most 18 digits and ids of at most 9 (all within their limits); plain times (birth also ``0`` or ``-``:
+#: unknown); an octal mode
+_PLAIN_RECORD = re.compile(
+    r"(regular file|regular empty file|symbolic link)\0"
+    r"(/(?:" + _PLAIN_COMPONENT + r"(?:/" + _PLAIN_COMPONENT + r")*)?)\0"
+    r"([0-9]{1,18})\0" + _PLAIN_TIME + r"\0" + _PLAIN_TIME + r"\0" + _PLAIN_TIME + r"\0"
+    r"(?:" + _PLAIN_TIME + r"|0\.000000000|0|-)\0"
+    r"([0-9]{1,9})\0([0-9]{1,9})\0([^\0]*)\0([^\0]*)\0([0-7]{1,6})\0([^\0]*)\0([0-9]{1,18})\0([0-9]{1,18})\0")
 
 
 #: ``find -printf`` fields of a walk listing line (see :func:`parse_walk_listing`), the path last

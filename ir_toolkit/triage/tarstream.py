@@ -62,14 +62,20 @@ _EMPTY8 = b"\0" * 8
 _MAX7, _MAX11 = 8 ** 7, 8 ** 11
 
 
+_MAGIC_SUM = sum(tarfile.POSIX_MAGIC)
+_ZERO100 = bytes(100)
+_ZERO183 = bytes(183)  # devmajor, devminor, prefix and the block's last 12 bytes
+
+
 def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes,
            uname: bytes, gname: bytes) -> bytes:
-    """One ustar header block, byte for byte as :meth:`tarfile.TarInfo.tobuf` builds it."""
-    buf = b"".join((
-        name.ljust(100, b"\0"), b"%07o\0" % mode, b"%07o\0" % uid, b"%07o\0" % gid, b"%011o\0" % size,
-        b"%011o\0" % mtime, b"        ", kind, b"\0" * 100, tarfile.POSIX_MAGIC, uname.ljust(32, b"\0"),
-        gname.ljust(32, b"\0"), _EMPTY8, _EMPTY8, b"\0" * 167))
-    return buf[:148] + b"%06o\0" % sum(buf) + buf[155:]
+    """One ustar header block, byte for byte as :meth:`tarfile.TarInfo.tobuf` builds it. The checksum is summed
+    over the fields that are not constant (the constant ones - the checksum field's 8 spaces, the magic - are
+    added as numbers; the rest of the block is zeros)."""
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    chksum = sum(name) + sum(numbers) + 256 + kind[0] + _MAGIC_SUM + sum(uname) + sum(gname)
+    return b"".join((name.ljust(100, b"\0"), numbers, b"%06o\0 " % chksum, kind, _ZERO100, tarfile.POSIX_MAGIC,
+                     uname.ljust(32, b"\0"), gname.ljust(32, b"\0"), _ZERO183))
 
 
 def fast_header(info: tarfile.TarInfo) -> bytes | None:
@@ -137,6 +143,14 @@ class TarWriter:
         remainder = info.size % BLOCK
         if remainder:
             self._write(bytes(BLOCK - remainder))
+
+    def add_data(self, info: tarfile.TarInfo, data: bytes) -> None:
+        """Write ``info`` and ``data`` (exactly ``info.size`` bytes) as one piece: the bytes :meth:`add` writes."""
+        if len(data) != info.size:
+            raise ValueError(f"{info.name}: {len(data)} bytes of data for a member of {info.size}")
+        header = fast_header(info) or info.tobuf(tarfile.PAX_FORMAT, _ENCODING, _ERRORS)
+        remainder = info.size % BLOCK
+        self._write(b"".join((header, data, _ZERO[:BLOCK - remainder] if remainder else b"")))
 
     def _zeros(self, count: int) -> None:
         """Complete a member whose source broke (bounded by the size its header announced)."""
