@@ -133,12 +133,31 @@ def acct_breakdown(path: Path, root: int, hosts: int) -> dict[str, list]:
     return {c: [n, round(1000 * cpu / hosts, 1)] for c, (n, cpu) in sorted(by.items(), key=lambda x: -x[1][1])[:12]}
 
 
+def ansible_jobs(log: Path, hosts: int) -> dict[str, float]:
+    """ansible-runner jobs per phase, from the ``ansible.stats`` records (each says how many hosts its job
+    had): the first ``hosts`` records are the harden phase's, the rest the verify phase's."""
+    sizes = []
+    try:
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            body = rec.get("record", rec)
+            if body.get("action") == "ansible.stats":
+                sizes.append(int((body.get("params") or {}).get("hosts_in_job") or 1))
+    except (OSError, ValueError):
+        return {}
+    return {"harden_jobs": round(sum(1 / n for n in sizes[:hosts]), 1),
+            "verify_jobs": round(sum(1 / n for n in sizes[hosts:]), 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tree", action="append", default=[], help="NAME=DIR: another tree to compare")
     parser.add_argument("--only-trees", action="store_true", help="do not run this tree (head)")
+    parser.add_argument("--forks", type=int, default=0,
+                        help="irkit's --forks (hosts worked on at once; default irkit's): fewer than --hosts "
+                             "shows how a step of more hosts than engine workers is split into jobs")
     parser.add_argument("--acct", action="store_true",
                         help="BSD process accounting (acct(2)) during each run: CPU by process name of the run's "
                              "tree, and of the ssh ControlPersist masters (detached: no sampler sees them), after "
@@ -186,7 +205,7 @@ def main() -> int:
                 ssh_before = ssh_pids()
                 cmd = [sys.executable, "-c", "from ir_toolkit.cli.entry import run; run()", "contain",
                        "--inventory", str(inventory), "--playbook", str(pb), "--case", case, "--yes",
-                       "--format", "json"]
+                       "--format", "json"] + (["--forks", str(args.forks)] if args.forks else [])
                 acct_file = home / f"acct-{case}"
                 if args.acct:
                     acct_on(acct_file)
@@ -211,6 +230,7 @@ def main() -> int:
                           for p in ("harden", "verify") if p in phases},
                        **{f"{p}_irkit_ms": round(1000 * phases[p]["irkit_cpu_s"] / len(names))
                           for p in ("harden", "verify") if p in phases}}
+                row.update(ansible_jobs(home / "cases" / case / "audit" / "log.jsonl", len(names)))
                 if args.acct:
                     deadline = time.monotonic() + 90
                     while ssh_pids() - ssh_before and time.monotonic() < deadline:

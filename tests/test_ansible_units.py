@@ -209,3 +209,85 @@ def test_masters_of_a_killed_irkit_are_ended_by_the_next_job(tmp_path, monkeypat
         for p in (orphan, theirs):
             p.kill()
             p.wait()
+
+
+_WARM_PROBE = r"""
+import importlib.util, json, sys
+from ansible.plugins.loader import init_plugin_loader
+init_plugin_loader()
+import yaml
+spec = importlib.util.spec_from_file_location("irkit_cb", sys.argv[1] + "/callback_plugins/irkit_gc_freeze.py")
+cb = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cb)
+if sys.argv[2] == "warm":
+    cb.warm()
+before = set(sys.modules)
+# what a forked worker does for the shipped task: template its arguments (filters int, join), then the action
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar
+try:
+    from ansible.template import trust_as_template
+except ImportError:  # older Ansible: strings are templates
+    def trust_as_template(value):
+        return value
+args = yaml.safe_load(open(sys.argv[1] + "/sshd-hardening.yml"))[0]["tasks"][0]["irkit_sshd_dropin"]
+hv = {"irkit_sshd_dropin_dir": "/etc/ssh/sshd_config.d", "irkit_sshd_config": "/etc/ssh/sshd_config",
+      "irkit_sshd_test_command": "/usr/sbin/sshd -t", "irkit_sshd_pid": "12", "irkit_sshd_revoked_keys": "/etc/ssh/krl",
+      "irkit_allow_users": ["root", "mspadmin"], "max_auth_tries": 3}
+templar = Templar(loader=DataLoader(), variables=hv)
+out = {k: templar.template(trust_as_template(v)) for k, v in args.items()}
+from ansible.plugins.loader import action_loader
+action_loader.get("normal", class_only=True)
+import ansible.executor.module_common
+print(json.dumps({"new": sorted(m for m in set(sys.modules) - before if m.startswith("ansible")),
+                  "content": out["content"], "pid": out["reload_pid"]}))
+"""
+
+
+def test_warm_up_leaves_forked_workers_nothing_to_load():
+    """The shipped callback's warm-up (run in ansible-playbook's main process at play start, before the
+    per-host workers fork): after it, what a worker does for the shipped task - template its arguments
+    with their filters, load the action plugin and the module builder - imports no Ansible module the
+    parent has not (each such import would be repeated in every worker, for every host and task). The
+    control run without the warm-up does import them, so the probe sees the difference; the templated
+    values are the same either way."""
+    import subprocess
+    import sys
+
+    content = str(REPO / "playbooks" / "ansible")
+    runs = {}
+    for mode in ("warm", "cold"):
+        proc = subprocess.run([sys.executable, "-c", _WARM_PROBE, content, mode], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert runs["warm"]["new"] == [], runs["warm"]["new"]
+    assert any(m.startswith("ansible.plugins.filter") for m in runs["cold"]["new"]), runs["cold"]["new"]
+    assert "ansible.executor.module_common" in runs["cold"]["new"]
+    assert runs["warm"]["content"] == runs["cold"]["content"]
+    assert "AllowUsers root mspadmin" in runs["warm"]["content"] and "RevokedKeys /etc/ssh/krl" in runs["warm"]["content"]
+    assert int(runs["warm"]["pid"]) == 12
+
+
+def test_warm_up_survives_an_ansible_without_what_it_loads(monkeypatch):
+    """Another Ansible version may lack a module or plugin the warm-up names: it is skipped, nothing fails."""
+    import importlib
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "irkit_cb_test", REPO / "playbooks" / "ansible" / "callback_plugins" / "irkit_gc_freeze.py")
+    cb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cb)
+
+    def broken(name, *a, **k):
+        raise ImportError(name)
+
+    monkeypatch.setattr(cb.importlib, "import_module", broken)
+    from ansible.plugins import loader
+
+    def refuse(self, *a, **k):
+        raise RuntimeError("no such plugin in this version")
+
+    monkeypatch.setattr(loader.Jinja2Loader, "get", refuse)
+    monkeypatch.setattr(loader.PluginLoader, "get", refuse)
+    cb.warm()  # no exception
