@@ -20,6 +20,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import ahocorasick_rs
+
 REDACTED = "[REDACTED]"
 
 _SECRET_KEY = re.compile(
@@ -41,21 +43,67 @@ _REFERENCE = re.compile(r"^(env|file|escrow):\S+$")
 _lock = threading.Lock()
 _registered: set[str] = set()
 _MIN_REGISTERED = 4
-#: (the registered values longest first, the shortest one's length), rebuilt when a value is added:
-#: every string of every log event and audit record is redacted, and a run registers a password per
-#: host and account (sorting them on every call cost more than the searches at 200 hosts)
-_ordered: tuple[tuple[str, ...], int] = ((), 0)
+#: registered values not yet in the automaton are searched one by one, at most this many
+_RECENT_MAX = 64
 
 
-def _reorder() -> None:
-    """Rebuild :data:`_ordered` (the caller holds :data:`_lock`); replaced whole, never changed in place."""
-    global _ordered
-    values = tuple(sorted(_registered, key=len, reverse=True))
-    _ordered = (values, len(values[-1]) if values else 0)
+class _Matcher:
+    """A snapshot of the registered values: an Aho-Corasick automaton over most of them (one pass over a
+    string in Rust, whatever their number) and the few registered since it was built (searched one by one).
+
+    Every string of every log event and audit record is redacted and a run registers a password per host
+    and account, so searching each value in turn made a redaction cost O(hosts): at 1,000 registered values
+    ~41 us for a short string and ~0.5 ms for 10 KB (measured), in every phase after the rotation.
+    Replaced whole, never changed in place (readers take one consistent snapshot without the lock).
+    """
+
+    __slots__ = ("automaton", "bulk", "recent", "shortest")
+
+    def __init__(self, bulk: tuple[str, ...], recent: tuple[str, ...]) -> None:
+        self.bulk = bulk
+        self.recent = recent
+        self.automaton = (ahocorasick_rs.AhoCorasick(list(bulk), matchkind=ahocorasick_rs.MatchKind.Standard)
+                          if bulk else None)
+        values = bulk + recent
+        self.shortest = min(map(len, values)) if values else 0
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Every occurrence of every value in ``text`` (overlapping ones too), as (start, end)."""
+        found: list[tuple[int, int]] = []
+        if self.automaton is not None:
+            found.extend((start, end) for _, start, end in
+                         self.automaton.find_matches_as_indexes(text, overlapping=True))
+        for value in self.recent:
+            start = text.find(value)
+            while start >= 0:
+                found.append((start, start + len(value)))
+                start = text.find(value, start + 1)
+        return found
+
+
+_matcher = _Matcher((), ())
+
+
+def _cut(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with the union of ``spans`` replaced: overlapping secrets are cut out whole, each merged
+    stretch once."""
+    spans.sort()
+    out: list[str] = []
+    pos = 0
+    cur_start, cur_end = spans[0]
+    for start, end in spans[1:]:
+        if start <= cur_end:
+            cur_end = max(cur_end, end)
+            continue
+        out += (text[pos:cur_start], REDACTED)
+        pos, (cur_start, cur_end) = cur_end, (start, end)
+    out += (text[pos:cur_start], REDACTED, text[cur_end:])
+    return "".join(out)
 
 
 def register_secret(value: str | bytes) -> None:
     """Remember a secret value so that it is cut out of anything redacted later."""
+    global _matcher
     if isinstance(value, bytes):
         try:
             value = value.decode()
@@ -65,14 +113,19 @@ def register_secret(value: str | bytes) -> None:
         with _lock:
             if value not in _registered:
                 _registered.add(value)
-                _reorder()
+                old = _matcher
+                if len(old.recent) < _RECENT_MAX:
+                    _matcher = _Matcher(old.bulk, old.recent + (value,))
+                else:  # rebuilt every _RECENT_MAX values: ~10 ms at 2,000 values
+                    _matcher = _Matcher(old.bulk + old.recent + (value,), ())
 
 
 def forget_secrets() -> None:
     """Forget all registered values (tests, and the end of a run)."""
+    global _matcher
     with _lock:
         _registered.clear()
-        _reorder()
+        _matcher = _Matcher((), ())
 
 
 def is_secret_key(key: str) -> bool:
@@ -84,11 +137,11 @@ def redact_text(text: str) -> str:
     """Redact secret-looking content and registered secret values inside ``text``."""
     if "PRIVATE KEY-----" in text:
         text = _PEM_PRIVATE.sub(REDACTED, text)
-    values, shortest = _ordered  # one consistent snapshot
-    if values and len(text) >= shortest:
-        for value in values:
-            if value in text:
-                text = text.replace(value, REDACTED)
+    matcher = _matcher  # one consistent snapshot
+    if matcher.shortest and len(text) >= matcher.shortest:
+        spans = matcher.spans(text)
+        if spans:
+            text = _cut(text, spans)
     return text
 
 

@@ -60,3 +60,46 @@ def test_references_are_not_secrets():
     assert redact({"password": "env:BMC_PASS", "key": "file:/k", "password_ref": "x"}) == {
         "password": "env:BMC_PASS", "key": "file:/k", "password_ref": "x"}
     assert redact({"token": "abc"}) == {"token": REDACTED}
+
+
+def test_many_registered_secrets_are_all_cut_automaton_and_recent_alike():
+    """A run registers a password per host and account: past the first 64 they are searched by the automaton,
+    the newest ones one by one. Every one is cut wherever it appears, and nothing else is."""
+    import secrets as _secrets
+
+    from ir_toolkit import redaction
+
+    forget_secrets()
+    try:
+        values = [_secrets.token_urlsafe(18) for _ in range(300)]
+        for v in values:
+            register_secret(v)
+        assert redaction._matcher.automaton is not None and redaction._matcher.recent  # both paths in use
+        assert len(redaction._matcher.bulk) + len(redaction._matcher.recent) == 300
+        for v in (values[0], values[150], values[-1]):  # in the automaton, and among the newest
+            text = f"login as mspadmin with {v}; again: {v}!"
+            assert redact(text) == f"login as mspadmin with {REDACTED}; again: {REDACTED}!"
+            assert redact({"stdout": v.encode(), "items": [v]}) == {"stdout": REDACTED, "items": [REDACTED]}
+        assert redact("nothing secret here, 0123456789") == "nothing secret here, 0123456789"
+        assert redact(values[3][:-1]) == values[3][:-1]  # a prefix is not the secret
+        register_secret(values[7])  # registering again changes nothing
+        assert len(redaction._matcher.bulk) + len(redaction._matcher.recent) == 300
+    finally:
+        forget_secrets()
+    assert redact(values[0]) == values[0]
+
+
+def test_overlapping_and_adjacent_secrets_are_cut_whole():
+    """Two secrets that overlap in a string leave no piece of either (searching them in turn, longest first,
+    left the tail of the second); adjacent ones and non-ASCII ones too."""
+    forget_secrets()
+    try:
+        for v in ("abcd1234", "1234wxyz", "pässwörd€", "zzzz"):
+            register_secret(v)
+        assert redact("x abcd1234wxyz y") == f"x {REDACTED} y"
+        assert redact("abcd1234abcd1234") == REDACTED
+        assert redact("[pässwörd€]") == f"[{REDACTED}]"
+        assert redact("zzzzzz") == REDACTED  # overlapping occurrences of one value
+        assert redact("zzz") == "zzz"
+    finally:
+        forget_secrets()
