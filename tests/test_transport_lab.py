@@ -92,3 +92,44 @@ def test_commands_run_when_descriptors_are_above_fd_setsize(busy_lab, monkeypatc
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_idle_connection_stays_usable_and_close_ends_it_at_once(busy_lab, monkeypatch):
+    """The reader thread of an idle connection sleeps until the keepalive is due (15 s), not 0.1 or 1 s:
+    a connection left idle past several old wake-up periods still runs commands, and closing it ends the
+    reader thread and the TCP connection at once (the socket is shut down under a blocked recv), not at
+    the reader's next wake-up."""
+    from ir_toolkit.inventory import load_inventory
+    from ir_toolkit.transports import ssh
+    from ir_toolkit.transports.pool import ConnectionPool
+
+    monkeypatch.setenv("IRKIT_HOME", str(busy_lab.home))
+    inventory = load_inventory(busy_lab.inventory_path)
+    host = inventory.hosts()[0]
+    fleet = ConnectionPool(inventory, None, max_retries=5)
+    try:
+        conn = fleet.connection(host, time.monotonic() + 30)
+        transport = conn.client.get_transport()
+        assert isinstance(transport, ssh._QuietTransport) and transport.sock.gettimeout() == ssh.KEEPALIVE
+        local_port = transport.sock.getsockname()[1]
+        assert conn.run("echo ok").text == "ok\n"
+        time.sleep(2.5)  # idle: the reader is blocked in recv
+        assert conn.run("echo again").text == "again\n"
+
+        def established() -> bool:
+            out = busy_lab.exec(host.name, "ss -Htn state established '( sport = :22 )'")
+            assert out.returncode == 0, out.stderr
+            return any(word.endswith(f":{local_port}") for word in out.stdout.decode().split())
+
+        assert established()
+        start = time.monotonic()
+        conn.close()
+        transport.join(2)
+        assert not transport.is_alive()
+        assert time.monotonic() - start < 2  # not the 15 s of the reader's wake-up period
+        deadline = time.monotonic() + 2
+        while established() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not established()  # sshd saw the connection end
+    finally:
+        fleet.close()
