@@ -59,13 +59,25 @@ class _Matcher:
 
     __slots__ = ("automaton", "bulk", "recent", "shortest")
 
-    def __init__(self, bulk: tuple[str, ...], recent: tuple[str, ...]) -> None:
+    def __init__(self, bulk: tuple[str, ...], recent: tuple[str, ...], *,
+                 automaton: Any = None, shortest: int | None = None) -> None:
         self.bulk = bulk
         self.recent = recent
-        self.automaton = (ahocorasick_rs.AhoCorasick(list(bulk), matchkind=ahocorasick_rs.MatchKind.Standard)
-                          if bulk else None)
-        values = bulk + recent
-        self.shortest = min(map(len, values)) if values else 0
+        if automaton is None and bulk:
+            automaton = ahocorasick_rs.AhoCorasick(list(bulk), matchkind=ahocorasick_rs.MatchKind.Standard)
+        self.automaton = automaton
+        if shortest is None:
+            values = bulk + recent
+            shortest = min(map(len, values)) if values else 0
+        self.shortest = shortest
+
+    def adding(self, value: str) -> _Matcher:
+        """A new snapshot with ``value``: the automaton is kept, and rebuilt only every :data:`_RECENT_MAX`
+        values (~10 ms at 2,000)."""
+        shortest = min(self.shortest, len(value)) if self.shortest else len(value)
+        if len(self.recent) < _RECENT_MAX:
+            return _Matcher(self.bulk, self.recent + (value,), automaton=self.automaton, shortest=shortest)
+        return _Matcher(self.bulk + self.recent + (value,), (), shortest=shortest)
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Every occurrence of every value in ``text`` (overlapping ones too), as (start, end)."""
@@ -113,11 +125,7 @@ def register_secret(value: str | bytes) -> None:
         with _lock:
             if value not in _registered:
                 _registered.add(value)
-                old = _matcher
-                if len(old.recent) < _RECENT_MAX:
-                    _matcher = _Matcher(old.bulk, old.recent + (value,))
-                else:  # rebuilt every _RECENT_MAX values: ~10 ms at 2,000 values
-                    _matcher = _Matcher(old.bulk + old.recent + (value,), ())
+                _matcher = _matcher.adding(value)
 
 
 def forget_secrets() -> None:
